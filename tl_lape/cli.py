@@ -1,0 +1,373 @@
+"""The ``tl-lape`` command line.
+
+Subcommands:
+    collect   a model and a corpus to a statistics file
+    identify  a statistics file to a neuron-set file
+    demo      the whole pipeline on the embedded demo model and the handbook corpus
+
+Run ``tl-lape SUBCOMMAND --help`` for the options of each. Errors in the input are reported
+on one line and exit with status 2; nothing is written when the input is bad.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tl_lape.errors import LapeError
+
+__all__ = ["main"]
+
+log = logging.getLogger("tl_lape")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tl-lape`` console script.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 2 on bad input.
+    """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except LapeError as error:
+        print(f"tl-lape {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tl-lape",
+        description="Find and control language-specific neurons (LAPE) in TransformerLens models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    collect = sub.add_parser("collect", help="collect per-language activation statistics")
+    _add_model_options(collect)
+    _add_corpus_options(collect)
+    _add_collect_options(collect)
+    collect.add_argument("--out", required=True, type=Path, help="statistics file to write")
+    collect.set_defaults(func=_cmd_collect)
+
+    identify = sub.add_parser("identify", help="select language neurons from statistics")
+    identify.add_argument("stats", type=Path, help="statistics file written by `collect`")
+    _add_threshold_options(identify)
+    identify.add_argument("--out", required=True, type=Path, help="neuron-set file (JSON)")
+    identify.add_argument(
+        "--rucaibox", type=Path, default=None, help="also write the paper's .neuron.pth format"
+    )
+    identify.set_defaults(func=_cmd_identify)
+
+    demo = sub.add_parser(
+        "demo", help="run the pipeline on the embedded demo model and the handbook corpus"
+    )
+    demo.add_argument("--out", type=Path, default=Path("lape_report"), help="report folder")
+    _add_collect_options(demo, default_max_tokens=60_000)
+    _add_threshold_options(demo)
+    demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="'demo' for the embedded model, or a Hugging Face model name or local folder "
+        "that TransformerLens can load",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="model dtype")
+
+
+def _add_corpus_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--corpus",
+        default="handbook",
+        help="'handbook' (the Debian Administrator's Handbook), 'text:DIR' (DIR/<lang>.txt), "
+        "or 'hf:DATASET' with --hf-config (a Hugging Face dataset through `datasets`)",
+    )
+    parser.add_argument(
+        "--languages",
+        default=None,
+        help="comma-separated language codes (default: the paper's en,zh,fr,es,vi,id,ja)",
+    )
+    parser.add_argument("--split", default="train", help="handbook split: train, heldout or all")
+    parser.add_argument(
+        "--hf-config",
+        default="{lang}",
+        help="dataset config name per language, with {lang} (e.g. '20231101.{lang}')",
+    )
+
+
+def _add_collect_options(
+    parser: argparse.ArgumentParser, *, default_max_tokens: int | None = None
+) -> None:
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument(
+        "--max-tokens-per-language",
+        type=int,
+        default=default_max_tokens,
+        help="token budget per language"
+        + (f" (default: {default_max_tokens})" if default_max_tokens else " (default: all)"),
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top-rate", type=float, default=0.01, help="share of neurons selected")
+    parser.add_argument(
+        "--filter-rate", type=float, default=0.95, help="quantile of the firing filter"
+    )
+    parser.add_argument(
+        "--activation-bar-ratio",
+        type=float,
+        default=0.95,
+        help="quantile above which a neuron belongs to a language",
+    )
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from tl_lape.collect import collect_activation_stats
+
+    _check_writable_target(args.out)
+    corpus = _load_corpus(args.corpus, args.languages, args.split, args.hf_config)
+    model = _load_model(args.model, args.device, _DTYPES[args.dtype])
+    stats = collect_activation_stats(
+        model,
+        corpus,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        max_tokens_per_language=args.max_tokens_per_language,
+        progress=not args.no_progress,
+    )
+    stats.save(args.out)
+    tokens = ", ".join(
+        f"{lang} {int(n):,}" for lang, n in zip(stats.languages, stats.n_tokens, strict=True)
+    )
+    print(f"wrote {args.out}: {stats.n_layers} layers x {stats.d_mlp} neurons; tokens: {tokens}")
+    return 0
+
+
+def _cmd_identify(args: argparse.Namespace) -> int:
+    from tl_lape.selection import identify_language_neurons
+    from tl_lape.stats import ActivationStats
+
+    _check_writable_target(args.out)
+    stats = ActivationStats.load(args.stats)
+    neurons = identify_language_neurons(
+        stats,
+        top_rate=args.top_rate,
+        filter_rate=args.filter_rate,
+        activation_bar_ratio=args.activation_bar_ratio,
+    )
+    neurons.save(args.out)
+    if args.rucaibox is not None:
+        neurons.to_rucaibox(args.rucaibox)
+    print(f"wrote {args.out}")
+    print(format_summary(neurons))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tl_lape.collect import collect_activation_stats
+    from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook
+    from tl_lape.demo import load_demo_model
+    from tl_lape.plots import plot_neurons_per_layer, plot_overlap
+    from tl_lape.selection import identify_language_neurons
+
+    _check_rates(args)
+    _check_writable_target(args.out / "summary.md")
+    started = time.perf_counter()
+    print("[1/4] building the handbook corpus (cached after the first run)", flush=True)
+    corpus = load_debian_handbook(languages=PAPER_LANGUAGES, split="train")
+    print("[2/4] loading the demo model", flush=True)
+    model = load_demo_model(device=args.device)
+    print("[3/4] collecting activation statistics", flush=True)
+    stats = collect_activation_stats(
+        model,
+        corpus,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        max_tokens_per_language=args.max_tokens_per_language,
+        progress=not args.no_progress,
+    )
+    print("[4/4] identifying language neurons and writing the report", flush=True)
+    neurons = identify_language_neurons(
+        stats,
+        top_rate=args.top_rate,
+        filter_rate=args.filter_rate,
+        activation_bar_ratio=args.activation_bar_ratio,
+    )
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stats.save(out / "stats.safetensors")
+    neurons.save(out / "neurons.json")
+    _save_figure(plot_neurons_per_layer(neurons), out / "neurons_per_layer.png")
+    _save_figure(plot_overlap(neurons), out / "overlap.png")
+    summary = format_summary(neurons, stats=stats)
+    elapsed = time.perf_counter() - started
+    text = (
+        "# tl-lape demo report\n\n"
+        f"Model: the embedded demo model ({stats.n_layers} layers x {stats.d_mlp} MLP neurons). "
+        "Corpus: the Debian Administrator's Handbook, train split.\n\n"
+        f"{summary}\n\n"
+        f"Files: stats.safetensors, neurons.json, neurons_per_layer.png, overlap.png.\n"
+        f"Wall time: {elapsed:.1f} s.\n"
+    )
+    _atomic_write_text(out / "summary.md", text)
+    print()
+    print(summary)
+    print(f"\nreport written to {out}/ in {elapsed:.1f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def format_summary(neurons: Any, *, stats: Any = None) -> str:
+    """A Markdown summary of a neuron set: counts per language, layer spread, overlaps.
+
+    Args:
+        neurons: A :class:`~tl_lape.neurons.LanguageNeurons`.
+        stats: The :class:`~tl_lape.stats.ActivationStats` it came from, to report tokens.
+
+    Returns:
+        Markdown text with two tables.
+    """
+    total_neurons = neurons.n_layers * neurons.d_mlp
+    counts = neurons.counts()
+    per_layer = neurons.counts_per_layer()  # [lang, n_layers]
+    n_layers = neurons.n_layers
+    third = max(1, n_layers // 3)
+    union = int(neurons.union().sum())
+    lines = [
+        f"Selected {union:,} of {total_neurons:,} MLP neurons "
+        f"({100 * union / total_neurons:.2f}%) in {n_layers} layers.",
+        "",
+        "| language | tokens | neurons | bottom third | middle | top third |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for k, lang in enumerate(neurons.languages):
+        row = per_layer[k]
+        bottom = int(row[:third].sum())
+        top = int(row[n_layers - third :].sum())
+        middle = int(row.sum()) - bottom - top
+        tokens = "-"
+        if stats is not None and lang in stats.languages:
+            tokens = f"{int(stats.n_tokens[stats.languages.index(lang)]):,}"
+        lines.append(f"| {lang} | {tokens} | {counts[lang]} | {bottom} | {middle} | {top} |")
+    jaccard = neurons.jaccard()
+    overlap = neurons.overlap()
+    pairs = []
+    langs = list(neurons.languages)
+    for i in range(len(langs)):
+        for j in range(i + 1, len(langs)):
+            pairs.append((float(jaccard[i, j]), int(overlap[i, j]), langs[i], langs[j]))
+    pairs.sort(key=lambda item: (-item[0], item[2], item[3]))
+    lines += ["", "| pair | shared neurons | Jaccard |", "| --- | ---: | ---: |"]
+    for jac, shared, a, b in pairs[:5]:
+        lines.append(f"| {a}-{b} | {shared} | {jac:.3f} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _load_model(name: str, device: str, dtype: torch.dtype) -> Any:
+    if name == "demo":
+        from tl_lape.demo import load_demo_model
+
+        return load_demo_model(device=device, dtype=dtype)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise LapeError(
+            f"could not load model {name!r} with TransformerLens ({error}). Pass 'demo', a local "
+            "folder saved with save_pretrained, or a model name available offline in the cache."
+        ) from error
+
+
+def _load_corpus(
+    source: str, languages: str | None, split: str, hf_config: str
+) -> Mapping[str, Any]:
+    from tl_lape import corpora
+
+    langs = tuple(languages.split(",")) if languages else tuple(corpora.PAPER_LANGUAGES)
+    if source == "handbook":
+        return corpora.load_debian_handbook(languages=langs, split=split)
+    if source.startswith("text:"):
+        folder = Path(source[len("text:") :])
+        return corpora.load_text_files({lang: folder / f"{lang}.txt" for lang in langs})
+    if source.startswith("hf:"):
+        return corpora.load_hf_dataset(source[len("hf:") :], hf_config, langs)
+    raise LapeError(
+        f"unknown corpus source {source!r}. Use 'handbook', 'text:DIR' (with DIR/<lang>.txt) "
+        "or 'hf:DATASET'."
+    )
+
+
+def _check_rates(args: argparse.Namespace) -> None:
+    for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
+        value = getattr(args, name)
+        if not 0.0 < value < 1.0:
+            raise LapeError(
+                f"--{name.replace('_', '-')} must lie strictly between 0 and 1, got {value}."
+            )
+
+
+def _check_writable_target(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise LapeError(f"cannot write {path}: {parent} is not a folder. Choose another path.")
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
