@@ -6,10 +6,19 @@ firing is concentrated on few languages.
 """
 
 from tl_lape.errors import LapeError
+from tl_lape.neurons import LanguageNeurons
+from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
+from tl_lape.stats import ActivationStats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationStats",
+    "LanguageNeurons",
     "LapeError",
     "__version__",
+    "identify_language_neurons",
+    "lap_scores",
+    "lape_scores",
+    "lave_scores",
 ]

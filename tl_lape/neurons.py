@@ -1,0 +1,696 @@
+"""Sets of language-specific neurons: which MLP neurons, in which layer, belong to which language.
+
+A :class:`LanguageNeurons` is the result of a selection such as
+:func:`tl_lape.identify_language_neurons`: for every language and every layer, the sorted indices
+of the MLP neurons (positions along ``d_mlp``) assigned to that language. One neuron may belong to
+several languages. The object is immutable and knows the model shape it was made for
+(``n_layers``, ``d_mlp``), so it can be checked against a model before any hook indexes into it.
+
+Files:
+
+* :meth:`LanguageNeurons.save` / :meth:`LanguageNeurons.load`: a JSON file a person can read,
+  ``{"format": "tl_lape.LanguageNeurons", "version": 1, "languages": [...], "n_layers": ...,
+  "d_mlp": ..., "neurons": {"zh": {"4": [6147, 9114, 9292], ...}, ...}, "metadata": {...}}``
+  (layers without neurons are left out of ``"neurons"``).
+* :meth:`LanguageNeurons.from_rucaibox` / :meth:`LanguageNeurons.to_rucaibox`: the format of the
+  neuron sets released with the LAPE paper (Tang et al., ACL 2024), a ``torch.save``-d
+  ``List[List[LongTensor]]`` indexed ``neurons[language][layer]``.
+
+Example:
+    >>> import torch
+    >>> masks = torch.zeros(2, 3, 8, dtype=torch.bool)  # lang n_layers d_mlp
+    >>> masks[0, 1, [2, 5]] = True
+    >>> masks[1, 1, 5] = True
+    >>> ln = LanguageNeurons.from_masks(masks, ["en", "fr"])
+    >>> ln
+    LanguageNeurons(n_layers=3, d_mlp=8, en=2, fr=1)
+    >>> ln.indices("en", 1)
+    tensor([2, 5])
+    >>> ln.overlap()
+    tensor([[2, 1],
+            [1, 1]])
+"""
+
+import json
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import einops
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from tl_lape._io import atomic_path, existing_file
+from tl_lape.errors import LapeError
+
+__all__ = ["LanguageNeurons"]
+
+_FORMAT = "tl_lape.LanguageNeurons"
+_VERSION = 1
+
+
+def _check_languages(languages: Any, field_name: str = "languages") -> tuple[str, ...]:
+    """Validate a sequence of distinct, non-empty language codes and return it as a tuple."""
+    if isinstance(languages, str) or not isinstance(languages, Sequence):
+        raise LapeError(
+            f"{field_name} must be a sequence of language codes such as ('en', 'zh'); "
+            f"received {languages!r}"
+        )
+    langs = tuple(languages)
+    if not langs:
+        raise LapeError(f"{field_name} must name at least one language; received an empty sequence")
+    bad = [lang for lang in langs if not isinstance(lang, str) or not lang]
+    if bad:
+        raise LapeError(f"{field_name} must be non-empty strings; received {bad!r} in {langs!r}")
+    dupes = sorted({lang for lang in langs if langs.count(lang) > 1})
+    if dupes:
+        raise LapeError(f"{field_name} must be distinct; {dupes!r} repeated in {langs!r}")
+    return langs
+
+
+def _check_positive_int(value: Any, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LapeError(f"{field_name} must be a positive int; received {value!r}")
+    return value
+
+
+def _check_metadata(metadata: Any) -> dict[str, Any]:
+    if not isinstance(metadata, Mapping):
+        raise LapeError(f"metadata must be a dict; received {type(metadata).__name__}")
+    try:
+        # A JSON round trip both validates and deep-copies (no aliasing of the caller's dict).
+        copied = json.loads(json.dumps(dict(metadata), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise LapeError(
+            f"metadata must be JSON-serialisable (str keys; str, int, float, bool, None, "
+            f"lists and dicts as values); {err}"
+        ) from None
+    return copied  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, eq=False)
+class LanguageNeurons:
+    """Language-specific neurons of one model: per language, per layer, sorted neuron indices.
+
+    Construct it with :meth:`from_masks`, :meth:`from_indices`, :meth:`load` or
+    :meth:`from_rucaibox` rather than directly. Direct construction takes ``neurons`` as a tuple
+    (one entry per language) of tuples (one per layer) of 1-D integer tensors; they are copied,
+    converted to int64 on the CPU, sorted and de-duplicated.
+
+    ``==`` compares the sets (languages, shape and indices), not ``metadata``.
+
+    Attributes:
+        languages: language codes, in order; the ``lang`` axis of :meth:`masks`.
+        n_layers: number of layers of the model the set was made for.
+        d_mlp: MLP width (neurons per layer) of that model.
+        neurons: ``neurons[lang][layer]`` is a sorted int64 tensor of neuron indices.
+        metadata: JSON-serialisable provenance (how the set was selected, the model name, ...).
+
+    Example:
+        >>> import torch
+        >>> ln = LanguageNeurons.from_indices({"en": {0: [3, 1]}, "zh": {1: [0]}}, n_layers=2,
+        ...                                   d_mlp=4)
+        >>> ln.counts()
+        {'en': 2, 'zh': 1}
+        >>> ln.mask("en").int()
+        tensor([[0, 1, 0, 1],
+                [0, 0, 0, 0]], dtype=torch.int32)
+    """
+
+    languages: tuple[str, ...]
+    n_layers: int
+    d_mlp: int
+    neurons: tuple[tuple[Tensor, ...], ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        langs = _check_languages(self.languages)
+        n_layers = _check_positive_int(self.n_layers, "n_layers")
+        d_mlp = _check_positive_int(self.d_mlp, "d_mlp")
+        if not isinstance(self.neurons, Sequence) or len(self.neurons) != len(langs):
+            got = len(self.neurons) if isinstance(self.neurons, Sequence) else type(self.neurons)
+            raise LapeError(
+                f"neurons must hold one entry per language ({len(langs)} for {langs!r}); "
+                f"received {got}"
+            )
+        normalised: list[tuple[Tensor, ...]] = []
+        for lang, per_layer in zip(langs, self.neurons, strict=True):
+            if not isinstance(per_layer, Sequence) or len(per_layer) != n_layers:
+                got = len(per_layer) if isinstance(per_layer, Sequence) else type(per_layer)
+                raise LapeError(
+                    f"neurons[{lang!r}] must hold one index tensor per layer (n_layers="
+                    f"{n_layers}); received {got}"
+                )
+            normalised.append(
+                tuple(
+                    _normalise_indices(idx, d_mlp, f"neurons[{lang!r}][layer {layer}]")
+                    for layer, idx in enumerate(per_layer)
+                )
+            )
+        object.__setattr__(self, "languages", langs)
+        object.__setattr__(self, "neurons", tuple(normalised))
+        object.__setattr__(self, "metadata", _check_metadata(self.metadata))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_masks(
+        cls,
+        masks: Bool[Tensor, "lang n_layers d_mlp"],
+        languages: Sequence[str],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> "LanguageNeurons":
+        """Build a set from boolean masks, ``masks[k, l, n]`` = neuron n of layer l is language k's.
+
+        Example:
+            >>> import torch
+            >>> m = torch.zeros(1, 2, 4, dtype=torch.bool)
+            >>> m[0, 1, 3] = True
+            >>> LanguageNeurons.from_masks(m, ["vi"]).indices("vi", 1)
+            tensor([3])
+        """
+        langs = _check_languages(languages)
+        if not isinstance(masks, Tensor) or masks.dtype != torch.bool or masks.ndim != 3:
+            got = (
+                f"a {masks.dtype} tensor of shape {tuple(masks.shape)}"
+                if isinstance(masks, Tensor)
+                else type(masks).__name__
+            )
+            raise LapeError(
+                f"masks must be a bool tensor of shape (lang, n_layers, d_mlp); received {got}"
+            )
+        if masks.shape[0] != len(langs):
+            raise LapeError(
+                f"masks has {masks.shape[0]} languages on its first axis but languages names "
+                f"{len(langs)}: {langs!r}; pass one language per mask"
+            )
+        masks = masks.detach().cpu()
+        neurons = tuple(
+            tuple(torch.nonzero(masks[k, layer]).flatten() for layer in range(masks.shape[1]))
+            for k in range(len(langs))
+        )
+        return cls(langs, int(masks.shape[1]), int(masks.shape[2]), neurons, dict(metadata or {}))
+
+    @classmethod
+    def from_indices(
+        cls,
+        indices: Mapping[str, Mapping[int, Sequence[int] | Tensor]],
+        *,
+        n_layers: int,
+        d_mlp: int,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> "LanguageNeurons":
+        """Build a set from ``{language: {layer: neuron indices}}``; missing layers are empty.
+
+        Example:
+            >>> LanguageNeurons.from_indices({"es": {2: [7, 7, 1]}}, n_layers=3, d_mlp=8).indices(
+            ...     "es", 2)
+            tensor([1, 7])
+        """
+        if not isinstance(indices, Mapping):
+            raise LapeError(
+                f"indices must map language -> {{layer: [neuron, ...]}}; received "
+                f"{type(indices).__name__}"
+            )
+        n_layers = _check_positive_int(n_layers, "n_layers")
+        langs = _check_languages(list(indices))
+        neurons = []
+        for lang in langs:
+            per_layer = indices[lang]
+            if not isinstance(per_layer, Mapping):
+                raise LapeError(
+                    f"indices[{lang!r}] must map layer -> neuron indices; received "
+                    f"{type(per_layer).__name__}"
+                )
+            bad = [
+                layer
+                for layer in per_layer
+                if isinstance(layer, bool)
+                or not isinstance(layer, int)
+                or not 0 <= layer < n_layers
+            ]
+            if bad:
+                raise LapeError(
+                    f"indices[{lang!r}] has layers {bad!r} outside 0..{n_layers - 1} "
+                    f"(n_layers={n_layers})"
+                )
+            neurons.append(
+                tuple(
+                    torch.as_tensor(per_layer.get(layer, []), dtype=torch.int64).flatten()
+                    for layer in range(n_layers)
+                )
+            )
+        return cls(langs, n_layers, d_mlp, tuple(neurons), dict(metadata or {}))
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def n_languages(self) -> int:
+        """Number of languages."""
+        return len(self.languages)
+
+    def _lang_index(self, language: str) -> int:
+        try:
+            return self.languages.index(language)
+        except ValueError:
+            raise LapeError(
+                f"unknown language {language!r}; this neuron set has {list(self.languages)!r}"
+            ) from None
+
+    def _check_layer(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise LapeError(
+                f"layer must be an int in 0..{self.n_layers - 1} (n_layers={self.n_layers}); "
+                f"received {layer!r}"
+            )
+        return layer
+
+    def indices(self, language: str, layer: int) -> Int[Tensor, " k"]:
+        """Sorted int64 indices of ``language``'s neurons in ``layer`` (a fresh copy).
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"en": {0: [4, 2]}}, n_layers=1, d_mlp=5)
+            >>> ln.indices("en", 0)
+            tensor([2, 4])
+        """
+        k = self._lang_index(language)
+        return self.neurons[k][self._check_layer(layer)].clone()
+
+    def mask(self, language: str) -> Bool[Tensor, "n_layers d_mlp"]:
+        """Boolean mask of ``language``'s neurons.
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=1, d_mlp=3)
+            >>> ln.mask("en")
+            tensor([[False,  True, False]])
+        """
+        k = self._lang_index(language)
+        out = torch.zeros(self.n_layers, self.d_mlp, dtype=torch.bool)
+        for layer, idx in enumerate(self.neurons[k]):
+            out[layer, idx] = True
+        return out
+
+    def masks(self) -> Bool[Tensor, "lang n_layers d_mlp"]:
+        """Boolean masks of every language, stacked in :attr:`languages` order.
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"en": {0: [1]}, "fr": {}}, n_layers=1, d_mlp=2)
+            >>> ln.masks().shape
+            torch.Size([2, 1, 2])
+        """
+        return torch.stack([self.mask(lang) for lang in self.languages])
+
+    def counts(self) -> dict[str, int]:
+        """Number of neurons per language (a neuron shared by two languages counts for both).
+
+        Example:
+            >>> LanguageNeurons.from_indices({"en": {0: [1, 2]}}, n_layers=1, d_mlp=3).counts()
+            {'en': 2}
+        """
+        return {
+            lang: sum(int(idx.numel()) for idx in per_layer)
+            for lang, per_layer in zip(self.languages, self.neurons, strict=True)
+        }
+
+    def counts_per_layer(self) -> Int[Tensor, "lang n_layers"]:
+        """``out[k, l]`` = number of language k's neurons in layer l (int64).
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"en": {1: [0, 1]}}, n_layers=2, d_mlp=2)
+            >>> ln.counts_per_layer()
+            tensor([[0, 2]])
+        """
+        return torch.tensor(
+            [[int(idx.numel()) for idx in per_layer] for per_layer in self.neurons],
+            dtype=torch.int64,
+        ).reshape(self.n_languages, self.n_layers)
+
+    def union(self) -> Bool[Tensor, "n_layers d_mlp"]:
+        """Mask of the neurons that belong to at least one language.
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"a": {0: [0]}, "b": {0: [0, 1]}}, n_layers=1,
+            ...                                   d_mlp=3)
+            >>> int(ln.union().sum())
+            2
+        """
+        return einops.reduce(self.masks(), "lang n_layers d_mlp -> n_layers d_mlp", "any")
+
+    def overlap(self) -> Int[Tensor, "lang lang"]:
+        """``out[i, j]`` = number of neurons shared by languages i and j; the diagonal = counts.
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"a": {0: [0]}, "b": {0: [0, 1]}}, n_layers=1,
+            ...                                   d_mlp=3)
+            >>> ln.overlap()
+            tensor([[1, 1],
+                    [1, 2]])
+        """
+        flat = einops.rearrange(self.masks(), "lang n_layers d_mlp -> lang (n_layers d_mlp)")
+        flat = flat.to(torch.int64)
+        return torch.einsum("in,jn->ij", flat, flat)  # lang lang
+
+    def jaccard(self) -> Float[Tensor, "lang lang"]:
+        """Jaccard similarity |A ∩ B| / |A ∪ B| between languages (float64; 0 when both are empty).
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"a": {0: [0]}, "b": {0: [0, 1]}}, n_layers=1,
+            ...                                   d_mlp=3)
+            >>> ln.jaccard()
+            tensor([[1.0000, 0.5000],
+                    [0.5000, 1.0000]], dtype=torch.float64)
+        """
+        inter = self.overlap().to(torch.float64)  # lang lang
+        size = torch.diagonal(inter)  # lang
+        union = size[:, None] + size[None, :] - inter  # lang lang
+        return torch.where(union > 0, inter / union.clamp_min(1.0), torch.zeros_like(inter))
+
+    def total(self) -> int:
+        """Number of (language, layer, neuron) assignments: the sum of :meth:`counts`.
+
+        Example:
+            >>> LanguageNeurons.from_indices({"a": {0: [0]}, "b": {0: [0]}}, n_layers=1,
+            ...                              d_mlp=1).total()
+            2
+        """
+        return sum(self.counts().values())
+
+    def select(self, languages: Sequence[str]) -> "LanguageNeurons":
+        """The same set restricted to (and reordered as) ``languages``.
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"a": {0: [0]}, "b": {}}, n_layers=1, d_mlp=1)
+            >>> ln.select(["b", "a"]).languages
+            ('b', 'a')
+        """
+        langs = _check_languages(languages)
+        order = [self._lang_index(lang) for lang in langs]
+        return LanguageNeurons(
+            langs,
+            self.n_layers,
+            self.d_mlp,
+            tuple(self.neurons[k] for k in order),
+            self.metadata,
+        )
+
+    def check_compatible(self, n_layers: int, d_mlp: int, *, what: str = "model") -> None:
+        """Raise :class:`LapeError` unless this set fits a model with ``n_layers`` and ``d_mlp``.
+
+        The layer count must match exactly; ``d_mlp`` too (a set made for another width would
+        index the wrong neurons, or past the end: the index-out-of-bounds crash reported against
+        the paper's own code).
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"en": {}}, n_layers=2, d_mlp=8)
+            >>> ln.check_compatible(2, 8)
+            >>> try:
+            ...     ln.check_compatible(2, 16)
+            ... except LapeError as err:
+            ...     print(str(err)[:63])
+            the neuron set was made for a model with d_mlp=8, but the model
+        """
+        problems = []
+        if n_layers != self.n_layers:
+            problems.append(f"n_layers={self.n_layers}, but the {what} has n_layers={n_layers}")
+        if d_mlp != self.d_mlp:
+            problems.append(f"d_mlp={self.d_mlp}, but the {what} has d_mlp={d_mlp}")
+        if problems:
+            source = self.metadata.get("model_name")
+            made_for = f" ({source})" if source else ""
+            raise LapeError(
+                f"the neuron set was made for a model{made_for} with "
+                + "; and with ".join(problems)
+                + ". Use a neuron set selected on this model (same n_layers and d_mlp), e.g. "
+                "identify_language_neurons(collect_activation_stats(model, corpus))"
+            )
+
+    def summary(self) -> str:
+        """A few lines describing the set: shape, neurons per language, busiest layers.
+
+        Example:
+            >>> ln = LanguageNeurons.from_indices({"en": {1: [0, 1]}}, n_layers=2, d_mlp=2)
+            >>> print(ln.summary())
+            LanguageNeurons: 2 layers x 2 neurons, 1 languages, 2 assignments, 2 distinct neurons
+              en: 2 neurons; busiest layers 1:2
+        """
+        per_layer = self.counts_per_layer()
+        lines = [
+            f"LanguageNeurons: {self.n_layers} layers x {self.d_mlp} neurons, "
+            f"{self.n_languages} languages, {self.total()} assignments, "
+            f"{int(self.union().sum())} distinct neurons"
+        ]
+        for k, lang in enumerate(self.languages):
+            row = per_layer[k]
+            top = torch.argsort(-row, stable=True)[:3]
+            busiest = " ".join(f"{int(layer)}:{int(row[layer])}" for layer in top if row[layer] > 0)
+            lines.append(f"  {lang}: {int(row.sum())} neurons; busiest layers {busiest or '-'}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{lang}={n}" for lang, n in self.counts().items())
+        return f"LanguageNeurons(n_layers={self.n_layers}, d_mlp={self.d_mlp}, {counts})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LanguageNeurons):
+            return NotImplemented
+        return (
+            self.languages == other.languages
+            and self.n_layers == other.n_layers
+            and self.d_mlp == other.d_mlp
+            and all(
+                torch.equal(a, b)
+                for mine, theirs in zip(self.neurons, other.neurons, strict=True)
+                for a, b in zip(mine, theirs, strict=True)
+            )
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the set as human-readable JSON (atomically: a failed save leaves no file).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> ln = LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=1, d_mlp=2)
+            >>> p = pathlib.Path(tempfile.mkdtemp()) / "neurons.json"
+            >>> ln.save(p)
+            >>> LanguageNeurons.load(p) == ln
+            True
+        """
+        header = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "languages": list(self.languages),
+            "n_layers": self.n_layers,
+            "d_mlp": self.d_mlp,
+        }
+        blocks = []
+        for lang, per_layer in zip(self.languages, self.neurons, strict=True):
+            layers = [
+                f"      {json.dumps(str(layer))}: {json.dumps(idx.tolist())}"
+                for layer, idx in enumerate(per_layer)
+                if idx.numel()
+            ]
+            body = "{\n" + ",\n".join(layers) + "\n    }" if layers else "{}"
+            blocks.append(f"    {json.dumps(lang)}: {body}")
+        metadata = json.dumps(self.metadata, indent=2, sort_keys=True, allow_nan=False)
+        parts = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in header.items()]
+        parts.append('  "neurons": {\n' + ",\n".join(blocks) + "\n  }")
+        parts.append('  "metadata": ' + metadata.replace("\n", "\n  "))
+        text = "{\n" + ",\n".join(parts) + "\n}\n"
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "LanguageNeurons":
+        """Read a set written by :meth:`save`.
+
+        Raises:
+            LapeError: the file is missing, not valid JSON (corrupted or truncated), not a
+                ``tl_lape.LanguageNeurons`` file, or its content is inconsistent.
+        """
+        p = existing_file(path, "neuron set")
+        advice = "re-create it with LanguageNeurons.save (or from_rucaibox for the paper's .pth)"
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LapeError(
+                f"{str(p)!r} is not a valid LanguageNeurons JSON file (corrupted or truncated?): "
+                f"{err}; {advice}"
+            ) from None
+        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+            found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise LapeError(
+                f'{str(p)!r} is not a LanguageNeurons file: expected "format": {_FORMAT!r}, '
+                f"found {found!r}; {advice}"
+            )
+        if doc.get("version") != _VERSION:
+            raise LapeError(
+                f"{str(p)!r} has LanguageNeurons format version {doc.get('version')!r}; this "
+                f"tl_lape reads version {_VERSION}; upgrade tl_lape or {advice}"
+            )
+        try:
+            languages = doc["languages"]
+            n_layers = doc["n_layers"]
+            neurons = doc["neurons"]
+            if not isinstance(neurons, dict) or not isinstance(languages, list):
+                raise LapeError('"neurons" must be an object and "languages" a list')
+            unknown = sorted(set(neurons) - set(languages))
+            if unknown:
+                raise LapeError(f'"neurons" has languages {unknown!r} missing from "languages"')
+            indices = {}
+            for lang in languages:
+                per_layer = neurons.get(lang, {})
+                if not isinstance(per_layer, dict):
+                    raise LapeError(f'"neurons"[{lang!r}] must be an object layer -> indices')
+                converted = {}
+                for key, value in per_layer.items():
+                    if not (isinstance(key, str) and key.isdigit()):
+                        raise LapeError(f'"neurons"[{lang!r}] has a non-integer layer key {key!r}')
+                    if not isinstance(value, list) or not all(
+                        isinstance(v, int) and not isinstance(v, bool) for v in value
+                    ):
+                        raise LapeError(f'"neurons"[{lang!r}][{key!r}] must be a list of ints')
+                    converted[int(key)] = value
+                indices[lang] = converted
+            return cls.from_indices(
+                indices, n_layers=n_layers, d_mlp=doc["d_mlp"], metadata=doc.get("metadata", {})
+            )
+        except KeyError as err:
+            raise LapeError(f"{str(p)!r} lacks the field {err}; {advice}") from None
+        except LapeError as err:
+            raise LapeError(f"{str(p)!r} has invalid content: {err}; {advice}") from None
+
+    @classmethod
+    def from_rucaibox(
+        cls,
+        path: str | os.PathLike[str],
+        languages: Sequence[str],
+        *,
+        n_layers: int | None = None,
+        d_mlp: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> "LanguageNeurons":
+        """Load a neuron set released with the LAPE paper (``List[List[LongTensor]]``).
+
+        The file stores ``neurons[lang][layer]`` but neither the language names nor the model
+        width, so both come from the caller: ``languages`` in the file's order (the paper's
+        files use ``en, zh, fr, es, vi, id`` and add ``ja`` last in seven-language files), and
+        ``d_mlp``. Without ``d_mlp``, it is taken as the largest index + 1, which is only a lower
+        bound on the real width: pass the model's ``d_mlp`` (e.g. 11008 for LLaMA-2-7B) so that
+        :meth:`check_compatible` can catch a set applied to the wrong model. The file is read with
+        ``torch.load(path, weights_only=True)``, which never runs code from the file.
+
+        Args:
+            path: the ``.neuron.pth`` file.
+            languages: one code per entry of the file, in the file's order.
+            n_layers: expected number of layers; checked against the file if given.
+            d_mlp: the model's MLP width; every index must be smaller.
+            metadata: extra provenance to store (the path and format are recorded anyway).
+
+        Example:
+            >>> import tempfile, pathlib, torch
+            >>> p = pathlib.Path(tempfile.mkdtemp()) / "toy.neuron.pth"
+            >>> torch.save([[torch.tensor([3]), torch.tensor([], dtype=torch.long)]], p)
+            >>> LanguageNeurons.from_rucaibox(p, ["en"], d_mlp=8)
+            LanguageNeurons(n_layers=2, d_mlp=8, en=1)
+        """
+        p = existing_file(path, "neuron file")
+        langs = _check_languages(languages)
+        advice = (
+            "expected a torch.save-d List[List[LongTensor]] indexed neurons[language][layer], "
+            "as released with the LAPE paper"
+        )
+        try:
+            data = torch.load(p, weights_only=True, map_location="cpu")
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+            raise LapeError(
+                f"cannot read {str(p)!r} as a neuron file (corrupted, truncated or not a torch "
+                f"file?): {type(err).__name__}: {str(err)[:200]}; {advice}"
+            ) from None
+        if not isinstance(data, (list, tuple)) or not data:
+            raise LapeError(f"{str(p)!r} holds a {type(data).__name__}, not a list; {advice}")
+        if len(data) != len(langs):
+            raise LapeError(
+                f"{str(p)!r} holds {len(data)} languages but languages names {len(langs)}: "
+                f"{langs!r}; pass exactly one code per entry, in the file's order"
+            )
+        layer_counts = {len(x) if isinstance(x, (list, tuple)) else -1 for x in data}
+        if len(layer_counts) != 1 or -1 in layer_counts or 0 in layer_counts:
+            raise LapeError(
+                f"{str(p)!r} must hold, for every language, the same non-zero number of layer "
+                f"entries; found layer counts {sorted(layer_counts)}; {advice}"
+            )
+        file_layers = layer_counts.pop()
+        if n_layers is not None and n_layers != file_layers:
+            raise LapeError(
+                f"{str(p)!r} has {file_layers} layers but n_layers={n_layers} was given; "
+                "use the neuron file made for this model"
+            )
+        tensors: list[list[Tensor]] = []
+        max_index = -1
+        for k, per_layer in enumerate(data):
+            row = []
+            for layer, idx in enumerate(per_layer):
+                if not isinstance(idx, Tensor) or idx.is_floating_point() or idx.is_complex():
+                    got = idx.dtype if isinstance(idx, Tensor) else type(idx).__name__
+                    raise LapeError(
+                        f"{str(p)!r}: entry [{k}][{layer}] ({langs[k]!r}) must be an integer "
+                        f"tensor; found {got}; {advice}"
+                    )
+                idx = idx.flatten().to(torch.int64)
+                if idx.numel():
+                    max_index = max(max_index, int(idx.max()))
+                row.append(idx)
+            tensors.append(row)
+        if d_mlp is None:
+            d_mlp = max(max_index + 1, 1)
+        elif max_index >= d_mlp:
+            raise LapeError(
+                f"{str(p)!r} has neuron index {max_index}, which does not fit d_mlp={d_mlp}; "
+                "the file was made for a wider model: check the file and d_mlp"
+            )
+        meta = {"source": str(p), "source_format": "rucaibox"}
+        meta.update(dict(metadata or {}))
+        return cls(langs, file_layers, d_mlp, tuple(tuple(row) for row in tensors), meta)
+
+    def to_rucaibox(self, path: str | os.PathLike[str]) -> None:
+        """Write the set in the LAPE paper's format (``torch.save`` of ``List[List[LongTensor]]``).
+
+        Language names, ``d_mlp`` and metadata are not part of that format; keep them with
+        :meth:`save`.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> ln = LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=1, d_mlp=2)
+            >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.neuron.pth"
+            >>> ln.to_rucaibox(p)
+            >>> LanguageNeurons.from_rucaibox(p, ["en"], d_mlp=2) == ln
+            True
+        """
+        data = [[idx.clone() for idx in per_layer] for per_layer in self.neurons]
+        with atomic_path(path) as tmp:
+            torch.save(data, tmp)
+
+
+def _normalise_indices(idx: Any, d_mlp: int, where: str) -> Tensor:
+    """Copy ``idx`` to a sorted, de-duplicated int64 CPU tensor; check it lies in [0, d_mlp)."""
+    if not isinstance(idx, Tensor):
+        raise LapeError(f"{where} must be a 1-D integer tensor; received {type(idx).__name__}")
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise LapeError(f"{where} must hold integer neuron indices; received dtype {idx.dtype}")
+    if idx.ndim > 1:
+        raise LapeError(f"{where} must be 1-D; received shape {tuple(idx.shape)}")
+    out = torch.unique(idx.detach().to("cpu", torch.int64).flatten(), sorted=True)
+    if out.numel() and (int(out[0]) < 0 or int(out[-1]) >= d_mlp):
+        bad = int(out[0]) if int(out[0]) < 0 else int(out[-1])
+        raise LapeError(
+            f"{where} holds neuron index {bad}, outside 0..{d_mlp - 1} (d_mlp={d_mlp}); "
+            "check that the set belongs to a model of this width"
+        )
+    return out
