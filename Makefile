@@ -30,5 +30,20 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_collect.py
 
+# The TransformerLens 3.x HookedTransformer path, in its own environment.
+TL3_VENV ?= .venv-tl3
+TL3_STAMP := $(TL3_VENV)/.installed-stamp
+
+$(TL3_STAMP): pyproject.toml constraints-tl3.txt
+	test -x $(TL3_VENV)/bin/python || $(PYTHON) -m venv $(TL3_VENV)
+	$(TL3_VENV)/bin/python -m pip install -q -c constraints-tl3.txt torch
+	$(TL3_VENV)/bin/python -m pip install -q -c constraints-tl3.txt transformer-lens transformers \
+		einops jaxtyping pytest beartype safetensors tokenizers tqdm matplotlib
+	$(TL3_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(TL3_STAMP)
+
+test-tl3: $(TL3_STAMP)
+	$(TL3_VENV)/bin/python -m pytest -q tests/test_tl3.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) $(TL3_VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

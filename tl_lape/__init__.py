@@ -5,7 +5,9 @@ neuron, the probability that it fires on each language's text, and selects the n
 firing is concentrated on few languages.
 """
 
+from tl_lape.collect import collect_activation_stats
 from tl_lape.errors import LapeError
+from tl_lape.hooks import deactivation_hooks, patching_hooks, steering_hooks
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
 from tl_lape.stats import ActivationStats
@@ -17,8 +19,12 @@ __all__ = [
     "LanguageNeurons",
     "LapeError",
     "__version__",
+    "collect_activation_stats",
+    "deactivation_hooks",
     "identify_language_neurons",
     "lap_scores",
     "lape_scores",
     "lave_scores",
+    "patching_hooks",
+    "steering_hooks",
 ]

@@ -1,0 +1,519 @@
+"""Streaming per-language activation statistics: the first step of LAPE.
+
+:func:`collect_activation_stats` runs a corpus per language through a TransformerLens model and
+counts, for every MLP neuron, on how many tokens it fires (``hook_pre > 0``, the paper's
+``act_fn(gate) > 0``) and the sum of its activation value ``act_fn(hook_pre)``. Counting happens
+inside hooks on ``hook_pre``, on the model's device (no host synchronisation per batch), so
+memory does not grow with the corpus. The forward pass stops right after the last layer's
+``hook_pre``: its hook raises a private exception that ends the pass, which skips the last
+layer's up and down projections, the final norm and the unembedding (and the ``[batch, pos,
+d_vocab]`` logits). ``stop_at_layer`` cannot do this, as it stops before a block, and both
+``HookedTransformer`` and ``TransformerBridge`` leave no state behind when a hook raises.
+
+How text becomes windows (the paper's recipe, made explicit):
+
+1. Each language's documents are tokenized one by one without special tokens and concatenated
+   into one token stream, with the tokenizer's EOS token between consecutive documents (no
+   separator if the tokenizer has no EOS). A 1-D tensor of token ids is used as the stream as is.
+2. The stream is cut to ``max_tokens_per_language`` tokens, if given.
+3. The stream is cut into consecutive windows of ``seq_len`` tokens, without padding. A final,
+   shorter remainder is dropped (as in the paper's code) unless ``drop_last=False``, in which
+   case it is run as a window of its own.
+4. With ``prepend_bos=True`` every window starts with the BOS token followed by ``seq_len - 1``
+   corpus tokens; the BOS position is run but not counted. The paper fed raw windows (the
+   default, ``prepend_bos=False``).
+
+Windows are enumerated deterministically: language by language in the corpus' order, then in
+stream order, grouped into batches of ``batch_size`` windows that never mix languages (the last
+batch of a language may be smaller; a short remainder window is a batch of its own).
+"""
+
+import importlib.metadata
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tl_lape._adapter import ModelAdapter, adapt
+from tl_lape.errors import LapeError
+from tl_lape.stats import ActivationStats
+
+__all__ = ["collect_activation_stats"]
+
+logger = logging.getLogger(__name__)
+
+#: Default window length when the model's context is at least this long.
+DEFAULT_SEQ_LEN = 512
+
+CorpusSource = Iterable[str] | Tensor
+HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """How a corpus is cut into windows; see the module docstring.
+
+    Attributes:
+        seq_len: Positions per window (including the BOS position if ``prepend_bos``).
+        batch_size: Windows per forward pass.
+        max_tokens_per_language: Counted tokens per language at most (None: all).
+        prepend_bos: Start every window with BOS (not counted).
+        drop_last: Drop a final window shorter than ``seq_len``.
+    """
+
+    seq_len: int
+    batch_size: int
+    max_tokens_per_language: int | None
+    prepend_bos: bool
+    drop_last: bool
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LapeError(f"{name} must be a positive int; received {value!r}")
+        if self.prepend_bos and self.seq_len < 2:
+            raise LapeError(
+                f"seq_len must be >= 2 with prepend_bos=True (BOS plus at least one token); "
+                f"received {self.seq_len}"
+            )
+        budget = self.max_tokens_per_language
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
+            raise LapeError(
+                f"max_tokens_per_language must be a positive int or None; received {budget!r}"
+            )
+
+    @property
+    def content_len(self) -> int:
+        """Corpus tokens per full window (``seq_len`` minus the BOS position, if any)."""
+        return self.seq_len - 1 if self.prepend_bos else self.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-serialisable dict."""
+        return {
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "max_tokens_per_language": self.max_tokens_per_language,
+            "prepend_bos": self.prepend_bos,
+            "drop_last": self.drop_last,
+        }
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """One forward pass worth of windows of one language.
+
+    Attributes:
+        index: Position of this batch in the deterministic enumeration (0, 1, 2, ...).
+        language: Language code.
+        lang_index: Index of the language in the corpus' order.
+        tokens: ``[batch, pos]`` token ids on the CPU (with the BOS column if ``prepend_bos``).
+        n_counted: Tokens that count towards the statistics (``batch * (pos - bos)``).
+    """
+
+    index: int
+    language: str
+    lang_index: int
+    tokens: Tensor
+    n_counted: int
+
+
+def _check_token_tensor(ids: Tensor, language: str, d_vocab: int | None) -> Tensor:
+    if ids.ndim != 1 or ids.dtype in (torch.bool,) or ids.is_floating_point() or ids.is_complex():
+        raise LapeError(
+            f"corpus[{language!r}] must be an iterable of strings or a 1-D integer tensor of token "
+            f"ids; received a {ids.dtype} tensor of shape {tuple(ids.shape)} (flatten windows "
+            "with .flatten())"
+        )
+    ids = ids.detach().to("cpu", torch.long)
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or (d_vocab is not None and hi >= d_vocab):
+            raise LapeError(
+                f"corpus[{language!r}] holds token ids in [{lo}, {hi}], outside the model's "
+                f"vocabulary [0, {d_vocab}); were they made with another tokenizer?"
+            )
+    return ids
+
+
+def _token_chunks(adapter: ModelAdapter, source: Any, language: str) -> Iterator[Tensor]:
+    """The language's token stream, as a sequence of 1-D CPU LongTensor chunks."""
+    d_vocab = getattr(getattr(adapter.model, "cfg", None), "d_vocab", None)
+    if isinstance(source, Tensor):
+        yield _check_token_tensor(source, language, d_vocab)
+        return
+    if isinstance(source, (str, bytes)):
+        raise LapeError(
+            f"corpus[{language!r}] is a single string; pass a list of documents, e.g. "
+            f"{{{language!r}: [text]}}"
+        )
+    if not isinstance(source, Iterable):
+        raise LapeError(
+            f"corpus[{language!r}] must be an iterable of strings or a 1-D tensor of token ids; "
+            f"received {type(source).__name__}"
+        )
+    eos = adapter.eos_token_id
+    separator = torch.tensor([eos], dtype=torch.long) if eos is not None else None
+    first = True
+    for i, doc in enumerate(source):
+        if not isinstance(doc, str):
+            raise LapeError(
+                f"corpus[{language!r}] must hold strings; item {i} is a {type(doc).__name__}"
+            )
+        ids = adapter.encode(doc)
+        if ids.numel() == 0:
+            continue
+        if not first and separator is not None:
+            yield separator
+        first = False
+        yield ids
+
+
+def _iter_windows(
+    chunks: Iterable[Tensor], settings: WindowSettings
+) -> Iterator[tuple[Tensor, int]]:
+    """Cut a token stream into windows; yields ``(content_tokens, tokens_taken_so_far)``.
+
+    Never copies more than one window at a time, so a 100M-token tensor is cut in O(n).
+    """
+    content_len = settings.content_len
+    budget = settings.max_tokens_per_language
+    pending: list[Tensor] = []
+    n_pending = 0
+    taken = 0
+    for chunk in chunks:
+        if budget is not None:
+            chunk = chunk[: budget - taken]
+        taken += chunk.numel()
+        start = 0
+        while start < chunk.numel():
+            piece = chunk[start : start + content_len - n_pending]
+            pending.append(piece)
+            n_pending += piece.numel()
+            start += piece.numel()
+            if n_pending == content_len:
+                yield torch.cat(pending), taken
+                pending, n_pending = [], 0
+        if budget is not None and taken >= budget:
+            break
+    if n_pending and not settings.drop_last:
+        yield torch.cat(pending), taken
+    elif n_pending and taken == n_pending:
+        # Not even one full window: say so instead of returning nothing.
+        raise _TooShort(taken)
+
+
+class _TooShort(Exception):
+    def __init__(self, n_tokens: int) -> None:
+        super().__init__(n_tokens)
+        self.n_tokens = n_tokens
+
+
+def iter_window_batches(
+    adapter: ModelAdapter,
+    corpus: Mapping[str, Any],
+    settings: WindowSettings,
+) -> Iterator[WindowBatch]:
+    """Enumerate the batches of windows of ``corpus`` deterministically (see module docstring).
+
+    The same corpus and settings always give the same batches with the same indices, so that
+    several processes can each take a disjoint share (``batch.index % world_size == rank``) and
+    an interrupted run can resume after a given batch index.
+    """
+    bos = adapter.bos_token_id if settings.prepend_bos else None
+    if settings.prepend_bos and bos is None:
+        raise LapeError(
+            f"prepend_bos=True but the tokenizer of {adapter.model_name!r} has no BOS (or EOS) "
+            "token; pass prepend_bos=False"
+        )
+    index = 0
+    for lang_index, (language, source) in enumerate(corpus.items()):
+        windows = _iter_windows(_token_chunks(adapter, source, language), settings)
+        group: list[Tensor] = []
+        seen_any = False
+        while True:
+            try:
+                window, _taken = next(windows)
+            except StopIteration:
+                break
+            except _TooShort as short:
+                raise LapeError(
+                    f"corpus[{language!r}] has only {short.n_tokens} tokens, fewer than one "
+                    f"window of {settings.content_len} corpus tokens (seq_len={settings.seq_len}); "
+                    "give more text, lower seq_len, or pass drop_last=False"
+                ) from None
+            seen_any = True
+            if window.numel() < settings.content_len:  # the short remainder (drop_last=False)
+                if group:
+                    yield _make_batch(index, language, lang_index, group, bos)
+                    index += 1
+                    group = []
+                yield _make_batch(index, language, lang_index, [window], bos)
+                index += 1
+                continue
+            group.append(window)
+            if len(group) == settings.batch_size:
+                yield _make_batch(index, language, lang_index, group, bos)
+                index += 1
+                group = []
+        if group:
+            yield _make_batch(index, language, lang_index, group, bos)
+            index += 1
+        if not seen_any:
+            raise LapeError(
+                f"corpus[{language!r}] is empty (no tokens); give every language some text or "
+                "leave the language out"
+            )
+
+
+def _make_batch(
+    index: int, language: str, lang_index: int, windows: list[Tensor], bos: int | None
+) -> WindowBatch:
+    tokens = torch.stack(windows)  # batch pos
+    n_counted = tokens.numel()
+    if bos is not None:
+        bos_column = torch.full((tokens.shape[0], 1), bos, dtype=torch.long)
+        tokens = torch.cat([bos_column, tokens], dim=1)  # batch pos+1
+    return WindowBatch(index, language, lang_index, tokens, n_counted)
+
+
+class _StopForward(Exception):
+    """Raised by the last layer's counting hook: nothing after it is needed."""
+
+
+class _Accumulator:
+    """Per-layer counters living on the device where each layer's activations arrive."""
+
+    def __init__(self, adapter: ModelAdapter, n_languages: int, skip_positions: int) -> None:
+        self.adapter = adapter
+        self.n_languages = n_languages
+        self.skip = skip_positions
+        self.lang_index = 0
+        # counts[layer]: [lang, d_mlp] int64; sums[layer]: [lang, d_mlp] float64.
+        self.counts: list[Tensor | None] = [None] * adapter.n_layers
+        self.sums: list[Tensor | None] = [None] * adapter.n_layers
+
+    def hooks(self) -> list[tuple[str, Callable[..., None]]]:
+        last = self.adapter.n_layers - 1
+        return [
+            (self.adapter.hook_pre(layer), self._make_hook(layer, stop=layer == last))
+            for layer in range(self.adapter.n_layers)
+        ]
+
+    def _make_hook(self, layer: int, *, stop: bool) -> Callable[..., None]:
+        act_fn = self.adapter.act_fn
+
+        def count_hook(act: Tensor, hook: Any) -> None:
+            pre = act[:, self.skip :] if self.skip else act  # batch pos d_mlp
+            counts, sums = self.counts[layer], self.sums[layer]
+            if counts is None or sums is None:
+                shape = (self.n_languages, pre.shape[-1])
+                counts = self.counts[layer] = torch.zeros(
+                    shape, dtype=torch.int64, device=pre.device
+                )
+                sums = self.sums[layer] = torch.zeros(shape, dtype=torch.float64, device=pre.device)
+            counts[self.lang_index] += (pre > 0).sum(dim=(0, 1))  # d_mlp
+            sums[self.lang_index] += act_fn(pre).sum(dim=(0, 1), dtype=torch.float64)  # d_mlp
+            if stop:
+                raise _StopForward
+
+        return count_hook
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """``(active_counts, activation_sums)`` as ``[n_layers, d_mlp, lang]`` CPU tensors."""
+        d_mlp = self.adapter.d_mlp
+        shape = (self.n_languages, d_mlp)
+        counts = [
+            c.cpu() if c is not None else torch.zeros(shape, dtype=torch.int64) for c in self.counts
+        ]
+        sums = [
+            s.cpu() if s is not None else torch.zeros(shape, dtype=torch.float64) for s in self.sums
+        ]
+        # n_layers lang d_mlp -> n_layers d_mlp lang
+        return (
+            torch.stack(counts).permute(0, 2, 1).contiguous(),
+            torch.stack(sums).permute(0, 2, 1).contiguous(),
+        )
+
+
+def _run_counting(
+    adapter: ModelAdapter, tokens: Tensor, hooks: HookList, extra_hooks: HookList
+) -> None:
+    model = adapter.model
+    kwargs: dict[str, Any] = {}
+    tokenizer = getattr(model, "tokenizer", None)
+    if getattr(tokenizer, "padding_side", "right") == "left":
+        # Some models infer an attention mask from pad tokens when padding left; our windows
+        # have no padding, and a pad id inside the text (GPT-2: pad == EOS) must not be masked.
+        kwargs["attention_mask"] = torch.ones_like(tokens)
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[*extra_hooks, *hooks], return_type=None, **kwargs)
+    except _StopForward:
+        return
+    raise LapeError(  # pragma: no cover - a model whose last hook_pre never fires
+        f"the forward pass of {adapter.model_name!r} never reached "
+        f"{adapter.hook_pre(adapter.n_layers - 1)!r}; tl_lape cannot count its neurons"
+    )
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _resolve_seq_len(adapter: ModelAdapter, seq_len: int | None) -> int:
+    n_ctx = adapter.n_ctx
+    if seq_len is None:
+        return min(DEFAULT_SEQ_LEN, n_ctx) if n_ctx else DEFAULT_SEQ_LEN
+    if n_ctx is not None and isinstance(seq_len, int) and seq_len > n_ctx:
+        raise LapeError(
+            f"seq_len={seq_len} exceeds the context length n_ctx={n_ctx} of "
+            f"{adapter.model_name!r}; pass seq_len <= {n_ctx}"
+        )
+    return seq_len
+
+
+def _check_corpus(corpus: Any) -> None:
+    if not isinstance(corpus, Mapping):
+        raise LapeError(
+            f"corpus must map language codes to texts (e.g. {{'en': [...], 'zh': [...]}}); "
+            f"received {type(corpus).__name__}"
+        )
+    if not corpus:
+        raise LapeError("corpus is empty: give at least one language with some text")
+    for language, source in corpus.items():
+        if not isinstance(language, str) or not language:
+            raise LapeError(f"corpus keys must be non-empty language codes; received {language!r}")
+        empty = (isinstance(source, Tensor) and source.numel() == 0) or (
+            isinstance(source, Sequence) and not isinstance(source, str) and len(source) == 0
+        )
+        if empty:
+            raise LapeError(
+                f"corpus[{language!r}] is empty (no documents); give every language some text or "
+                "leave the language out"
+            )
+
+
+def collect_activation_stats(
+    model: Any,
+    corpus: Mapping[str, Iterable[str] | Int[Tensor, " n_tokens"]],
+    *,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    max_tokens_per_language: int | None = None,
+    prepend_bos: bool = False,
+    drop_last: bool = True,
+    fwd_hooks: HookList = (),
+    progress: bool = True,
+) -> ActivationStats:
+    """Count how often, and how strongly, every MLP neuron fires on each language's text.
+
+    Args:
+        model: A TransformerLens ``TransformerBridge`` or ``HookedTransformer``.
+        corpus: Maps a language code to its text: an iterable of documents (strings, tokenized
+            with the model's tokenizer, streamed one at a time) or a 1-D tensor of token ids.
+        seq_len: Window length in tokens (default: 512, or the context length if shorter).
+        batch_size: Windows per forward pass.
+        max_tokens_per_language: Counted tokens per language at most (default: all).
+        prepend_bos: Start each window with the BOS token (not counted); the paper did not.
+        drop_last: Drop each language's final window if shorter than ``seq_len`` (the paper
+            did); with ``False`` it is run on its own.
+        fwd_hooks: Extra ``(hook_name, fn)`` pairs active during collection, e.g.
+            :func:`tl_lape.deactivation_hooks` to collect statistics under an intervention.
+        progress: Show a tqdm progress bar (in tokens).
+
+    Returns:
+        :class:`~tl_lape.ActivationStats` with ``active_counts[l, n, k]`` = number of language
+        k's tokens with ``hook_pre > 0`` at neuron n of layer l, ``activation_sums`` = the sum of
+        ``act_fn(hook_pre)`` (float64) and ``n_tokens[k]``; on the CPU.
+
+    Raises:
+        LapeError: Bad corpus (empty language, a lone string, token ids outside the
+            vocabulary, too few tokens for one window), bad settings, or a model tl_lape cannot
+            read.
+
+    Example:
+        >>> corpus = {"en": ["The cat sat on the mat."], "fr": ["Le chat est assis."]}
+        >>> stats = collect_activation_stats(model, corpus, seq_len=4)  # doctest: +SKIP
+        >>> stats.active_counts.shape  # [n_layers, d_mlp, lang]  # doctest: +SKIP
+        torch.Size([2, 64, 2])
+    """
+    adapter = adapt(model)
+    _check_corpus(corpus)
+    settings = WindowSettings(
+        seq_len=_resolve_seq_len(adapter, seq_len),
+        batch_size=batch_size,
+        max_tokens_per_language=max_tokens_per_language,
+        prepend_bos=prepend_bos,
+        drop_last=drop_last,
+    )
+    languages = tuple(corpus)
+    accumulator = _Accumulator(adapter, len(languages), skip_positions=int(prepend_bos))
+    hooks = accumulator.hooks()
+    n_tokens = [0] * len(languages)
+    n_windows = [0] * len(languages)
+    total = None
+    if max_tokens_per_language is not None:
+        total = max_tokens_per_language * len(languages)
+    with (
+        tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, desc="LAPE") as bar,
+        torch.inference_mode(),
+    ):
+        for batch in iter_window_batches(adapter, corpus, settings):
+            accumulator.lang_index = batch.lang_index
+            _run_counting(adapter, batch.tokens.to(adapter.device), hooks, fwd_hooks)
+            n_tokens[batch.lang_index] += batch.n_counted
+            n_windows[batch.lang_index] += batch.tokens.shape[0]
+            bar.set_postfix_str(batch.language, refresh=False)
+            bar.update(batch.n_counted)
+    active_counts, activation_sums = accumulator.result()
+    metadata = _stats_metadata(adapter, settings, languages, n_windows)
+    return ActivationStats(
+        languages=languages,
+        n_tokens=torch.tensor(n_tokens, dtype=torch.int64),
+        active_counts=active_counts,
+        activation_sums=activation_sums,
+        metadata=metadata,
+    )
+
+
+def _stats_metadata(
+    adapter: ModelAdapter,
+    settings: WindowSettings,
+    languages: tuple[str, ...],
+    n_windows: Sequence[int],
+) -> dict[str, Any]:
+    """The provenance recorded in the statistics' metadata (JSON-serialisable)."""
+    return {
+        "model_name": adapter.model_name,
+        "n_layers": adapter.n_layers,
+        "d_mlp": adapter.d_mlp,
+        "gated": adapter.gated,
+        "act_fn": adapter.act_fn_name,
+        "hook_names": adapter.hook_patterns(),
+        "counted": "hook_pre > 0",
+        **settings.to_dict(),
+        "document_separator": "eos" if adapter.eos_token_id is not None else None,
+        "n_windows": dict(zip(languages, (int(n) for n in n_windows), strict=True)),
+        "versions": {
+            "torch": torch.__version__,
+            "transformer_lens": _package_version("transformer-lens"),
+            "transformers": _package_version("transformers"),
+            "tl_lape": _tl_lape_version(),
+        },
+    }
+
+
+def _tl_lape_version() -> str:
+    import tl_lape
+
+    return str(tl_lape.__version__)

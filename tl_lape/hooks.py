@@ -1,0 +1,544 @@
+"""Intervention hooks on language-specific neurons, in TransformerLens' hook protocol.
+
+Each factory returns a list of ``(hook_name, fn)`` pairs, ``fn(act, *, hook)``, to pass to
+``model.run_with_hooks(tokens, fwd_hooks=...)``, ``with model.hooks(fwd_hooks=...)`` or
+``model.generate`` inside such a block; they compose with your own hooks (concatenate the lists)
+and are attached only for the duration of that call or block. All of them act on
+``blocks.{l}.mlp.hook_post``, the input of the down projection:
+
+* :func:`deactivation_hooks` sets the chosen neurons to zero (the paper's deactivation; the same
+  as zeroing those columns of the down projection).
+* :func:`steering_hooks` sets, adds to, or scales the activation value ``act_fn(gate)`` of a
+  target language's neurons. In a gated MLP (``hook_post = act_fn(gate) * up``) setting the
+  value to ``v`` writes ``v * up``, reading ``up`` (``hook_pre_linear``) in the same forward pass.
+* :func:`patching_hooks` copies a language's neuron activations from another run.
+
+Positions: every factory takes ``positions=``: ``None`` (all), an int, a slice, a sequence or
+tensor of indices, or a bool mask over the ``pos`` axis of each forward pass, or one of the
+strings ``"new"`` and ``"prompt"`` for generation. Explicit positions index the positions of each
+forward pass as it comes: with a KV cache every decoding step is a pass of one position, so
+``positions=slice(0, 5)`` would also hit each new token. ``"new"`` affects only newly generated
+tokens and ``"prompt"`` only the prompt, with or without a KV cache: the first pass a hook sees
+is taken as the prompt; a later pass of one position (KV cache), or one longer by one position
+than the sequence so far (no cache), continues it. Make fresh hooks for every ``generate`` call.
+
+Example:
+    >>> fwd_hooks = deactivation_hooks(neurons, ["fr"])  # doctest: +SKIP
+    >>> logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)  # doctest: +SKIP
+    >>> steer = steering_hooks(neurons, stats, "fr", model=model, positions="new")  # doctest: +SKIP
+    >>> with model.hooks(fwd_hooks=steer):  # doctest: +SKIP
+    ...     text = model.generate("The weather today", max_new_tokens=20)
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from tl_lape.errors import LapeError
+from tl_lape.neurons import LanguageNeurons
+from tl_lape.stats import ActivationStats
+
+__all__ = ["Positions", "deactivation_hooks", "patching_hooks", "steering_hooks"]
+
+#: What ``positions=`` accepts.
+Positions = int | slice | Sequence[int] | Tensor | Literal["new", "prompt"] | None
+HookFn = Callable[..., Tensor | None]
+FwdHooks = list[tuple[str, HookFn]]
+
+_MODES = ("replace", "add", "scale")
+
+
+def _post_name(layer: int) -> str:
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def _pre_linear_name(layer: int) -> str:
+    return f"blocks.{layer}.mlp.hook_pre_linear"
+
+
+# --------------------------------------------------------------------------- positions
+
+
+class _PositionSelector:
+    """Turns ``positions=`` into the position indices of one forward pass (None = all)."""
+
+    def __init__(self, positions: Any) -> None:
+        self.kind: str
+        self.static: Tensor | None = None
+        self.prompt_len: int | None = None
+        self.total = 0
+        if positions is None:
+            self.kind = "all"
+        elif isinstance(positions, str):
+            if positions not in ("new", "prompt"):
+                raise LapeError(
+                    f"positions must be None, an int, a slice, indices, a bool mask, 'new' or "
+                    f"'prompt'; received the string {positions!r}"
+                )
+            self.kind = positions
+        elif isinstance(positions, slice):
+            self.kind = "slice"
+            self.slice = positions
+        elif isinstance(positions, bool):
+            raise LapeError(f"positions must not be a bool; received {positions!r}")
+        elif isinstance(positions, int):
+            self.kind = "index"
+            self.static = torch.tensor([positions], dtype=torch.long)
+        elif isinstance(positions, Tensor) and positions.dtype == torch.bool:
+            if positions.ndim != 1:
+                raise LapeError(
+                    f"a bool positions mask must be 1-D over pos; received shape "
+                    f"{tuple(positions.shape)}"
+                )
+            self.kind = "mask"
+            self.static = positions.detach().cpu()
+        else:
+            try:
+                idx = torch.as_tensor(positions)
+            except (TypeError, ValueError, RuntimeError):
+                raise LapeError(
+                    f"positions must be None, an int, a slice, indices, a bool mask, 'new' or "
+                    f"'prompt'; received {type(positions).__name__}"
+                ) from None
+            if idx.numel() == 0:
+                idx = idx.reshape(0).to(torch.long)
+            if idx.ndim != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
+                raise LapeError(
+                    f"position indices must be a 1-D sequence of ints; received {positions!r}"
+                )
+            self.kind = "index"
+            self.static = idx.detach().cpu().to(torch.long)
+
+    def select(self, pos_len: int, hook_name: str) -> Tensor | None:
+        """Indices (CPU, int64) of the positions to change in a pass of ``pos_len``; None = all."""
+        if self.kind == "all":
+            return None
+        if self.kind == "slice":
+            return torch.arange(pos_len)[self.slice]
+        if self.kind == "mask":
+            assert self.static is not None
+            if self.static.shape[0] != pos_len:
+                raise LapeError(
+                    f"positions mask has length {self.static.shape[0]} but the activation at "
+                    f"{hook_name!r} has pos={pos_len}; give a mask as long as the sequence"
+                )
+            return torch.nonzero(self.static).flatten()
+        if self.kind == "index":
+            assert self.static is not None
+            idx = self.static
+            if idx.numel() and (int(idx.min()) < -pos_len or int(idx.max()) >= pos_len):
+                raise LapeError(
+                    f"positions {idx.tolist()} are out of range for the activation at "
+                    f"{hook_name!r} with pos={pos_len}"
+                )
+            return idx % pos_len if idx.numel() else idx
+        # "new" / "prompt": track the sequence across generation steps.
+        if self.prompt_len is None or (pos_len > 1 and pos_len != self.total + 1):
+            self.prompt_len, self.total = pos_len, pos_len  # a new prompt
+            new = torch.zeros(pos_len, dtype=torch.bool)
+        elif pos_len == 1:  # a decoding step with a KV cache
+            self.total += 1
+            new = torch.ones(1, dtype=torch.bool)
+        else:  # the sequence re-run with one more token (no KV cache)
+            self.total = pos_len
+            new = torch.arange(pos_len) >= self.prompt_len
+        chosen = new if self.kind == "new" else ~new
+        return torch.nonzero(chosen).flatten()
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+class _DeviceCache:
+    """A CPU tensor, copied once per (device, dtype) it is needed on."""
+
+    def __init__(self, value: Tensor) -> None:
+        self.value = value
+        self._copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def on(self, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+        key = (device, dtype if dtype is not None else self.value.dtype)
+        copy = self._copies.get(key)
+        if copy is None:
+            copy = self._copies[key] = self.value.to(device=device, dtype=key[1])
+        return copy
+
+
+def _check_act(act: Tensor, hook: Any, d_mlp: int, name: str) -> None:
+    if act.ndim != 3:
+        raise LapeError(
+            f"expected a [batch, pos, d_mlp] activation at {name!r}; received shape "
+            f"{tuple(act.shape)} (remove_batch_dim is not supported)"
+        )
+    if act.shape[-1] != d_mlp:
+        raise LapeError(
+            f"the activation at {name!r} has width {act.shape[-1]}, but the neuron set was made "
+            f"for d_mlp={d_mlp}; use neurons selected on this model"
+        )
+
+
+def _language_list(
+    languages: str | Sequence[str], neurons: LanguageNeurons, what: str
+) -> list[str]:
+    langs = [languages] if isinstance(languages, str) else list(languages)
+    unknown = [k for k in langs if k not in neurons.languages]
+    if unknown:
+        raise LapeError(
+            f"unknown {what} {unknown!r}; the neuron set has languages {list(neurons.languages)!r}"
+        )
+    return langs
+
+
+def _union_indices(neurons: LanguageNeurons, languages: Sequence[str], layer: int) -> Tensor:
+    if not languages:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.unique(torch.cat([neurons.indices(k, layer) for k in languages]))  # sorted
+
+
+def _check_model(neurons: LanguageNeurons, model: Any) -> bool | None:
+    """Check the neuron set fits ``model`` (if given); return whether its MLP is gated."""
+    if model is None:
+        return None
+    from tl_lape._adapter import adapt
+
+    adapter = adapt(model)
+    neurons.check_compatible(adapter.n_layers, adapter.d_mlp)
+    return adapter.gated
+
+
+def _check_neurons(neurons: Any) -> LanguageNeurons:
+    if not isinstance(neurons, LanguageNeurons):
+        raise LapeError(f"neurons must be a LanguageNeurons; received {type(neurons).__name__}")
+    return neurons
+
+
+def _select(act: Tensor, pos: Tensor | None, idx: Tensor) -> Tensor:
+    """``act[:, pos][..., idx]`` -> ``[batch, n_pos, k]`` (all positions if ``pos`` is None)."""
+    if pos is None:
+        return act[..., idx]  # batch pos k
+    return act[:, pos[:, None], idx[None, :]]  # batch n_pos k
+
+
+def _write(act: Tensor, pos: Tensor | None, idx: Tensor, values: Tensor) -> Tensor:
+    """A copy of ``act`` with ``act[:, pos][..., idx] = values`` (autograd-safe)."""
+    if pos is not None and pos.numel() == 0:
+        return act
+    out = act.clone()
+    if pos is None:
+        out[..., idx] = values.to(out.dtype)
+    else:
+        out[:, pos[:, None], idx[None, :]] = values.to(out.dtype)
+    return out
+
+
+def _positions_on(pos: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if pos is None else pos.to(device)
+
+
+# --------------------------------------------------------------------------- deactivation
+
+
+def deactivation_hooks(
+    neurons: LanguageNeurons,
+    languages: str | Sequence[str],
+    *,
+    positions: Positions = None,
+    model: Any = None,
+) -> FwdHooks:
+    """Hooks that set the neurons of ``languages`` to zero (the paper's deactivation).
+
+    Zeroing ``hook_post`` at a neuron equals zeroing that neuron's column of the down
+    projection, in gated and non-gated MLPs alike.
+
+    Args:
+        neurons: The language-specific neurons.
+        languages: A language code or several; their neurons are united.
+        positions: Which positions to affect (see the module docstring); default all.
+        model: If given, check that ``neurons`` fit this model before returning.
+
+    Returns:
+        ``[(hook_name, fn), ...]`` for ``fwd_hooks=``; empty if there is nothing to deactivate.
+
+    Example:
+        >>> logits = model.run_with_hooks(  # doctest: +SKIP
+        ...     tokens, fwd_hooks=deactivation_hooks(neurons, "zh"))
+    """
+    neurons = _check_neurons(neurons)
+    langs = _language_list(languages, neurons, "languages")
+    _check_model(neurons, model)
+    hooks: FwdHooks = []
+    for layer in range(neurons.n_layers):
+        idx = _union_indices(neurons, langs, layer)
+        if idx.numel():
+            hooks.append((_post_name(layer), _zero_hook(idx, neurons.d_mlp, layer, positions)))
+    return hooks
+
+
+def _zero_hook(idx: Tensor, d_mlp: int, layer: int, positions: Positions) -> HookFn:
+    indices = _DeviceCache(idx)
+    selector = _PositionSelector(positions)
+    name = _post_name(layer)
+
+    def deactivate(act: Tensor, *, hook: Any) -> Tensor:
+        _check_act(act, hook, d_mlp, name)
+        pos = _positions_on(selector.select(act.shape[1], name), act.device)
+        i = indices.on(act.device)
+        return _write(act, pos, i, torch.zeros((), dtype=act.dtype, device=act.device))
+
+    return deactivate
+
+
+# --------------------------------------------------------------------------- steering
+
+
+def steering_hooks(
+    neurons: LanguageNeurons,
+    stats: ActivationStats,
+    target: str,
+    mode: Literal["replace", "add", "scale"] = "replace",
+    strength: float | int = 1.0,
+    deactivate: str | Sequence[str] | None = None,
+    *,
+    positions: Positions = None,
+    model: Any = None,
+    gated: bool | None = None,
+) -> FwdHooks:
+    """Hooks that push the activations of ``target``'s neurons towards that language.
+
+    For each of ``target``'s neurons, with ``m`` its mean activation on ``target``'s text
+    (``stats.mean_activations``) and ``a = act_fn(gate)`` its current activation value:
+
+    * ``mode="replace"``: set ``a`` to ``strength * m`` (``strength=1``: the mean);
+    * ``mode="add"``: set ``a`` to ``a + strength * m``;
+    * ``mode="scale"``: set ``a`` to ``strength * a``.
+
+    In a gated MLP the neuron's output is ``a * up`` and the hooks write ``new_a * up``, reading
+    ``up`` from ``hook_pre_linear`` in the same pass. ``deactivate`` languages' neurons are set
+    to zero in the same pass; a neuron that is also ``target``'s is steered, not zeroed.
+
+    Args:
+        neurons: The language-specific neurons.
+        stats: Activation statistics of the same model, with ``target`` among its languages
+            (for ``m``; not used by ``"scale"``).
+        target: The language to steer towards.
+        mode: ``"replace"``, ``"add"`` or ``"scale"``.
+        strength: The factor described above.
+        deactivate: Languages whose neurons to zero in the same pass.
+        positions: Which positions to affect (see the module docstring); default all.
+        model: The model the hooks are for: checks that ``neurons`` fit it and tells whether
+            its MLP is gated. Without it, ``gated`` or ``stats.metadata["gated"]`` is used.
+        gated: Whether the MLP is gated, if ``model`` is not given.
+
+    Returns:
+        ``[(hook_name, fn), ...]`` for ``fwd_hooks=``.
+
+    Example:
+        >>> hooks = steering_hooks(neurons, stats, "fr", model=model)  # doctest: +SKIP
+        >>> with model.hooks(fwd_hooks=hooks):  # doctest: +SKIP
+        ...     out = model.generate("Once upon a time", max_new_tokens=20)
+    """
+    neurons = _check_neurons(neurons)
+    if not isinstance(stats, ActivationStats):
+        raise LapeError(f"stats must be an ActivationStats; received {type(stats).__name__}")
+    if mode not in _MODES:
+        raise LapeError(f"mode must be one of {_MODES}; received {mode!r}")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise LapeError(f"strength must be a number; received {strength!r}")
+    if not isinstance(target, str):
+        raise LapeError(f"target must be one language code; received {target!r}")
+    (target,) = _language_list([target], neurons, "target")
+    off = [] if deactivate is None else _language_list(deactivate, neurons, "deactivate languages")
+    model_gated = _check_model(neurons, model)
+    if (stats.n_layers, stats.d_mlp) != (neurons.n_layers, neurons.d_mlp):
+        raise LapeError(
+            f"stats (n_layers={stats.n_layers}, d_mlp={stats.d_mlp}) and neurons "
+            f"(n_layers={neurons.n_layers}, d_mlp={neurons.d_mlp}) come from different models"
+        )
+    if mode != "scale" and target not in stats.languages:
+        raise LapeError(
+            f"target {target!r} is not among the languages of stats {list(stats.languages)!r}; "
+            "collect statistics for it"
+        )
+    if model_gated is not None:
+        gated = model_gated
+    elif gated is None:
+        meta_gated = stats.metadata.get("gated")
+        gated = meta_gated if isinstance(meta_gated, bool) else None
+    if gated is None and mode != "scale":
+        raise LapeError(
+            "cannot tell whether the model's MLP is gated: pass model=model (or gated=True/False)"
+        )
+    means = stats.mean_activations[..., stats.languages.index(target)] if mode != "scale" else None
+    hooks: FwdHooks = []
+    for layer in range(neurons.n_layers):
+        idx = neurons.indices(target, layer)
+        zero_idx = _union_indices(neurons, off, layer)
+        if idx.numel():
+            zero_idx = zero_idx[~torch.isin(zero_idx, idx)]
+        if not idx.numel() and not zero_idx.numel():
+            continue
+        value = (strength * means[layer, idx]) if means is not None else None  # k, float64
+        hooks.extend(
+            _steer_layer_hooks(
+                layer,
+                idx,
+                zero_idx,
+                mode,
+                float(strength),
+                value,
+                bool(gated),
+                neurons.d_mlp,
+                positions,
+            )
+        )
+    return hooks
+
+
+def _steer_layer_hooks(
+    layer: int,
+    idx: Tensor,
+    zero_idx: Tensor,
+    mode: str,
+    strength: float,
+    value: Tensor | None,
+    gated: bool,
+    d_mlp: int,
+    positions: Positions,
+) -> FwdHooks:
+    indices, zero_indices = _DeviceCache(idx), _DeviceCache(zero_idx)
+    values = _DeviceCache(value) if value is not None else None
+    selector = _PositionSelector(positions)
+    name = _post_name(layer)
+    needs_up = gated and mode in ("replace", "add") and idx.numel() > 0
+    stash: dict[str, Tensor] = {}
+
+    def stash_up(act: Tensor, *, hook: Any) -> None:
+        _check_act(act, hook, d_mlp, _pre_linear_name(layer))
+        stash["up"] = act[..., indices.on(act.device)]  # batch pos k
+
+    def steer(act: Tensor, *, hook: Any) -> Tensor:
+        _check_act(act, hook, d_mlp, name)
+        pos = _positions_on(selector.select(act.shape[1], name), act.device)
+        out = act
+        if zero_idx.numel():
+            zero = torch.zeros((), dtype=act.dtype, device=act.device)
+            out = _write(out, pos, zero_indices.on(act.device), zero)
+        if not idx.numel():
+            return out
+        i = indices.on(act.device)
+        current = _select(act, pos, i)  # batch n_pos k
+        if mode == "scale":
+            new = current * strength
+        else:
+            assert values is not None
+            v = values.on(act.device, act.dtype)  # k
+            if gated:
+                up = stash.pop("up", None)
+                if up is None or up.shape[:2] != act.shape[:2]:
+                    raise LapeError(
+                        f"{_pre_linear_name(layer)!r} did not fire before {name!r} in this "
+                        "pass; is the model's MLP really gated? (pass model=model)"
+                    )
+                up = up if pos is None else up[:, pos]  # batch n_pos k
+                new = v * up if mode == "replace" else current + v * up
+            else:
+                new = v.expand_as(current) if mode == "replace" else current + v
+        return _write(out, pos, i, new)
+
+    hooks: FwdHooks = []
+    if needs_up:
+        hooks.append((_pre_linear_name(layer), stash_up))
+    hooks.append((name, steer))
+    return hooks
+
+
+# --------------------------------------------------------------------------- patching
+
+
+def patching_hooks(
+    neurons: LanguageNeurons,
+    language: str,
+    source: Mapping[str, Tensor] | Any,
+    *,
+    positions: Positions = None,
+    model: Any = None,
+) -> FwdHooks:
+    """Hooks that copy ``language``'s neuron activations (``hook_post``) from another run.
+
+    Args:
+        neurons: The language-specific neurons.
+        language: Whose neurons to patch.
+        source: Activations of the other run: an ``ActivationCache`` or a mapping from
+            ``blocks.{l}.mlp.hook_post`` to ``[batch, pos, d_mlp]`` tensors, e.g. from
+            ``model.run_with_cache(other_tokens, names_filter=lambda n: n.endswith("hook_post"))``.
+            Each must have the patched run's shape (batch 1 broadcasts over the batch), or
+            ``[batch, n_positions, d_mlp]`` for exactly the selected ``positions``.
+        positions: Which positions to patch (see the module docstring); default all.
+        model: If given, check that ``neurons`` fit this model before returning.
+
+    Returns:
+        ``[(hook_name, fn), ...]`` for ``fwd_hooks=``.
+
+    Example:
+        >>> _, cache = model.run_with_cache(  # doctest: +SKIP
+        ...     fr_tokens, names_filter=lambda n: "hook_post" in n)
+        >>> logits = model.run_with_hooks(  # doctest: +SKIP
+        ...     en_tokens, fwd_hooks=patching_hooks(neurons, "fr", cache, positions=-1))
+    """
+    neurons = _check_neurons(neurons)
+    if not isinstance(language, str):
+        raise LapeError(f"language must be one language code; received {language!r}")
+    (language,) = _language_list([language], neurons, "language")
+    _check_model(neurons, model)
+    hooks: FwdHooks = []
+    for layer in range(neurons.n_layers):
+        idx = neurons.indices(language, layer)
+        if not idx.numel():
+            continue
+        name = _post_name(layer)
+        try:
+            src = source[name]
+        except (KeyError, TypeError, IndexError):
+            raise LapeError(
+                f"source has no activation {name!r}; cache it with model.run_with_cache(tokens, "
+                "names_filter=lambda name: name.endswith('mlp.hook_post'))"
+            ) from None
+        if not isinstance(src, Tensor) or src.ndim != 3 or src.shape[-1] != neurons.d_mlp:
+            got = tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__
+            raise LapeError(
+                f"source[{name!r}] must be a [batch, pos, d_mlp={neurons.d_mlp}] tensor; "
+                f"received {got}"
+            )
+        hooks.append((name, _patch_hook(idx, src, neurons.d_mlp, layer, positions)))
+    return hooks
+
+
+def _patch_hook(idx: Tensor, src: Tensor, d_mlp: int, layer: int, positions: Positions) -> HookFn:
+    indices = _DeviceCache(idx)
+    sources = _DeviceCache(src.detach())
+    selector = _PositionSelector(positions)
+    name = _post_name(layer)
+
+    def patch(act: Tensor, *, hook: Any) -> Tensor:
+        _check_act(act, hook, d_mlp, name)
+        pos = selector.select(act.shape[1], name)
+        pos_dev = _positions_on(pos, act.device)
+        i = indices.on(act.device)
+        s = sources.on(act.device, act.dtype)
+        n_pos = act.shape[1] if pos is None else pos.numel()
+        batch_ok = s.shape[0] in (1, act.shape[0])
+        if batch_ok and s.shape[1] == act.shape[1]:
+            values = _select(s, pos_dev, i)
+        elif batch_ok and pos is not None and s.shape[1] == n_pos:
+            values = s[..., i]
+        else:
+            raise LapeError(
+                f"source activation for {name!r} has shape {tuple(s.shape)} but the patched run "
+                f"has {tuple(act.shape)} ({n_pos} positions selected); give activations of the "
+                "same batch and sequence length (or batch 1, or one entry per selected position)"
+            )
+        return _write(act, pos_dev, i, values.expand(act.shape[0], -1, -1))
+
+    return patch
