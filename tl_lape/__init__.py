@@ -5,7 +5,9 @@ neuron, the probability that it fires on each language's text, and selects the n
 firing is concentrated on few languages.
 """
 
+from tl_lape.checkpoint import collect_activation_stats_resumable
 from tl_lape.collect import collect_activation_stats
+from tl_lape.distributed import collect_activation_stats_distributed
 from tl_lape.errors import LapeError
 from tl_lape.hooks import deactivation_hooks, patching_hooks, steering_hooks
 from tl_lape.neurons import LanguageNeurons
@@ -20,6 +22,8 @@ __all__ = [
     "LapeError",
     "__version__",
     "collect_activation_stats",
+    "collect_activation_stats_distributed",
+    "collect_activation_stats_resumable",
     "deactivation_hooks",
     "identify_language_neurons",
     "lap_scores",
