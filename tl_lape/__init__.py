@@ -7,6 +7,7 @@ firing is concentrated on few languages.
 
 from tl_lape.checkpoint import collect_activation_stats_resumable
 from tl_lape.collect import collect_activation_stats
+from tl_lape.demo import load_demo_model
 from tl_lape.distributed import collect_activation_stats_distributed
 from tl_lape.errors import LapeError
 from tl_lape.hooks import deactivation_hooks, patching_hooks, steering_hooks
@@ -29,6 +30,7 @@ __all__ = [
     "lap_scores",
     "lape_scores",
     "lave_scores",
+    "load_demo_model",
     "patching_hooks",
     "steering_hooks",
 ]

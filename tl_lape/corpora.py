@@ -1,0 +1,664 @@
+"""Multilingual text corpora for collecting activation statistics.
+
+LAPE needs some text in every language of interest. This module gets it from three kinds of
+source, all returning the same shape, a ``dict`` from language code to a list of texts:
+
+- :func:`load_debian_handbook`: the Debian Administrator's Handbook (Debian package
+  ``debian-handbook``, CC-BY-SA 3.0 or GPL-2+), one book translated into 26 languages. It is a
+  *parallel* corpus (the same content in every language), which keeps topic out of the
+  comparison between languages. Paragraphs left untranslated (identical to an English
+  paragraph) are dropped, and whole chapter files are held out for evaluation, the same files
+  for every language.
+- :func:`load_text_files`: plain text files, one per language.
+- :func:`load_hf_dataset`: a Hugging Face dataset (e.g. ``wikimedia/wikipedia``, the paper's
+  source) streamed up to a character budget per language; needs the optional ``datasets``
+  package.
+
+:func:`filter_language` drops lines that a language identifier (the optional ``py3langid``
+package) does not assign to the declared language.
+
+Example:
+    >>> from tl_lape.corpora import load_debian_handbook
+    >>> corpus = load_debian_handbook(["en", "fr"], split="heldout")  # doctest: +SKIP
+    >>> sorted(corpus), len(corpus["fr"]) > 0  # doctest: +SKIP
+    (['en', 'fr'], True)
+"""
+
+import gzip
+import hashlib
+import html.parser
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tl_lape.errors import LapeError
+
+__all__ = [
+    "HANDBOOK_LOCALES",
+    "PAPER_LANGUAGES",
+    "filter_language",
+    "find_debian_handbook",
+    "handbook_locale",
+    "load_debian_handbook",
+    "load_hf_dataset",
+    "load_text_files",
+    "tl_lape_cache_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The seven languages of Tang et al. (2024), as ISO 639-1 codes.
+PAPER_LANGUAGES: tuple[str, ...] = ("en", "zh", "fr", "es", "vi", "id", "ja")
+
+#: The handbook edition (locale directory) used for a bare language code.
+HANDBOOK_LOCALES: dict[str, str] = {
+    "ar": "ar-MA",
+    "ca": "ca-ES",
+    "cs": "cs-CZ",
+    "da": "da-DK",
+    "de": "de-DE",
+    "el": "el-GR",
+    "en": "en-US",
+    "es": "es-ES",
+    "fa": "fa-IR",
+    "fr": "fr-FR",
+    "hr": "hr-HR",
+    "id": "id-ID",
+    "it": "it-IT",
+    "ja": "ja-JP",
+    "ko": "ko-KR",
+    "nb": "nb-NO",
+    "nl": "nl-NL",
+    "pl": "pl-PL",
+    "pt": "pt-BR",
+    "ro": "ro-RO",
+    "ru": "ru-RU",
+    "sv": "sv-SE",
+    "tr": "tr-TR",
+    "vi": "vi-VN",
+    "zh": "zh-CN",
+}
+
+_SYSTEM_HANDBOOK = Path("/usr/share/doc/debian-handbook")
+_ENGLISH_LOCALE = "en-US"
+# One chapter file in _HELDOUT_MODULUS (about 14% of the text) is held out, chosen by a hash of
+# its name, so the split is the same for every language, every machine and every run.
+_HELDOUT_MODULUS = 7
+_CACHE_FORMAT = 2
+# A paragraph whose word characters are at least this share words of the English paragraph at
+# the same place is an untranslated one, e.g. English text whose links were translated.
+_ALIGNED_ENGLISH_SHARE = 0.7
+_WORD = re.compile(r"\w+")
+_INSTALL_HINT = (
+    "Install it with `sudo apt-get install debian-handbook` (Debian/Ubuntu), or make "
+    "`apt-get download debian-handbook` work so tl_lape can fetch it into its cache."
+)
+
+
+def tl_lape_cache_dir() -> Path:
+    """Return tl_lape's cache directory (``$TL_LAPE_CACHE``, else ``$XDG_CACHE_HOME/tl_lape``).
+
+    Example:
+        >>> tl_lape_cache_dir().name  # doctest: +SKIP
+        'tl_lape'
+    """
+    explicit = os.environ.get("TL_LAPE_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "tl_lape"
+
+
+# --------------------------------------------------------------------------------------------
+# The Debian Administrator's Handbook
+# --------------------------------------------------------------------------------------------
+
+
+def handbook_locale(language: str) -> str:
+    """Map a language code (``"fr"``) or a handbook locale (``"fr-FR"``) to a locale directory.
+
+    Example:
+        >>> handbook_locale("zh"), handbook_locale("zh-TW"), handbook_locale("pt_BR")
+        ('zh-CN', 'zh-TW', 'pt-BR')
+    """
+    if not isinstance(language, str) or not language:
+        raise LapeError(f"language must be a non-empty string such as 'fr', got {language!r}.")
+    code = language.replace("_", "-")
+    if "-" in code:
+        head, tail = code.split("-", 1)
+        return f"{head.lower()}-{tail.upper()}"
+    if code.lower() in HANDBOOK_LOCALES:
+        return HANDBOOK_LOCALES[code.lower()]
+    raise LapeError(
+        f"No Debian Administrator's Handbook edition for language {language!r}. Use one of "
+        f"{sorted(HANDBOOK_LOCALES)} or a locale such as 'zh-TW'."
+    )
+
+
+def _handbook_version(doc_dir: Path) -> str:
+    changelog = doc_dir / "changelog.gz"
+    if changelog.is_file():
+        with gzip.open(changelog, "rt", encoding="utf-8", errors="replace") as fh:
+            match = re.match(r"\S+ \(([^)]+)\)", fh.readline())
+        if match:
+            return match.group(1)
+    # No changelog: key the cache on the file list and sizes instead.
+    digest = hashlib.sha256()
+    for path in sorted((doc_dir / "html" / _ENGLISH_LOCALE).glob("*.html")):
+        digest.update(f"{path.name}:{path.stat().st_size};".encode())
+    return "unknown-" + digest.hexdigest()[:12]
+
+
+def _fetch_handbook(cache_dir: Path) -> Path:
+    """Download the ``debian-handbook`` package with apt (no root) and unpack it into the cache."""
+    target = cache_dir / "debian-handbook-pkg"
+    doc_dir = target / "usr" / "share" / "doc" / "debian-handbook"
+    if (doc_dir / "html" / _ENGLISH_LOCALE).is_dir():
+        return doc_dir
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise LapeError(
+            "The Debian Administrator's Handbook is not installed "
+            f"({_SYSTEM_HANDBOOK} is missing) and apt-get/dpkg-deb are not available to "
+            f"fetch it. {_INSTALL_HINT}"
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        logger.info("Downloading the debian-handbook package into %s", tmp)
+        try:
+            subprocess.run(
+                ["apt-get", "download", "debian-handbook"],
+                cwd=tmp,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            debs = sorted(Path(tmp).glob("debian-handbook_*.deb"))
+            if not debs:
+                raise LapeError(f"apt-get download produced no .deb file. {_INSTALL_HINT}")
+            unpacked = Path(tmp) / "unpacked"
+            subprocess.run(
+                ["dpkg-deb", "-x", str(debs[0]), str(unpacked)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        except subprocess.CalledProcessError as err:
+            raise LapeError(
+                f"Fetching the Debian Administrator's Handbook failed: {' '.join(err.cmd)} "
+                f"exited with {err.returncode}: {err.stderr.strip()[:500]}. {_INSTALL_HINT}"
+            ) from err
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(unpacked, target)
+    return doc_dir
+
+
+def find_debian_handbook(*, download: bool = True, cache_dir: str | Path | None = None) -> Path:
+    """Return the handbook's documentation directory (the one holding ``html/<locale>/``).
+
+    Uses the installed package if there is one, else a copy fetched earlier into the cache,
+    else (with ``download=True``) fetches the package with ``apt-get download``.
+
+    Raises:
+        LapeError: if the handbook is neither installed nor fetchable.
+
+    Example:
+        >>> (find_debian_handbook() / "html" / "en-US").is_dir()  # doctest: +SKIP
+        True
+    """
+    if (_SYSTEM_HANDBOOK / "html" / _ENGLISH_LOCALE).is_dir():
+        return _SYSTEM_HANDBOOK
+    cache = Path(cache_dir) if cache_dir is not None else tl_lape_cache_dir()
+    cached = cache / "debian-handbook-pkg" / "usr" / "share" / "doc" / "debian-handbook"
+    if (cached / "html" / _ENGLISH_LOCALE).is_dir():
+        return cached
+    if not download:
+        raise LapeError(
+            f"The Debian Administrator's Handbook is not installed ({_SYSTEM_HANDBOOK} is "
+            f"missing) and download=False. {_INSTALL_HINT}"
+        )
+    return _fetch_handbook(cache)
+
+
+class _ParagraphParser(html.parser.HTMLParser):
+    """Collect the text of each outermost ``<div class="para">``, without ``<pre>`` blocks."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: list[str] = []
+        self._parts: list[str] | None = None
+        self._div_depth = 0
+        self._pre_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "div":
+            if self._parts is not None:
+                self._div_depth += 1
+            elif "para" in (dict(attrs).get("class") or "").split():
+                self._parts = []
+                self._div_depth = 1
+        elif tag == "pre" and self._parts is not None:
+            self._pre_depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._parts is None:
+            return
+        if tag == "pre" and self._pre_depth:
+            self._pre_depth -= 1
+        elif tag == "div":
+            self._div_depth -= 1
+            if self._div_depth == 0:
+                text = " ".join("".join(self._parts).split())
+                if text:
+                    self.paragraphs.append(text)
+                self._parts = None
+
+    def handle_data(self, data: str) -> None:
+        if self._parts is not None and not self._pre_depth:
+            self._parts.append(data)
+
+
+def _parse_edition(locale_dir: Path) -> dict[str, list[str]]:
+    """Paragraphs of every chapter file of one edition, keyed by file name."""
+    chapters = {}
+    for path in sorted(locale_dir.glob("*.html")):
+        parser = _ParagraphParser()
+        parser.feed(path.read_text(encoding="utf-8"))
+        parser.close()
+        chapters[path.name] = parser.paragraphs
+    return chapters
+
+
+def _is_heldout(chapter_file: str) -> bool:
+    digest = hashlib.sha256(chapter_file.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % _HELDOUT_MODULUS == 0
+
+
+def _atomic_write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _english_share(paragraph: str, english: str) -> float:
+    """Share of ``paragraph``'s word characters in words that also occur in ``english``."""
+    words = _WORD.findall(paragraph.lower())
+    total = sum(map(len, words))
+    if total == 0:
+        return 1.0
+    english_words = set(_WORD.findall(english.lower()))
+    return sum(len(w) for w in words if w in english_words) / total
+
+
+def _drop_untranslated(
+    edition: dict[str, list[str]], english: dict[str, list[str]], mode: str
+) -> dict[str, list[str]]:
+    english_set = {p for paragraphs in english.values() for p in paragraphs}
+    kept: dict[str, list[str]] = {}
+    for name, paragraphs in edition.items():
+        aligned = english.get(name, [])
+        # Editions are aligned paragraph by paragraph when a chapter has the same count.
+        same_shape = mode == "aligned" and len(aligned) == len(paragraphs)
+        kept[name] = [
+            p
+            for i, p in enumerate(paragraphs)
+            if p not in english_set
+            and not (same_shape and _english_share(p, aligned[i]) >= _ALIGNED_ENGLISH_SHARE)
+        ]
+    return kept
+
+
+def _load_cache(path: Path, version: str) -> dict[str, Any]:
+    empty: dict[str, Any] = {"format": _CACHE_FORMAT, "version": version, "editions": {}}
+    if not path.is_file():
+        return empty
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        logger.warning("Ignoring unreadable handbook cache %s", path)
+        return empty
+    if payload.get("format") != _CACHE_FORMAT or payload.get("version") != version:
+        return empty
+    return payload
+
+
+def load_debian_handbook(
+    languages: Iterable[str] = PAPER_LANGUAGES,
+    split: str = "train",
+    *,
+    untranslated: str = "aligned",
+    download: bool = True,
+    cache_dir: str | Path | None = None,
+) -> dict[str, list[str]]:
+    """Load translated paragraphs of the Debian Administrator's Handbook per language.
+
+    The book is parsed once per package version and cached as JSON in ``cache_dir``
+    (default :func:`tl_lape_cache_dir`). Untranslated paragraphs are dropped from the editions
+    other than English: those identical to any English paragraph and, with
+    ``untranslated="aligned"``, also those made mostly (70% of their word characters) of the
+    words of the English paragraph at the same place of the same chapter: English text left
+    in a translation whose links or a few words were translated, or which an English revision
+    changed since (about a fifth of the Vietnamese edition, 3-5% of the others). About one
+    chapter file in seven is held out, chosen by a hash of its file name, the same files for
+    every language.
+
+    Args:
+        languages: language codes (``"fr"``) or handbook locales (``"fr-FR"``, ``"zh-TW"``);
+            the result is keyed by these strings as given.
+        split: ``"train"``, ``"heldout"`` or ``"all"``.
+        untranslated: ``"aligned"`` or ``"exact"`` (drop only paragraphs identical to an
+            English one; what the demo model was trained on).
+        download: fetch the package with ``apt-get download`` if it is not installed.
+        cache_dir: where the parsed book (and a fetched package) are kept.
+
+    Returns:
+        ``{language: [paragraph, ...]}`` in book order.
+
+    Raises:
+        LapeError: for an unknown language or split, or if the book cannot be found.
+
+    Example:
+        >>> corpus = load_debian_handbook(["fr", "vi"], split="heldout")  # doctest: +SKIP
+        >>> all(len(texts) > 0 for texts in corpus.values())  # doctest: +SKIP
+        True
+    """
+    if split not in ("train", "heldout", "all"):
+        raise LapeError(f"split must be 'train', 'heldout' or 'all', got {split!r}.")
+    if untranslated not in ("aligned", "exact"):
+        raise LapeError(f"untranslated must be 'aligned' or 'exact', got {untranslated!r}.")
+    if isinstance(languages, str):
+        languages = [languages]
+    languages = list(languages)
+    if not languages:
+        raise LapeError("languages is empty; pass at least one language code such as 'fr'.")
+    if len(set(languages)) != len(languages):
+        raise LapeError(f"languages must not repeat, got {languages!r}.")
+    locales = {lang: handbook_locale(lang) for lang in languages}
+
+    doc_dir = find_debian_handbook(download=download, cache_dir=cache_dir)
+    html_dir = doc_dir / "html"
+    available = sorted(p.name for p in html_dir.iterdir() if (p / "index.html").is_file())
+    for lang, locale in locales.items():
+        if locale not in available:
+            raise LapeError(
+                f"The handbook in {html_dir} has no edition {locale!r} (for language "
+                f"{lang!r}); available: {available}."
+            )
+
+    version = _handbook_version(doc_dir)
+    cache = Path(cache_dir) if cache_dir is not None else tl_lape_cache_dir()
+    cache_path = cache / f"debian-handbook-{version}.json"
+    payload = _load_cache(cache_path, version)
+    editions: dict[str, dict[str, list[str]]] = payload["editions"]  # all paragraphs
+    missing = sorted({_ENGLISH_LOCALE, *locales.values()} - set(editions))
+    for locale in missing:
+        logger.info("Parsing the %s edition of the handbook", locale)
+        editions[locale] = _parse_edition(html_dir / locale)
+    if missing:
+        _atomic_write_json(cache_path, payload)
+
+    english = editions[_ENGLISH_LOCALE]
+    corpus: dict[str, list[str]] = {}
+    for lang, locale in locales.items():
+        edition = editions[locale]
+        if locale != _ENGLISH_LOCALE:
+            edition = _drop_untranslated(edition, english, untranslated)
+        corpus[lang] = [
+            paragraph
+            for name, paragraphs in edition.items()
+            if split == "all" or (split == "heldout") == _is_heldout(name)
+            for paragraph in paragraphs
+        ]
+    return corpus
+
+
+# --------------------------------------------------------------------------------------------
+# Plain text files
+# --------------------------------------------------------------------------------------------
+
+
+def _split_text(text: str, unit: str) -> list[str]:
+    if unit == "line":
+        pieces = text.splitlines()
+    elif unit == "paragraph":
+        pieces = re.split(r"\n\s*\n", text)
+    else:
+        pieces = [text]
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def load_text_files(
+    source: str | Path | Mapping[str, str | Path],
+    languages: Iterable[str] | None = None,
+    *,
+    unit: str = "line",
+    encoding: str = "utf-8",
+) -> dict[str, list[str]]:
+    """Load plain text per language from files.
+
+    Args:
+        source: a mapping ``{language: path}``, or a directory holding ``<language>.txt`` files.
+        languages: the languages to load (default: all in ``source``).
+        unit: one text per non-empty ``"line"``, per blank-line separated ``"paragraph"``, or
+            per ``"file"``.
+        encoding: the files' text encoding.
+
+    Returns:
+        ``{language: [text, ...]}``.
+
+    Raises:
+        LapeError: if a file or directory is missing, a language is not in ``source``, or a
+            file holds no text.
+
+    Example:
+        >>> corpus = load_text_files("my_corpus/")  # doctest: +SKIP
+        >>> sorted(corpus)  # doctest: +SKIP
+        ['en', 'fr']
+    """
+    if unit not in ("line", "paragraph", "file"):
+        raise LapeError(f"unit must be 'line', 'paragraph' or 'file', got {unit!r}.")
+    if isinstance(source, Mapping):
+        paths = {str(lang): Path(path) for lang, path in source.items()}
+    else:
+        directory = Path(source)
+        if not directory.is_dir():
+            raise LapeError(
+                f"source must be a directory of <language>.txt files or a mapping "
+                f"{{language: path}}, got {str(source)!r}, which is not a directory."
+            )
+        paths = {p.stem: p for p in sorted(directory.glob("*.txt"))}
+        if not paths:
+            raise LapeError(f"The directory {str(directory)!r} has no <language>.txt files.")
+    wanted = list(paths) if languages is None else list(languages)
+    unknown = [lang for lang in wanted if lang not in paths]
+    if unknown:
+        raise LapeError(
+            f"No text file for languages {unknown!r} in source; it has {sorted(paths)!r}."
+        )
+    corpus: dict[str, list[str]] = {}
+    for lang in wanted:
+        path = paths[lang]
+        if not path.is_file():
+            raise LapeError(f"The text file for language {lang!r} does not exist: {str(path)!r}.")
+        texts = _split_text(path.read_text(encoding=encoding), unit)
+        if not texts:
+            raise LapeError(f"The text file for language {lang!r} ({str(path)!r}) is empty.")
+        corpus[lang] = texts
+    return corpus
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face datasets
+# --------------------------------------------------------------------------------------------
+
+
+def load_hf_dataset(
+    name: str,
+    config_template: str | None = "{lang}",
+    languages: Iterable[str] = PAPER_LANGUAGES,
+    *,
+    split: str = "train",
+    text_field: str = "text",
+    max_chars_per_language: int | None = 2_000_000,
+    streaming: bool = True,
+    data_files_template: str | None = None,
+    **load_kwargs: Any,
+) -> dict[str, list[str]]:
+    """Stream texts per language from a Hugging Face dataset, up to a character budget.
+
+    Needs the optional ``datasets`` package (``pip install 'tl-lape[datasets]'``).
+
+    Args:
+        name: dataset name or builder, e.g. ``"wikimedia/wikipedia"`` or ``"json"``.
+        config_template: the configuration per language, ``{lang}`` replaced by the language
+            code, e.g. ``"20231101.{lang}"`` for Wikipedia; ``None`` for no configuration.
+        languages: language codes.
+        split: the dataset split.
+        text_field: the column holding the text.
+        max_chars_per_language: stop a language once this many characters are collected
+            (``None``: no limit; the last text is kept whole).
+        streaming: stream instead of downloading the whole dataset first.
+        data_files_template: ``data_files`` per language, ``{lang}`` replaced (for local
+            builders such as ``"json"`` or ``"parquet"``).
+        **load_kwargs: passed on to ``datasets.load_dataset``.
+
+    Returns:
+        ``{language: [text, ...]}``.
+
+    Raises:
+        LapeError: if ``datasets`` is missing, a dataset cannot be loaded or lacks
+            ``text_field``, or a budget is not positive.
+
+    Example:
+        >>> corpus = load_hf_dataset(
+        ...     "wikimedia/wikipedia", "20231101.{lang}", ["fr", "vi"],
+        ...     max_chars_per_language=100_000,
+        ... )  # doctest: +SKIP
+    """
+    try:
+        import datasets
+    except ImportError as err:
+        raise LapeError(
+            "load_hf_dataset needs the optional `datasets` package: "
+            "pip install 'tl-lape[datasets]'."
+        ) from err
+    if max_chars_per_language is not None and max_chars_per_language <= 0:
+        raise LapeError(
+            f"max_chars_per_language must be positive or None, got {max_chars_per_language!r}."
+        )
+    if isinstance(languages, str):
+        languages = [languages]
+    corpus: dict[str, list[str]] = {}
+    for lang in languages:
+        kwargs = dict(load_kwargs)
+        if data_files_template is not None:
+            kwargs["data_files"] = data_files_template.format(lang=lang)
+        config = config_template.format(lang=lang) if config_template is not None else None
+        try:
+            dataset = datasets.load_dataset(
+                name, config, split=split, streaming=streaming, **kwargs
+            )
+        except Exception as err:
+            raise LapeError(
+                f"Could not load dataset {name!r} (configuration {config!r}, split {split!r}) "
+                f"for language {lang!r}: {type(err).__name__}: {err}. Check the name, the "
+                "configuration template and your network or local files."
+            ) from err
+        texts: list[str] = []
+        n_chars = 0
+        for row in dataset:
+            if text_field not in row:
+                raise LapeError(
+                    f"Dataset {name!r} has no field {text_field!r} (language {lang!r}); its "
+                    f"fields are {sorted(row)!r}. Pass text_field=..."
+                )
+            text = str(row[text_field]).strip()
+            if not text:
+                continue
+            texts.append(text)
+            n_chars += len(text)
+            if max_chars_per_language is not None and n_chars >= max_chars_per_language:
+                break
+        corpus[lang] = texts
+    return corpus
+
+
+# --------------------------------------------------------------------------------------------
+# Language identification
+# --------------------------------------------------------------------------------------------
+
+
+def filter_language(
+    texts: Iterable[str],
+    language: str,
+    *,
+    candidates: Sequence[str] | None = None,
+    min_chars: int = 20,
+) -> list[str]:
+    """Drop the lines of ``texts`` that a language identifier assigns to another language.
+
+    Each text is split into lines; lines of at least ``min_chars`` characters that
+    `py3langid <https://pypi.org/project/py3langid/>`_ does not classify as ``language`` are
+    dropped (shorter lines are too short to judge and are kept); texts left empty are dropped.
+    Needs the optional ``py3langid`` package (``pip install 'tl-lape[lid]'``).
+
+    Args:
+        texts: the texts of one language.
+        language: its ISO 639-1 code (``"fr"``; a locale such as ``"fr-FR"`` also works).
+        candidates: restrict the identifier to these languages (e.g. the languages of the
+            study); default: all ~100 languages py3langid knows.
+        min_chars: shorter lines are kept without a judgement.
+
+    Returns:
+        The texts with foreign lines removed, in order.
+
+    Raises:
+        LapeError: if py3langid is missing or does not know ``language``.
+
+    Example:
+        >>> filter_language(["Bonjour à tous, ceci est un texte.\\nThis line is English."], "fr")
+        ['Bonjour à tous, ceci est un texte.']
+    """
+    try:
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+    except ImportError as err:
+        raise LapeError(
+            "filter_language needs the optional `py3langid` package: pip install 'tl-lape[lid]'."
+        ) from err
+    code = language.replace("_", "-").split("-")[0].lower()
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
+    known = set(identifier.nb_classes)
+    if code not in known:
+        raise LapeError(
+            f"py3langid does not know language {language!r}; it knows {sorted(known)!r}."
+        )
+    if candidates is not None:
+        wanted = {c.replace("_", "-").split("-")[0].lower() for c in candidates} | {code}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise LapeError(f"py3langid does not know candidates {unknown!r}.")
+        identifier.set_languages(sorted(wanted))
+    kept: list[str] = []
+    for text in texts:
+        lines = [
+            line
+            for line in text.splitlines()
+            if len(line.strip()) < min_chars or identifier.classify(line)[0] == code
+        ]
+        joined = "\n".join(lines).strip()
+        if joined:
+            kept.append(joined)
+    return kept
