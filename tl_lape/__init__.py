@@ -5,32 +5,85 @@ neuron, the probability that it fires on each language's text, and selects the n
 firing is concentrated on few languages.
 """
 
+from tl_lape.analysis import (
+    NeuronCard,
+    StabilityReport,
+    neuron_card,
+    neuron_cards,
+    split_half_stability,
+)
 from tl_lape.checkpoint import collect_activation_stats_resumable
 from tl_lape.collect import collect_activation_stats
-from tl_lape.demo import load_demo_model
+from tl_lape.corpora import (
+    PAPER_LANGUAGES,
+    filter_language,
+    load_debian_handbook,
+    load_hf_dataset,
+    load_text_files,
+)
+from tl_lape.demo import demo_model_path, load_demo_model
 from tl_lape.distributed import collect_activation_stats_distributed
 from tl_lape.errors import LapeError
+from tl_lape.evaluation import (
+    EvaluationReport,
+    PerplexityMatrix,
+    perplexity_matrix,
+    random_matched_neurons,
+    run_evaluation,
+    selectivity,
+)
 from tl_lape.hooks import deactivation_hooks, patching_hooks, steering_hooks
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
 from tl_lape.stats import ActivationStats
+from tl_lape.steering import (
+    LanguageIdentifier,
+    SteeringReport,
+    generate_with_hook_sets,
+    generate_with_hooks,
+    run_steering_sweep,
+    steer,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PAPER_LANGUAGES",
     "ActivationStats",
+    "EvaluationReport",
+    "LanguageIdentifier",
     "LanguageNeurons",
     "LapeError",
+    "NeuronCard",
+    "PerplexityMatrix",
+    "StabilityReport",
+    "SteeringReport",
     "__version__",
     "collect_activation_stats",
     "collect_activation_stats_distributed",
     "collect_activation_stats_resumable",
     "deactivation_hooks",
+    "demo_model_path",
+    "filter_language",
+    "generate_with_hook_sets",
+    "generate_with_hooks",
     "identify_language_neurons",
     "lap_scores",
     "lape_scores",
     "lave_scores",
+    "load_debian_handbook",
     "load_demo_model",
+    "load_hf_dataset",
+    "load_text_files",
+    "neuron_card",
+    "neuron_cards",
     "patching_hooks",
+    "perplexity_matrix",
+    "random_matched_neurons",
+    "run_evaluation",
+    "run_steering_sweep",
+    "selectivity",
+    "split_half_stability",
+    "steer",
     "steering_hooks",
 ]

@@ -1,0 +1,147 @@
+"""The ``tl-lape`` command line, end to end on tiny local models and the real handbook."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from models import SENTENCES
+
+import tl_lape
+from tl_lape.cli import format_summary, main
+
+
+@pytest.fixture()
+def text_corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for lang, sentences in SENTENCES.items():
+        (folder / f"{lang}.txt").write_text("\n".join(sentences * 3), encoding="utf-8")
+    return folder
+
+
+def test_collect_then_identify(tiny_model, text_corpus: Path, tmp_path: Path, capsys) -> None:
+    model_dir = tiny_model("llama").path
+    stats_path = tmp_path / "stats.safetensors"
+    status = main(
+        [
+            "collect",
+            "--model",
+            str(model_dir),
+            "--corpus",
+            f"text:{text_corpus}",
+            "--languages",
+            "en,fr,zh,ru",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--no-progress",
+            "--out",
+            str(stats_path),
+        ]
+    )
+    assert status == 0
+    stats = tl_lape.ActivationStats.load(stats_path)
+    assert stats.languages == ("en", "fr", "zh", "ru")
+    assert bool((stats.n_tokens > 0).all())
+    assert int(stats.n_tokens[0]) % 16 == 0  # whole windows only
+    assert "wrote" in capsys.readouterr().out
+
+    neurons_path = tmp_path / "neurons.json"
+    pth_path = tmp_path / "neurons.pth"
+    status = main(
+        [
+            "identify",
+            str(stats_path),
+            "--top-rate",
+            "0.1",
+            "--out",
+            str(neurons_path),
+            "--rucaibox",
+            str(pth_path),
+        ]
+    )
+    assert status == 0
+    neurons = tl_lape.LanguageNeurons.load(neurons_path)
+    expected = tl_lape.identify_language_neurons(stats, top_rate=0.1)
+    assert neurons == expected
+    assert int(neurons.union().sum()) == round(0.1 * stats.n_layers * stats.d_mlp)
+    reloaded = tl_lape.LanguageNeurons.from_rucaibox(
+        pth_path, list(neurons.languages), n_layers=neurons.n_layers, d_mlp=neurons.d_mlp
+    )
+    assert reloaded == neurons
+    out = capsys.readouterr().out
+    assert "| language | tokens | neurons |" in out
+
+
+def test_identify_rejects_bad_rate_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    counts = torch.randint(0, 50, (2, 32, 2), generator=torch.Generator().manual_seed(0))
+    stats = tl_lape.ActivationStats.from_counts(counts, [50, 50], ["en", "fr"])
+    stats_path = tmp_path / "stats.safetensors"
+    stats.save(stats_path)
+    out = tmp_path / "neurons.json"
+    status = main(["identify", str(stats_path), "--top-rate", "1.5", "--out", str(out)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "top_rate" in err and "1.5" in err
+    assert not out.exists()
+
+
+def test_identify_reports_corrupted_stats(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "stats.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    out = tmp_path / "neurons.json"
+    assert main(["identify", str(bad), "--out", str(out)]) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_corpus_source(tiny_model, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "stats.safetensors"
+    status = main(
+        ["collect", "--model", str(tiny_model("gpt2").path), "--corpus", "ftp:x", "--out", str(out)]
+    )
+    assert status == 2
+    assert "ftp:x" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_summary_table_counts_every_language() -> None:
+    masks = torch.zeros(3, 4, 10, dtype=torch.bool)  # lang n_layers d_mlp
+    masks[0, 0, :3] = True  # en: 3 neurons in the bottom layer
+    masks[1, 3, :2] = True  # fr: 2 neurons in the top layer
+    masks[2, 3, 1:4] = True  # es: 3 in the top layer, 1 shared with fr
+    neurons = tl_lape.LanguageNeurons.from_masks(masks, ["en", "fr", "es"])
+    text = format_summary(neurons)
+    assert "Selected 7 of 40 MLP neurons (17.50%)" in text
+    assert "| en | - | 3 | 3 | 0 | 0 |" in text
+    assert "| fr | - | 2 | 0 | 0 | 2 |" in text
+    assert "| fr-es | 1 | 0.250 |" in text
+
+
+def test_demo_writes_a_complete_report(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    status = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--max-tokens-per-language",
+            "4096",
+            "--seq-len",
+            "128",
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    for name in ("stats.safetensors", "neurons.json", "neurons_per_layer.png", "overlap.png"):
+        assert (out / name).stat().st_size > 0, name
+    neurons = tl_lape.LanguageNeurons.load(out / "neurons.json")
+    stats = tl_lape.ActivationStats.load(out / "stats.safetensors")
+    assert set(neurons.languages) == {"en", "zh", "fr", "es", "vi", "id", "ja"}
+    assert neurons == tl_lape.identify_language_neurons(stats)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "| language | tokens | neurons |" in summary
+    assert json.loads((out / "neurons.json").read_text(encoding="utf-8"))["languages"]
+    assert "report written to" in capsys.readouterr().out

@@ -1,0 +1,225 @@
+"""Generation under steering hooks, output judging and the steering sweep, on tiny models."""
+
+import json
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+from models import SENTENCES
+
+from tl_lape.collect import collect_activation_stats
+from tl_lape.errors import LapeError
+from tl_lape.evaluation import window_nll
+from tl_lape.hooks import steering_hooks
+from tl_lape.neurons import LanguageNeurons
+from tl_lape.selection import identify_language_neurons
+from tl_lape.steering import (
+    ENGLISH_PROMPTS,
+    NEUTRAL_PROMPTS,
+    LanguageIdentifier,
+    SteeringReport,
+    generate_with_hook_sets,
+    generate_with_hooks,
+    language_id_accuracy,
+    reference_nll,
+    repetition_rate,
+    run_steering_sweep,
+    sequence_nll,
+    steer,
+)
+
+CORPUS = {lang: texts * 2 for lang, texts in SENTENCES.items()}
+PROMPTS = ["The cat", "Le chat dort sur", "猫", "/etc/"]
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model):
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def stats(llama):
+    return collect_activation_stats(llama.bridge, CORPUS, seq_len=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def neurons(stats):
+    return identify_language_neurons(stats, top_rate=0.1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_batched_generation_equals_one_prompt_at_a_time(tiny_model, arch):
+    model = tiny_model(arch).bridge
+    batched = generate_with_hooks(model, PROMPTS, max_new_tokens=6)
+    single = [generate_with_hooks(model, [p], max_new_tokens=6)[0] for p in PROMPTS]
+    assert batched == single
+    assert len(set(batched)) > 1
+
+
+def test_hooked_generation_with_and_without_kv_cache_agree(llama, neurons, stats):
+    """Guards the KV-cache path (transformers 5.24 broke it): steered tokens must not change."""
+    hooks = steering_hooks(neurons, stats, "fr", mode="add", strength=8.0, model=llama.bridge)
+    cached, cached_ids = generate_with_hooks(
+        llama.bridge, PROMPTS, fwd_hooks=hooks, max_new_tokens=8, return_tokens=True
+    )
+    uncached, uncached_ids = generate_with_hooks(
+        llama.bridge,
+        PROMPTS,
+        fwd_hooks=hooks,
+        max_new_tokens=8,
+        use_kv_cache=False,
+        return_tokens=True,
+    )
+    assert cached == uncached
+    assert all(torch.equal(a, b) for a, b in zip(cached_ids, uncached_ids, strict=True))
+    # The hooks act: steered output differs from unsteered output, and nothing stays attached.
+    plain = generate_with_hooks(llama.bridge, PROMPTS, max_new_tokens=8)
+    assert plain != cached
+    assert generate_with_hooks(llama.bridge, PROMPTS, max_new_tokens=8) == plain
+
+
+def test_hook_sets_in_one_batch_equal_separate_runs(llama, neurons, stats):
+    model = llama.bridge
+    hook_sets = [
+        steering_hooks(neurons, stats, "fr", mode="add", strength=8.0, model=model),
+        [],
+        steering_hooks(
+            neurons, stats, "zh", mode="replace", strength=3.0, deactivate=["en"], model=model
+        ),
+    ]
+    together = generate_with_hook_sets(model, PROMPTS, hook_sets, max_new_tokens=6)
+    for hooks, (texts, ids) in zip(hook_sets, together, strict=True):
+        alone, alone_ids = generate_with_hooks(
+            model, PROMPTS, fwd_hooks=hooks, max_new_tokens=6, return_tokens=True
+        )
+        assert texts == alone
+        assert all(torch.equal(a, b) for a, b in zip(ids, alone_ids, strict=True))
+    assert together[0][0] != together[1][0]
+    # Several batches of whole sets give the same result as one batch.
+    split = generate_with_hook_sets(model, PROMPTS, hook_sets, max_new_tokens=6, batch_size=4)
+    assert [t for t, _ in split] == [t for t, _ in together]
+
+
+def test_greedy_tokens_are_argmax_of_hooked_forward(llama, neurons, stats):
+    hooks = steering_hooks(neurons, stats, "zh", mode="scale", strength=5.0, model=llama.bridge)
+    _, (ids,) = generate_with_hooks(
+        llama.bridge, ["Le chat"], fwd_hooks=hooks, max_new_tokens=5, return_tokens=True
+    )
+    prompt = llama.bridge.to_tokens("Le chat")
+    seq = torch.cat([prompt[0], ids])
+    logits = llama.bridge.run_with_hooks(seq[None], fwd_hooks=hooks)
+    expected = logits[0, prompt.shape[1] - 1 : -1].argmax(-1)
+    assert torch.equal(expected, ids)
+
+
+def test_sampling_is_seeded(llama):
+    a = generate_with_hooks(llama.bridge, PROMPTS, max_new_tokens=5, do_sample=True, seed=3)
+    b = generate_with_hooks(llama.bridge, PROMPTS, max_new_tokens=5, do_sample=True, seed=3)
+    assert a == b
+
+
+@pytest.mark.parametrize("backend", ["py3langid", "lingua"])
+def test_language_identifier(backend):
+    lid = LanguageIdentifier(["en", "fr", "zh", "ru"], backend=backend)
+    for lang, texts in SENTENCES.items():
+        assert lid.identify_many(texts) == [lang] * len(texts)
+    assert lid("  a ") is None
+    acc = language_id_accuracy(lid, SENTENCES, max_texts_per_language=2, min_chars=5)
+    assert acc == {"en": 1.0, "fr": 1.0, "zh": 1.0, "ru": 1.0, "overall": 1.0}
+
+
+def test_language_identifier_bad_input():
+    with pytest.raises(LapeError, match="backend must be"):
+        LanguageIdentifier(["en"], backend="cld3")  # type: ignore[arg-type]
+    with pytest.raises(LapeError, match="does not know languages"):
+        LanguageIdentifier(["en", "tlh"])
+    with pytest.raises(LapeError, match="no text of at least 20 characters"):
+        language_id_accuracy(LanguageIdentifier(["en"]), {"en": ["short"]})
+
+
+def test_repetition_rate():
+    assert repetition_rate([1, 2, 3, 4, 5, 6]) == 0.0
+    assert repetition_rate([]) == 0.0
+    loop = [7, 8] * 20
+    grams = [tuple(loop[i : i + 3]) for i in range(len(loop) - 2)]
+    assert repetition_rate(loop) == pytest.approx(1 - len(set(grams)) / len(grams))
+    assert repetition_rate(torch.tensor(loop), n=1) == pytest.approx(1 - 2 / 40)
+
+
+def test_sequence_nll_matches_window_nll_and_ignores_padding(llama):
+    tok = llama.bridge.tokenizer
+    seqs = [torch.tensor(tok(t, add_special_tokens=False)["input_ids"]) for t in SENTENCES["fr"]]
+    batched = sequence_nll(llama.bridge, seqs)
+    bos = tok.bos_token_id
+    for i, seq in enumerate(seqs):
+        total, count = window_nll(llama.bridge, torch.cat([torch.tensor([bos]), seq])[None])
+        assert float(batched[i]) == pytest.approx(total / count, abs=1e-5)
+    assert torch.isnan(sequence_nll(llama.bridge, [torch.zeros(0, dtype=torch.long)])).all()
+    ref = reference_nll(llama.bridge, CORPUS, n_tokens=6)
+    assert set(ref) == set(CORPUS) and all(v > 0 for v in ref.values())
+
+
+def test_steer_judges_outputs(llama, neurons, stats):
+    out = steer(
+        llama.bridge,
+        neurons,
+        stats,
+        "fr",
+        PROMPTS,
+        mode="add",
+        strength=4.0,
+        max_new_tokens=6,
+        reference=reference_nll(llama.bridge, CORPUS, n_tokens=6),
+    )
+    assert len(out.texts) == len(PROMPTS) and out.nll.shape == (len(PROMPTS),)
+    assert 0.0 <= out.success_rate("fr") <= out.rate("fr") <= 1.0
+    assert sum(out.language_counts().values()) == len(PROMPTS)
+    assert out.off_target_rate("fr", "en") + out.rate("fr") + out.rate("en") <= 1.0 + 1e-9
+
+
+def test_sweep_report(llama, stats):
+    report = run_steering_sweep(
+        llama.bridge,
+        stats,
+        reference_corpus=CORPUS,
+        targets=["fr", "zh"],
+        modes=["add", "replace"],
+        strengths={"add": [4.0], "replace": [1.0]},
+        top_rates=[0.1],
+        prompts={"english": ENGLISH_PROMPTS[:3], "neutral": NEUTRAL_PROMPTS[:3]},
+        max_new_tokens=4,
+        progress=False,
+    )
+    assert isinstance(report, SteeringReport)
+    assert len(report.results) == 2 * 2 * 2  # configs x settings x targets
+    for r in report.results:
+        for rate in (r.success_rate, r.target_rate, r.fluent_rate, r.off_target_rate):
+            assert 0.0 <= rate <= 1.0
+        assert r.success_rate <= min(r.target_rate, r.fluent_rate)
+    assert set(report.baseline) == {"english", "neutral"}
+    assert sum(report.baseline["english"].values()) == 3
+    assert report.best("english") is not None
+    text = report.to_markdown()
+    assert "english prompts" in text and "neutral prompts" in text
+    json.dumps(report.to_dict())
+    assert all(isinstance(f, Figure) for f in report.figures().values())
+
+
+def test_bad_input(llama, neurons, stats):
+    with pytest.raises(LapeError, match="prompts must be a list"):
+        generate_with_hooks(llama.bridge, "The cat")  # type: ignore[arg-type]
+    with pytest.raises(LapeError, match="max_new_tokens must be a positive int"):
+        generate_with_hooks(llama.bridge, ["x"], max_new_tokens=0)
+    with pytest.raises(LapeError, match="unknown target language 'xx'"):
+        steer(llama.bridge, neurons, stats, "xx", PROMPTS)
+    with pytest.raises(LapeError, match="deactivate must be"):
+        steer(llama.bridge, neurons, stats, "fr", PROMPTS, deactivate="all")  # type: ignore[arg-type]
+    with pytest.raises(LapeError, match=r"unknown target language\(s\) \['xx'\]"):
+        run_steering_sweep(llama.bridge, stats, targets=["xx"])
+    with pytest.raises(LapeError, match="modes must be among"):
+        run_steering_sweep(llama.bridge, stats, modes=["boost"])  # type: ignore[list-item]
+    with pytest.raises(LapeError, match="strengths gives no value"):
+        run_steering_sweep(llama.bridge, stats, modes=["add"], strengths={"scale": [2.0]})
+    other = LanguageNeurons.from_indices({"fr": {0: [1]}}, n_layers=2, d_mlp=32)
+    with pytest.raises(LapeError, match="d_mlp"):
+        steer(llama.bridge, other, stats, "fr", PROMPTS)

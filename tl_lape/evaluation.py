@@ -1,0 +1,905 @@
+"""Causal evaluation of language neurons: perplexity under deactivation, with controls.
+
+Finding neurons whose firing is concentrated on one language is half of the LAPE paper; the
+other half shows that they matter. The test is the paper's: switch a language's neurons off
+(set their activation to zero) and measure the model's next-token loss (NLL, in nats per token)
+on held-out text of every language. If the neurons are language-specific, deactivating
+language X raises the loss on X much more than on the other languages.
+
+Every number here comes with a control, so a weak result is visible as weak:
+
+- :func:`random_matched_neurons` draws random neuron sets of the same size and the same
+  distribution over layers as each language's set (several seeded draws);
+- :func:`run_evaluation` also evaluates the paper's alternative selectors on the same statistics
+  (activation probability alone, ``LAP``, and entropy over mean activation values, ``LAVE``);
+- :func:`selectivity` scores each deactivated language by the rise on its own text minus the
+  mean rise on the others.
+
+Example:
+    >>> from tl_lape import identify_language_neurons, collect_activation_stats
+    >>> stats = collect_activation_stats(model, train_corpus)  # doctest: +SKIP
+    >>> neurons = identify_language_neurons(stats)  # doctest: +SKIP
+    >>> report = run_evaluation(model, neurons, heldout_corpus, stats=stats)  # doctest: +SKIP
+    >>> print(report.to_markdown())  # doctest: +SKIP
+"""
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from matplotlib.figure import Figure
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tl_lape._adapter import ModelAdapter, adapt
+from tl_lape.errors import LapeError
+from tl_lape.hooks import deactivation_hooks
+from tl_lape.neurons import LanguageNeurons
+
+__all__ = [
+    "NO_INTERVENTION",
+    "EvaluationReport",
+    "PerplexityMatrix",
+    "perplexity_matrix",
+    "random_matched_neurons",
+    "run_evaluation",
+    "selectivity",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Row label of the matrix row computed without any intervention.
+NO_INTERVENTION = "(none)"
+
+Hooks = list[tuple[str, Callable[..., Any]]]
+
+
+# ============================================================================ results
+
+
+@dataclass(frozen=True)
+class PerplexityMatrix:
+    """Mean NLL per token of each evaluated language (columns) under each deactivation (rows).
+
+    Row 0 is the model without intervention (:data:`NO_INTERVENTION`); row ``i > 0`` is the
+    model with the neurons of language ``deactivated[i - 1]`` set to zero.
+
+    Attributes:
+        deactivated: The languages whose neurons were deactivated, one per row after the first.
+        languages: The evaluated languages (columns).
+        nll: ``nll[row, k]`` = mean NLL in nats per token of language k's text (float64).
+        n_tokens: Number of predicted tokens per evaluated language (int64).
+        metadata: How the matrix was made (neuron-set provenance, seq_len, budgets, ...).
+
+    Example:
+        >>> import torch
+        >>> m = PerplexityMatrix(("en",), ("en", "fr"),
+        ...     torch.tensor([[2.0, 3.0], [2.5, 3.1]], dtype=torch.float64),
+        ...     torch.tensor([100, 100]))
+        >>> m.delta
+        tensor([[0.5000, 0.1000]], dtype=torch.float64)
+    """
+
+    deactivated: tuple[str, ...]
+    languages: tuple[str, ...]
+    nll: Float[Tensor, "row lang"]
+    n_tokens: Int[Tensor, " lang"]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "deactivated", _check_names(self.deactivated, "deactivated"))
+        object.__setattr__(self, "languages", _check_names(self.languages, "languages"))
+        if tuple(self.nll.shape) != (len(self.deactivated) + 1, len(self.languages)):
+            raise LapeError(
+                f"PerplexityMatrix.nll must have shape (1 + len(deactivated), len(languages)) = "
+                f"({len(self.deactivated) + 1}, {len(self.languages)}); received "
+                f"{tuple(self.nll.shape)}"
+            )
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """Row labels: :data:`NO_INTERVENTION` then the deactivated languages."""
+        return (NO_INTERVENTION, *self.deactivated)
+
+    @property
+    def baseline(self) -> Float[Tensor, " lang"]:
+        """The NLL without intervention (row 0)."""
+        return self.nll[0]
+
+    @property
+    def perplexity(self) -> Float[Tensor, "row lang"]:
+        """``exp(nll)``, the perplexity per token."""
+        return torch.exp(self.nll)
+
+    @property
+    def delta(self) -> Float[Tensor, "deact lang"]:
+        """NLL change against the no-intervention row: ``nll[1:] - nll[0]`` (nats per token)."""
+        return self.nll[1:] - self.nll[0:1]
+
+    @property
+    def perplexity_ratio(self) -> Float[Tensor, "deact lang"]:
+        """Perplexity relative to the no-intervention row: ``exp(delta)``."""
+        return torch.exp(self.delta)
+
+    def own_rise(self) -> Float[Tensor, " deact"]:
+        """NLL rise of each deactivated language on its own text (NaN if it is not evaluated)."""
+        return _own_and_others(self)[0]
+
+    def own_is_largest(self) -> Bool[Tensor, " deact"]:
+        """Whether deactivating X raises X's NLL more than any other evaluated language's."""
+        delta = self.delta
+        out = torch.zeros(len(self.deactivated), dtype=torch.bool)
+        for i, lang in enumerate(self.deactivated):
+            if lang in self.languages and len(self.languages) > 1:
+                j = self.languages.index(lang)
+                others = torch.cat([delta[i, :j], delta[i, j + 1 :]])
+                out[i] = bool(delta[i, j] > others.max())
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (lists, floats), ready for ``json.dump``."""
+        return {
+            "deactivated": list(self.deactivated),
+            "languages": list(self.languages),
+            "nll": self.nll.tolist(),
+            "delta": self.delta.tolist(),
+            "n_tokens": self.n_tokens.tolist(),
+            "metadata": dict(self.metadata),
+        }
+
+    def to_markdown(self, *, value: str = "delta", digits: int = 3) -> str:
+        """A Markdown table: rows deactivated, columns evaluated.
+
+        Args:
+            value: ``"delta"`` (NLL change, with the no-intervention NLL as the first row),
+                ``"nll"`` or ``"perplexity"``.
+            digits: Decimal places.
+        """
+        if value == "delta":
+            table = torch.cat([self.nll[0:1], self.delta])
+            first = f"{NO_INTERVENTION} NLL"
+        elif value == "nll":
+            table, first = self.nll, NO_INTERVENTION
+        elif value == "perplexity":
+            table, first = self.perplexity, NO_INTERVENTION
+        else:
+            raise LapeError(f"value must be 'delta', 'nll' or 'perplexity'; received {value!r}")
+        header = "| deactivated \\ evaluated | " + " | ".join(self.languages) + " |"
+        lines = [header, "| --- |" + " ---: |" * len(self.languages)]
+        for r, label in enumerate((first, *self.deactivated)):
+            cells = []
+            for k, lang in enumerate(self.languages):
+                text = f"{float(table[r, k]):.{digits}f}"
+                if value == "delta" and r > 0 and lang == label:
+                    text = f"**{text}**"
+                cells.append(text)
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def plot(self, *, title: str | None = None) -> Figure:
+        """Heatmap of :attr:`delta` (a diverging colour scale centred on zero)."""
+        from tl_lape.plots import plot_matrix
+
+        return plot_matrix(
+            self.delta,
+            rows=list(self.deactivated),
+            columns=list(self.languages),
+            fmt="{:+.3f}",
+            cmap="RdBu_r",
+            center=0.0,
+            title=title or "NLL change when a language's neurons are deactivated",
+            xlabel="evaluated language",
+            ylabel="deactivated language",
+            colorbar_label="Δ NLL (nats/token)",
+        )
+
+
+def selectivity(matrix: PerplexityMatrix) -> Float[Tensor, " deact"]:
+    """Per deactivated language X: the NLL rise on X minus the mean rise on the other languages.
+
+    Positive when deactivating X hurts X more than the rest; zero for an intervention that
+    hurts every language alike. NaN where X is not among the evaluated languages.
+
+    Example:
+        >>> import torch
+        >>> m = PerplexityMatrix(("en", "fr"), ("en", "fr"),
+        ...     torch.tensor([[2.0, 3.0], [2.5, 3.1], [2.1, 3.4]], dtype=torch.float64),
+        ...     torch.tensor([100, 100]))
+        >>> selectivity(m)
+        tensor([0.4000, 0.3000], dtype=torch.float64)
+    """
+    own, others = _own_and_others(matrix)
+    return own - others
+
+
+def _own_and_others(matrix: PerplexityMatrix) -> tuple[Tensor, Tensor]:
+    delta = matrix.delta  # deact lang
+    own = torch.full((len(matrix.deactivated),), math.nan, dtype=torch.float64)
+    others = torch.full_like(own, math.nan)
+    for i, lang in enumerate(matrix.deactivated):
+        if lang not in matrix.languages:
+            continue
+        j = matrix.languages.index(lang)
+        own[i] = delta[i, j]
+        rest = torch.cat([delta[i, :j], delta[i, j + 1 :]])
+        others[i] = rest.mean() if rest.numel() else 0.0
+    return own, others
+
+
+# ============================================================================ random controls
+
+
+def random_matched_neurons(
+    neurons: LanguageNeurons,
+    *,
+    seed: int = 0,
+    exclude_selected: bool = True,
+) -> LanguageNeurons:
+    """Random neuron sets matched to each language's set in size and distribution over layers.
+
+    For every language and layer, draws as many neurons as the language has in that layer,
+    uniformly without replacement, from the layer's neurons (by default excluding every neuron
+    selected for any language, so the control contains no language neuron). Languages are
+    drawn independently; the draw is a pure function of ``seed``.
+
+    Args:
+        neurons: The neuron set to match.
+        seed: Seed of the draw; different seeds give independent draws.
+        exclude_selected: Draw only from neurons outside ``neurons.union()``.
+
+    Returns:
+        A :class:`~tl_lape.neurons.LanguageNeurons` with the same languages and the same
+        :meth:`~tl_lape.neurons.LanguageNeurons.counts_per_layer`.
+
+    Raises:
+        LapeError: If a layer has too few eligible neurons for the draw.
+
+    Example:
+        >>> ln = LanguageNeurons.from_indices({"en": {0: [1, 2]}}, n_layers=2, d_mlp=8)
+        >>> control = random_matched_neurons(ln, seed=1)
+        >>> bool((control.counts_per_layer() == ln.counts_per_layer()).all())
+        True
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise LapeError(f"seed must be an int; received {seed!r}")
+    generator = torch.Generator().manual_seed(seed)
+    per_layer = neurons.counts_per_layer()  # lang n_layers
+    excluded = (
+        neurons.union()
+        if exclude_selected
+        else torch.zeros(neurons.n_layers, neurons.d_mlp, dtype=torch.bool)
+    )
+    masks = torch.zeros(neurons.n_languages, neurons.n_layers, neurons.d_mlp, dtype=torch.bool)
+    for k, lang in enumerate(neurons.languages):
+        for layer in range(neurons.n_layers):
+            want = int(per_layer[k, layer])
+            if want == 0:
+                continue
+            eligible = torch.nonzero(~excluded[layer]).flatten()  # candidates
+            if eligible.numel() < want:
+                raise LapeError(
+                    f"cannot draw {want} random neurons for language {lang!r} in layer {layer}: "
+                    f"only {eligible.numel()} of {neurons.d_mlp} neurons are eligible "
+                    f"(exclude_selected={exclude_selected}). Pass exclude_selected=False or use "
+                    "a smaller neuron set."
+                )
+            pick = torch.randperm(eligible.numel(), generator=generator)[:want]
+            masks[k, layer, eligible[pick]] = True
+    metadata = {
+        "selector": "random_matched",
+        "seed": seed,
+        "exclude_selected": exclude_selected,
+        "matched_to": dict(neurons.metadata),
+    }
+    return LanguageNeurons.from_masks(masks, neurons.languages, metadata)
+
+
+# ============================================================================ token windows
+
+
+def token_windows(
+    model: Any,
+    texts: Iterable[str] | Tensor,
+    *,
+    seq_len: int = 256,
+    max_tokens: int | None = None,
+    prepend_bos: bool | None = None,
+) -> Int[Tensor, "batch pos"]:
+    """Pack a language's text into windows of ``seq_len`` tokens for evaluation.
+
+    Texts are tokenized without special tokens and joined into one stream, separated by
+    ``EOS BOS`` (the demo model's training format; just ``BOS`` or nothing when the tokenizer
+    lacks those). Each window is ``BOS`` followed by ``seq_len - 1`` stream tokens (or
+    ``seq_len`` stream tokens when ``prepend_bos`` is false); a partial last window is dropped.
+    A 1-D tensor of token ids is used as the stream directly.
+
+    Args:
+        model: A TransformerLens model with a tokenizer.
+        texts: The texts, or a 1-D tensor of token ids.
+        seq_len: Tokens per window, the BOS included.
+        max_tokens: Keep at most this many windows' worth of stream tokens (default: all).
+        prepend_bos: Start windows with BOS (default: the model's ``cfg.default_prepend_bos``).
+
+    Returns:
+        An int64 tensor ``[n_windows, seq_len]`` on the CPU.
+
+    Raises:
+        LapeError: If the text holds less than one window.
+    """
+    adapter = adapt(model, validate=False)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise LapeError(f"seq_len must be an int >= 2; received {seq_len!r}")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise LapeError(f"max_tokens must be a positive int or None; received {max_tokens!r}")
+    if prepend_bos is None:
+        prepend_bos = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
+    bos = adapter.bos_token_id if prepend_bos else None
+    body = seq_len - 1 if bos is not None else seq_len
+    limit = None if max_tokens is None else max(body, max_tokens)
+    if isinstance(texts, Tensor):
+        if texts.ndim != 1 or texts.is_floating_point():
+            raise LapeError(
+                f"a token-id corpus must be a 1-D integer tensor; received a {texts.dtype} "
+                f"tensor of shape {tuple(texts.shape)}"
+            )
+        stream = texts.to(torch.long).cpu()
+        if limit is not None:
+            stream = stream[:limit]
+    else:
+        if isinstance(texts, str):
+            raise LapeError(
+                "texts must be an iterable of strings (e.g. a list of paragraphs), not one "
+                "string; wrap it in a list"
+            )
+        separator = [i for i in (adapter.eos_token_id, bos) if i is not None]
+        pieces: list[Tensor] = []
+        total = 0
+        for text in texts:
+            ids = adapter.encode(text)
+            if ids.numel() == 0:
+                continue
+            if pieces and separator:
+                pieces.append(torch.tensor(separator, dtype=torch.long))
+                total += len(separator)
+            pieces.append(ids)
+            total += ids.numel()
+            if limit is not None and total >= limit:
+                break
+        stream = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
+        if limit is not None:
+            stream = stream[:limit]
+    n_windows = stream.numel() // body
+    if n_windows == 0:
+        raise LapeError(
+            f"the text has {stream.numel()} tokens, less than one window of {body} tokens "
+            f"(seq_len={seq_len}); pass more text or a smaller seq_len"
+        )
+    windows = stream[: n_windows * body].reshape(n_windows, body)  # batch pos
+    if bos is not None:
+        windows = torch.cat([torch.full((n_windows, 1), bos, dtype=torch.long), windows], dim=1)
+    return windows
+
+
+def window_nll(
+    model: Any,
+    windows: Int[Tensor, "batch pos"],
+    *,
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "NLL",
+) -> tuple[float, int]:
+    """Summed next-token NLL (nats, float64) of ``windows`` and the number of predicted tokens.
+
+    Runs under :func:`torch.inference_mode` with ``fwd_hooks`` attached for the duration of
+    each forward pass only. Each window predicts its tokens 1..end from the tokens before them.
+
+    Args:
+        model: A TransformerLens model.
+        windows: Token ids ``[n_windows, seq_len]`` from :func:`token_windows`.
+        fwd_hooks: TransformerLens forward hooks, e.g. from
+            :func:`~tl_lape.hooks.deactivation_hooks`.
+        batch_size: Windows per forward pass.
+        progress: Show a progress bar.
+        desc: Its label.
+
+    Returns:
+        ``(sum_nll, n_predicted_tokens)``.
+    """
+    _check_positive(batch_size, "batch_size")
+    device = adapt(model, validate=False).device
+    total = torch.zeros((), dtype=torch.float64)
+    count = 0
+    starts = range(0, windows.shape[0], batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+            batch = windows[start : start + batch_size].to(device)  # batch pos
+            logits = model.run_with_hooks(batch, fwd_hooks=list(fwd_hooks))  # batch pos d_vocab
+            logprobs = torch.log_softmax(logits[:, :-1].to(torch.float32), dim=-1)
+            target = batch[:, 1:].unsqueeze(-1)  # batch pos-1 1
+            nll = -logprobs.gather(-1, target).squeeze(-1)  # batch pos-1
+            total += nll.to(torch.float64).sum().cpu()
+            count += nll.numel()
+    return float(total), count
+
+
+# ============================================================================ perplexity matrix
+
+
+def perplexity_matrix(
+    model: Any,
+    neurons: LanguageNeurons,
+    corpus: Mapping[str, Iterable[str] | Tensor],
+    *,
+    languages: Sequence[str] | None = None,
+    deactivate: Sequence[str] | None = None,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    max_tokens_per_language: int | None = 20_000,
+    progress: bool = True,
+) -> PerplexityMatrix:
+    """Mean NLL of each language's text with each language's neurons deactivated in turn.
+
+    Row 0 has no intervention; row ``i`` sets the activation of ``deactivate[i-1]``'s neurons
+    to zero at every position (:func:`~tl_lape.hooks.deactivation_hooks`). All rows see exactly
+    the same token windows.
+
+    Args:
+        model: A TransformerLens model (``TransformerBridge`` or ``HookedTransformer``).
+        neurons: The language neurons, made for this model.
+        corpus: ``{language: texts}`` (held-out text: not the text the neurons were selected
+            on), or ``{language: 1-D tensor of token ids}``.
+        languages: Evaluated languages (columns; default: every language of ``corpus``).
+        deactivate: Languages whose neurons are deactivated (rows; default: every language of
+            ``neurons``).
+        seq_len: Tokens per window.
+        batch_size: Windows per forward pass.
+        max_tokens_per_language: Token budget per evaluated language (None: all the text).
+        progress: Show progress bars.
+
+    Returns:
+        A :class:`PerplexityMatrix`.
+
+    Raises:
+        LapeError: If a language is unknown, a corpus is too short, or the neuron set does not
+            fit the model.
+
+    Example:
+        >>> m = perplexity_matrix(model, neurons, heldout)  # doctest: +SKIP
+        >>> m.own_is_largest()  # doctest: +SKIP
+    """
+    adapter = adapt(model)
+    neurons.check_compatible(adapter.n_layers, adapter.d_mlp)
+    evaluated = _resolve_languages(languages, corpus, "corpus")
+    rows = _resolve_rows(deactivate, neurons)
+    windows = {
+        lang: token_windows(
+            model, corpus[lang], seq_len=seq_len, max_tokens=max_tokens_per_language
+        )
+        for lang in evaluated
+    }
+    baseline, n_tokens = _nll_row(model, windows, [], batch_size, progress, NO_INTERVENTION)
+    nll_rows = [baseline]
+    for lang in rows:
+        hooks = deactivation_hooks(neurons, [lang], model=model)
+        nll_rows.append(_nll_row(model, windows, hooks, batch_size, progress, lang)[0])
+    metadata = _matrix_metadata(adapter, neurons, seq_len, max_tokens_per_language)
+    return PerplexityMatrix(rows, evaluated, torch.stack(nll_rows), n_tokens, metadata)
+
+
+def _nll_row(
+    model: Any,
+    windows: Mapping[str, Tensor],
+    hooks: Hooks,
+    batch_size: int,
+    progress: bool,
+    label: str,
+) -> tuple[Tensor, Tensor]:
+    nll = torch.zeros(len(windows), dtype=torch.float64)
+    counts = torch.zeros(len(windows), dtype=torch.int64)
+    for k, (lang, w) in enumerate(windows.items()):
+        total, count = window_nll(
+            model,
+            w,
+            fwd_hooks=hooks,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"deactivate {label} / eval {lang}",
+        )
+        nll[k] = total / count
+        counts[k] = count
+    return nll, counts
+
+
+def _matrix_metadata(
+    adapter: ModelAdapter,
+    neurons: LanguageNeurons,
+    seq_len: int,
+    max_tokens: int | None,
+) -> dict[str, Any]:
+    return {
+        "model_name": adapter.model_name,
+        "seq_len": seq_len,
+        "max_tokens_per_language": max_tokens,
+        "neurons": dict(neurons.metadata),
+        "neuron_counts": neurons.counts(),
+    }
+
+
+# ============================================================================ full evaluation
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Perplexity under deactivation for LAPE's neurons, random controls and other selectors.
+
+    Attributes:
+        lape: The matrix for the evaluated neuron set.
+        random: One matrix per seeded random draw matched to the set
+            (:func:`random_matched_neurons`).
+        baselines: Matrices for other selectors on the same statistics, by name (``"LAP"``,
+            ``"LAVE"``); empty when no statistics were given.
+        neuron_counts: Neurons per language of each evaluated set, by set name.
+        metadata: Settings of the run.
+    """
+
+    lape: PerplexityMatrix
+    random: tuple[PerplexityMatrix, ...] = ()
+    baselines: dict[str, PerplexityMatrix] = field(default_factory=dict)
+    neuron_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ derived numbers
+
+    def selectivity(self) -> Float[Tensor, " deact"]:
+        """LAPE's per-language selectivity (:func:`selectivity`)."""
+        return selectivity(self.lape)
+
+    def random_selectivity(self) -> Float[Tensor, "draw deact"]:
+        """Selectivity of each random draw, ``[n_draws, n_deactivated]``."""
+        if not self.random:
+            return torch.zeros(0, len(self.lape.deactivated), dtype=torch.float64)
+        return torch.stack([selectivity(m) for m in self.random])
+
+    def random_own_rise(self) -> Float[Tensor, "draw deact"]:
+        """Own-language NLL rise of each random draw, ``[n_draws, n_deactivated]``."""
+        if not self.random:
+            return torch.zeros(0, len(self.lape.deactivated), dtype=torch.float64)
+        return torch.stack([m.own_rise() for m in self.random])
+
+    def selectivity_ratio(self) -> float:
+        """Mean LAPE selectivity over the mean absolute selectivity of the random draws.
+
+        The random draws' selectivity is near zero and of either sign, so the denominator uses
+        its absolute value (the conservative choice); NaN without random draws. Languages not
+        evaluated are skipped.
+        """
+        lape = self.selectivity()
+        rand = self.random_selectivity()
+        if rand.numel() == 0:
+            return math.nan
+        valid = ~torch.isnan(lape)
+        denominator = float(rand[:, valid].abs().mean())
+        numerator = float(lape[valid].mean())
+        return numerator / denominator if denominator > 0 else math.inf
+
+    def n_own_largest(self) -> int:
+        """For how many deactivated languages their own NLL rises more than any other's."""
+        return int(self.lape.own_is_largest().sum())
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers as plain values."""
+        lape_sel = self.selectivity()
+        valid = ~torch.isnan(lape_sel)
+        out: dict[str, Any] = {
+            "n_own_largest": self.n_own_largest(),
+            "n_deactivated": len(self.lape.deactivated),
+            "mean_own_rise": float(self.lape.own_rise()[valid].mean()) if valid.any() else None,
+            "mean_selectivity": float(lape_sel[valid].mean()) if valid.any() else None,
+        }
+        if self.random:
+            rand = self.random_selectivity()
+            out["random_mean_selectivity"] = float(rand[:, valid].mean())
+            out["random_mean_abs_selectivity"] = float(rand[:, valid].abs().mean())
+            out["random_mean_own_rise"] = float(self.random_own_rise()[:, valid].mean())
+            out["selectivity_ratio"] = self.selectivity_ratio()
+        for name, matrix in self.baselines.items():
+            sel = selectivity(matrix)
+            ok = ~torch.isnan(sel)
+            out[f"{name}_mean_selectivity"] = float(sel[ok].mean()) if ok.any() else None
+            out[f"{name}_n_own_largest"] = int(matrix.own_is_largest().sum())
+        return out
+
+    # ------------------------------------------------------------------ output
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values, ready for ``json.dump``."""
+        return {
+            "lape": self.lape.to_dict(),
+            "random": [m.to_dict() for m in self.random],
+            "baselines": {k: m.to_dict() for k, m in self.baselines.items()},
+            "neuron_counts": {k: dict(v) for k, v in self.neuron_counts.items()},
+            "selectivity": self.selectivity().tolist(),
+            "random_selectivity": self.random_selectivity().tolist(),
+            "summary": self.summary(),
+            "metadata": dict(self.metadata),
+        }
+
+    def to_markdown(self) -> str:
+        """A Markdown report: the NLL-change matrix, per-language selectivity and the summary."""
+        s = self.summary()
+        lines = [
+            "### Perplexity under deactivation",
+            "",
+            "NLL change (nats/token) on held-out text of each language (columns) when one "
+            "language's neurons are set to zero (rows); the first row is the NLL without "
+            "intervention. Bold: the deactivated language's own text.",
+            "",
+            self.lape.to_markdown(),
+            "",
+            f"Deactivating X raises X's NLL more than any other language's for "
+            f"**{s['n_own_largest']} of {s['n_deactivated']}** languages.",
+            "",
+        ]
+        header = "| language | neurons | own rise | selectivity |"
+        sep = "| --- | ---: | ---: | ---: |"
+        rand_sel = self.random_selectivity()
+        rand_own = self.random_own_rise()
+        if self.random:
+            header += " random own rise | random selectivity |"
+            sep += " ---: | ---: |"
+        names = list(self.baselines)
+        for name in names:
+            header += f" {name} selectivity |"
+            sep += " ---: |"
+        lines += [header, sep]
+        own = self.lape.own_rise()
+        sel = self.selectivity()
+        counts = self.neuron_counts.get("LAPE", {})
+        baseline_sel = {name: selectivity(m) for name, m in self.baselines.items()}
+        for i, lang in enumerate(self.lape.deactivated):
+            row = f"| {lang} | {counts.get(lang, '-')} | {float(own[i]):+.4f} |"
+            row += f" {float(sel[i]):+.4f} |"
+            if self.random:
+                row += f" {_mean_sd(rand_own[:, i])} | {_mean_sd(rand_sel[:, i])} |"
+            for name in names:
+                row += f" {float(baseline_sel[name][i]):+.4f} |"
+            lines.append(row)
+        lines.append("")
+        if self.random:
+            lines.append(
+                f"Mean selectivity: LAPE {s['mean_selectivity']:+.4f} nats; matched random sets "
+                f"({len(self.random)} draws) {s['random_mean_selectivity']:+.4f} (mean |.| "
+                f"{s['random_mean_abs_selectivity']:.4f}); ratio **{s['selectivity_ratio']:.1f}x**."
+            )
+        for name in names:
+            lines.append(
+                f"{name}: mean selectivity {s[f'{name}_mean_selectivity']:+.4f}, own language "
+                f"rises most for {s[f'{name}_n_own_largest']} of {s['n_deactivated']}."
+            )
+        return "\n".join(lines).rstrip() + "\n"
+
+    def figures(self) -> dict[str, Figure]:
+        """Figures by file stem: the NLL-change heatmap and a selectivity bar chart."""
+        return {
+            "perplexity_change": self.lape.plot(),
+            "selectivity": self.plot_selectivity(),
+        }
+
+    def plot_selectivity(self) -> Figure:
+        """Bars of per-language selectivity: LAPE, the other selectors and the random draws."""
+        langs = list(self.lape.deactivated)
+        series: dict[str, Tensor] = {"LAPE": self.selectivity()}
+        for name, matrix in self.baselines.items():
+            series[name] = selectivity(matrix)
+        rand = self.random_selectivity()
+        if rand.numel():
+            series["random (mean)"] = rand.mean(dim=0)
+        fig = Figure(figsize=(max(6.0, 0.9 * len(langs) + 2), 4.0), layout="constrained")
+        ax = fig.add_subplot()
+        width = 0.8 / len(series)
+        for s, (name, values) in enumerate(series.items()):
+            xs = [i + (s - (len(series) - 1) / 2) * width for i in range(len(langs))]
+            ax.bar(xs, values.nan_to_num(0.0).tolist(), width=width, label=name)
+        if rand.numel():
+            spread = rand.std(dim=0, correction=0)
+            s = len(series) - 1
+            xs = [i + (s - (len(series) - 1) / 2) * width for i in range(len(langs))]
+            ax.errorbar(xs, rand.mean(dim=0).tolist(), yerr=spread.tolist(), fmt="none", color="k")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(langs)), labels=langs)
+        ax.set_xlabel("deactivated language")
+        ax.set_ylabel("own rise − mean rise on others (nats)")
+        ax.set_title("Selectivity of deactivation")
+        ax.legend(fontsize="small")
+        return fig
+
+
+def _mean_sd(values: Tensor) -> str:
+    return f"{float(values.mean()):+.4f} ± {float(values.std(correction=0)):.4f}"
+
+
+def run_evaluation(
+    model: Any,
+    neurons: LanguageNeurons,
+    corpus: Mapping[str, Iterable[str] | Tensor],
+    *,
+    stats: Any = None,
+    n_random: int = 3,
+    seed: int = 0,
+    selectors: Sequence[str] = ("LAP", "LAVE"),
+    languages: Sequence[str] | None = None,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    max_tokens_per_language: int | None = 20_000,
+    progress: bool = True,
+) -> EvaluationReport:
+    """Evaluate a neuron set by deactivation, against matched random sets and other selectors.
+
+    Computes the :func:`perplexity_matrix` of ``neurons``, of ``n_random`` seeded random sets
+    matched to it (:func:`random_matched_neurons`, seeds ``seed .. seed + n_random - 1``), and,
+    when ``stats`` is given, of the paper's alternative selectors on those statistics with the
+    same neuron budget (``"LAP"``: activation probability alone; ``"LAVE"``: entropy over
+    mean activation values). The no-intervention row and the token windows are shared.
+
+    Args:
+        model: A TransformerLens model.
+        neurons: The neuron set to evaluate (e.g. from
+            :func:`~tl_lape.selection.identify_language_neurons`).
+        corpus: Held-out ``{language: texts}``.
+        stats: The :class:`~tl_lape.stats.ActivationStats` the set was selected from, for the
+            other selectors (optional).
+        n_random: Number of random draws (0 for none).
+        seed: Seed of the first random draw.
+        selectors: Which other selectors to run when ``stats`` is given.
+        languages: Evaluated languages (default: those of ``corpus``).
+        seq_len: Tokens per window.
+        batch_size: Windows per forward pass.
+        max_tokens_per_language: Token budget per evaluated language.
+        progress: Show progress bars.
+
+    Returns:
+        An :class:`EvaluationReport`.
+
+    Example:
+        >>> report = run_evaluation(model, neurons, heldout, stats=stats)  # doctest: +SKIP
+        >>> report.summary()["selectivity_ratio"]  # doctest: +SKIP
+    """
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+        raise LapeError(f"n_random must be an int >= 0; received {n_random!r}")
+    unknown = [s for s in selectors if s not in _SELECTORS]
+    if unknown:
+        raise LapeError(f"unknown selectors {unknown}; known: {sorted(_SELECTORS)}")
+    adapter = adapt(model)
+    neurons.check_compatible(adapter.n_layers, adapter.d_mlp)
+    evaluated = _resolve_languages(languages, corpus, "corpus")
+    rows = _resolve_rows(None, neurons)
+    windows = {
+        lang: token_windows(
+            model, corpus[lang], seq_len=seq_len, max_tokens=max_tokens_per_language
+        )
+        for lang in evaluated
+    }
+    baseline, n_tokens = _nll_row(model, windows, [], batch_size, progress, NO_INTERVENTION)
+
+    def matrix_for(neuron_set: LanguageNeurons, name: str) -> PerplexityMatrix:
+        nll_rows = [baseline]
+        for lang in rows:
+            hooks = deactivation_hooks(neuron_set, [lang], model=model)
+            nll_rows.append(
+                _nll_row(model, windows, hooks, batch_size, progress, f"{name}:{lang}")[0]
+            )
+        meta = _matrix_metadata(adapter, neuron_set, seq_len, max_tokens_per_language)
+        meta["set"] = name
+        return PerplexityMatrix(rows, evaluated, torch.stack(nll_rows), n_tokens, meta)
+
+    counts: dict[str, dict[str, int]] = {"LAPE": neurons.counts()}
+    lape = matrix_for(neurons, "LAPE")
+    random_matrices = []
+    for draw in range(n_random):
+        control = random_matched_neurons(neurons, seed=seed + draw)
+        random_matrices.append(matrix_for(control, f"random{draw}"))
+    baselines: dict[str, PerplexityMatrix] = {}
+    if stats is not None:
+        for name in selectors:
+            other = _SELECTORS[name](stats, neurons).select(list(neurons.languages))
+            counts[name] = other.counts()
+            baselines[name] = matrix_for(other, name)
+    metadata = {
+        "model_name": adapter.model_name,
+        "n_random": n_random,
+        "seed": seed,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "max_tokens_per_language": max_tokens_per_language,
+        "neurons": dict(neurons.metadata),
+    }
+    return EvaluationReport(lape, tuple(random_matrices), baselines, counts, metadata)
+
+
+# ============================================================================ other selectors
+
+
+def _selection_kwargs(neurons: LanguageNeurons) -> dict[str, Any]:
+    """The thresholds a set was selected with, from its metadata (paper defaults otherwise)."""
+    meta = neurons.metadata
+    out: dict[str, Any] = {}
+    for key in ("top_rate", "filter_rate", "activation_bar_ratio"):
+        value = meta.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def _select_with(method: str) -> Callable[[Any, LanguageNeurons], LanguageNeurons]:
+    def select(stats: Any, neurons: LanguageNeurons) -> LanguageNeurons:
+        from tl_lape.selection import identify_language_neurons
+
+        return identify_language_neurons(stats, **_selection_kwargs(neurons), method=method)
+
+    return select
+
+
+_SELECTORS: dict[str, Callable[[Any, LanguageNeurons], LanguageNeurons]] = {
+    "LAP": _select_with("lap"),
+    "LAVE": _select_with("lave"),
+}
+
+
+# ============================================================================ validation helpers
+
+
+def _check_names(values: Any, field_name: str) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise LapeError(f"{field_name} must be a sequence of language codes; received {values!r}")
+    out = tuple(values)
+    if not all(isinstance(v, str) and v for v in out) or len(set(out)) != len(out):
+        raise LapeError(
+            f"{field_name} must hold distinct non-empty strings; received {list(out)!r}"
+        )
+    return out
+
+
+def _check_positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LapeError(f"{name} must be a positive int; received {value!r}")
+    return value
+
+
+def _resolve_languages(
+    languages: Sequence[str] | None, corpus: Mapping[str, Any], what: str
+) -> tuple[str, ...]:
+    if not isinstance(corpus, Mapping) or not corpus:
+        raise LapeError(
+            f"{what} must be a non-empty mapping {{language: texts}}; received "
+            f"{type(corpus).__name__}"
+        )
+    if languages is None:
+        return _check_names(list(corpus), "corpus languages")
+    langs = _check_names(languages, "languages")
+    missing = [lang for lang in langs if lang not in corpus]
+    if missing:
+        raise LapeError(
+            f"unknown language(s) {missing}: the {what} has {list(corpus)}. Pass languages "
+            "from that list or add their text."
+        )
+    return langs
+
+
+def _resolve_rows(deactivate: Sequence[str] | None, neurons: LanguageNeurons) -> tuple[str, ...]:
+    if deactivate is None:
+        return tuple(neurons.languages)
+    rows = _check_names(deactivate, "deactivate")
+    unknown = [lang for lang in rows if lang not in neurons.languages]
+    if unknown:
+        raise LapeError(
+            f"unknown language(s) {unknown} in deactivate: the neuron set has "
+            f"{list(neurons.languages)}. Pass languages from that list."
+        )
+    return rows

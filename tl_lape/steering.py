@@ -1,0 +1,1233 @@
+"""Steering generation with language neurons, and judging whether it worked.
+
+The paper's second causal test: while the model generates, switch other languages' neurons off
+and push the target language's neurons on (:func:`~tl_lape.hooks.steering_hooks`), and see
+whether the output changes language. This module runs that test honestly:
+
+- :func:`generate_with_hooks`: batched generation (greedy by default) with forward hooks
+  attached for the call only, using the model's KV cache; a hooked forward pass over the whole
+  sequence and the cached incremental one give the same tokens (tested).
+- Two prompt settings: :data:`ENGLISH_PROMPTS` (the paper's cross-lingual setting: the model
+  must leave the prompt's language) and :data:`NEUTRAL_PROMPTS` (a command name, a number, a
+  path, a bare line start: the language is open and the intervention alone decides it).
+- :class:`LanguageIdentifier`: the output language, judged by an offline identifier
+  (``py3langid`` by default, chosen by measured accuracy on held-out handbook paragraphs;
+  ``lingua`` optional) restricted to the languages of the study.
+- Quality, so that a switch into gibberish does not count: the *unsteered* model's NLL of the
+  generated text against its NLL on natural text of the target language of the same length,
+  and the share of repeated token trigrams. An output is *fluent* when its NLL is at most
+  ``nll_margin`` above the target language's reference and its repetition at most
+  ``max_repetition``; *success* is an output that is in the target language and fluent.
+- :func:`run_steering_sweep`: success and off-target rates per setting, target, mode, strength
+  and neuron budget (``top_rate``), each next to a random neuron set matched in size and layers.
+
+Example:
+    >>> report = run_steering_sweep(model, stats, reference_corpus=heldout)  # doctest: +SKIP
+    >>> print(report.to_markdown())  # doctest: +SKIP
+"""
+
+import inspect
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import torch
+from jaxtyping import Float
+from matplotlib.figure import Figure
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tl_lape._adapter import adapt
+from tl_lape.errors import LapeError
+from tl_lape.evaluation import random_matched_neurons
+from tl_lape.hooks import steering_hooks
+from tl_lape.neurons import LanguageNeurons
+
+__all__ = [
+    "ENGLISH_PROMPTS",
+    "NEUTRAL_PROMPTS",
+    "LanguageIdentifier",
+    "SteeringOutputs",
+    "SteeringReport",
+    "SteeringResult",
+    "generate_with_hook_sets",
+    "generate_with_hooks",
+    "language_id_accuracy",
+    "reference_nll",
+    "repetition_rate",
+    "run_steering_sweep",
+    "sequence_nll",
+    "steer",
+]
+
+logger = logging.getLogger(__name__)
+
+
+#: Unfinished English sentences on the handbook's topics (system administration), written for
+#: this project: the cross-lingual setting, where steering must take the model out of English.
+ENGLISH_PROMPTS: tuple[str, ...] = (
+    "The main advantage of this approach is that",
+    "To install a new package, the administrator",
+    "When the server starts, it",
+    "Most users prefer this configuration because",
+    "The network interface can be configured by",
+    "In this chapter, we will see how",
+    "This file contains the list of",
+    "If the system does not boot, you should",
+    "The security team publishes updates for",
+    "Each user has a home directory where",
+    "The kernel loads the modules that",
+    "A backup of the database should be",
+    "The graphical desktop offers several",
+    "Before upgrading the distribution, it is important to",
+    "The mail server receives messages and",
+    "This command displays the",
+)
+
+#: Prompts without a language of their own: a bare line start, command names, numbers, paths.
+#: Here the intervention alone decides the output language.
+NEUTRAL_PROMPTS: tuple[str, ...] = (
+    "\n",
+    "apt-get",
+    "1.",
+    "/etc/",
+    "$ ",
+    "2024",
+    "/var/log/",
+    "dpkg",
+    "#",
+    "*",
+    "42",
+    "http://",
+    "-",
+    "(",
+    "systemctl",
+    "ls -l",
+)
+
+_PROMPT_SETS: dict[str, tuple[str, ...]] = {"english": ENGLISH_PROMPTS, "neutral": NEUTRAL_PROMPTS}
+#: The language the prompts of a setting are written in (None: no language).
+_PROMPT_LANGUAGE: dict[str, str | None] = {"english": "en", "neutral": None}
+
+
+# ============================================================================ generation
+
+
+@dataclass(frozen=True)
+class _Generated:
+    texts: list[str]
+    tokens: list[Tensor]
+
+
+def generate_with_hooks(
+    model: Any,
+    prompts: Sequence[str],
+    *,
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    use_kv_cache: bool = True,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    prepend_bos: bool | None = None,
+    return_tokens: bool = False,
+) -> list[str] | tuple[list[str], list[Tensor]]:
+    """Generate a continuation of every prompt with forward hooks attached (greedy by default).
+
+    Prompts are left-padded into batches with an attention mask, so a batch gives the same
+    continuation as each prompt alone; the hooks are attached for this call only (``with
+    model.hooks(...)``) and act on every forward pass, including each cached step. Generation
+    stops at EOS or after ``max_new_tokens``.
+
+    Args:
+        model: A TransformerLens model with a tokenizer and ``generate``.
+        prompts: The prompts.
+        fwd_hooks: TransformerLens forward hooks, e.g. from
+            :func:`~tl_lape.hooks.steering_hooks`.
+        max_new_tokens: Tokens generated per prompt at most.
+        batch_size: Prompts per batch.
+        use_kv_cache: Reuse keys and values of earlier positions (much faster; same tokens).
+        do_sample: Sample instead of taking the most likely token.
+        temperature: Sampling temperature (only with ``do_sample``).
+        seed: Seed of the sampling (the global RNG state is restored afterwards).
+        prepend_bos: Start each prompt with BOS (default: the model's setting).
+        return_tokens: Also return the generated token ids of each prompt.
+
+    Returns:
+        The continuations (prompt excluded, special tokens removed), and with
+        ``return_tokens`` the generated token ids (EOS and padding excluded).
+
+    Example:
+        >>> hooks = steering_hooks(neurons, stats, "fr", mode="add", strength=4.0)  # doctest: +SKIP
+        >>> generate_with_hooks(model, ["The server"], fwd_hooks=hooks)  # doctest: +SKIP
+    """
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise LapeError(f"prompts must be a list of strings; received {type(prompts).__name__}")
+    if not all(isinstance(p, str) for p in prompts):
+        raise LapeError("prompts must all be strings")
+    for value, name in ((max_new_tokens, "max_new_tokens"), (batch_size, "batch_size")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LapeError(f"{name} must be a positive int; received {value!r}")
+    adapter = adapt(model, validate=False)
+    tokenizer = adapter.tokenizer
+    if prepend_bos is None:
+        prepend_bos = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
+    eos = adapter.eos_token_id
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = pad if pad is not None else (eos if eos is not None else 0)
+    encoded = [adapter.encode(p, prepend_bos=prepend_bos) for p in prompts]
+    empty = [i for i, ids in enumerate(encoded) if ids.numel() == 0]
+    if empty:
+        raise LapeError(
+            f"prompts {empty} are empty after tokenization and prepend_bos={prepend_bos}; "
+            "give them some text or pass prepend_bos=True"
+        )
+    accepts_mask = "attention_mask" in inspect.signature(model.generate).parameters
+    if accepts_mask:
+        groups = [
+            list(range(i, min(i + batch_size, len(prompts))))
+            for i in range(0, len(prompts), batch_size)
+        ]
+    else:  # no attention mask: batch only prompts of equal length (no padding needed)
+        by_length: dict[int, list[int]] = {}
+        for i, ids in enumerate(encoded):
+            by_length.setdefault(ids.numel(), []).append(i)
+        groups = [
+            idx[j : j + batch_size]
+            for idx in by_length.values()
+            for j in range(0, len(idx), batch_size)
+        ]
+    texts: list[str] = [""] * len(prompts)
+    new_tokens: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * len(prompts)
+    device = adapter.device
+    with (
+        torch.random.fork_rng(devices=[]),
+        torch.inference_mode(),
+        model.hooks(fwd_hooks=list(fwd_hooks)),
+    ):
+        torch.manual_seed(seed)
+        for group in groups:
+            width = max(encoded[i].numel() for i in group)
+            tokens = torch.full((len(group), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, i in enumerate(group):
+                n = encoded[i].numel()
+                tokens[row, width - n :] = encoded[i]
+                mask[row, width - n :] = 1
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "do_sample": do_sample,
+                "use_past_kv_cache": use_kv_cache,
+                "stop_at_eos": eos is not None,
+                "return_type": "tokens",
+                "verbose": False,
+            }
+            if do_sample:
+                kwargs["temperature"] = temperature
+            if accepts_mask and not bool(mask.all()):
+                kwargs["attention_mask"] = mask.to(device)
+            out = model.generate(tokens.to(device), **kwargs)  # batch width+new
+            generated = out[:, width:].cpu()
+            for row, i in enumerate(group):
+                ids = generated[row]
+                if eos is not None:
+                    stops = torch.nonzero(ids == eos).flatten()
+                    if stops.numel():
+                        ids = ids[: int(stops[0])]
+                new_tokens[i] = ids.clone()
+                texts[i] = tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+    if return_tokens:
+        return texts, new_tokens
+    return texts
+
+
+def generate_with_hook_sets(
+    model: Any,
+    prompts: Sequence[str],
+    hook_sets: Sequence[Sequence[tuple[str, Callable[..., Any]]]],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 256,
+    **kwargs: Any,
+) -> list[tuple[list[str], list[Tensor]]]:
+    """Generate from the same prompts under several sets of hooks at once, one set per row block.
+
+    Equivalent to calling :func:`generate_with_hooks` once per hook set, but the prompts are
+    repeated once per set in one batch and each set's hooks act only on its own rows, so a
+    sweep over many interventions needs few generation loops (on a CPU most of a generation
+    step's time is per-step overhead, not arithmetic).
+
+    Args:
+        model: A TransformerLens model.
+        prompts: The prompts, shared by all sets.
+        hook_sets: One list of forward hooks per intervention (an empty list: no intervention).
+        max_new_tokens: Tokens generated per prompt at most.
+        batch_size: Rows per generation batch (several whole sets per batch).
+        **kwargs: Passed to :func:`generate_with_hooks` (``use_kv_cache``, ``prepend_bos``).
+
+    Returns:
+        Per hook set, ``(texts, token_ids)`` as :func:`generate_with_hooks` returns them.
+
+    Example:
+        >>> sets = [steering_hooks(neurons, stats, t) for t in ("fr", "zh")]  # doctest: +SKIP
+        >>> (fr, _), (zh, _) = generate_with_hook_sets(model, prompts, sets)  # doctest: +SKIP
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise LapeError("prompts is empty; pass at least one prompt")
+    per_call = max(1, batch_size // len(prompts))
+    if "attention_mask" not in inspect.signature(model.generate).parameters:
+        per_call = 1  # no padded batches: generate_with_hooks regroups rows by prompt length
+    results: list[tuple[list[str], list[Tensor]]] = []
+    for start in range(0, len(hook_sets), per_call):
+        chunk = [list(h) for h in hook_sets[start : start + per_call]]
+        combined = chunk[0] if len(chunk) == 1 else _row_block_hooks(chunk, len(prompts))
+        texts, tokens = _generate(
+            model,
+            prompts * len(chunk),
+            fwd_hooks=combined,
+            max_new_tokens=max_new_tokens,
+            batch_size=len(prompts) * len(chunk) if len(chunk) > 1 else batch_size,
+            **kwargs,
+        )
+        for s in range(len(chunk)):
+            rows = slice(s * len(prompts), (s + 1) * len(prompts))
+            results.append((texts[rows], tokens[rows]))
+    return results
+
+
+def _row_block_hooks(hook_sets: list[list[tuple[str, Any]]], rows_per_set: int) -> list[Any]:
+    """Hooks that apply ``hook_sets[s]`` to batch rows ``s * rows_per_set`` onwards only."""
+    by_name: dict[str, list[tuple[slice, Any]]] = {}
+    for s, hooks in enumerate(hook_sets):
+        rows = slice(s * rows_per_set, (s + 1) * rows_per_set)
+        for name, fn in hooks:
+            by_name.setdefault(name, []).append((rows, fn))
+
+    def make(entries: list[tuple[slice, Any]]) -> Any:
+        def hook_fn(act: Tensor, *, hook: Any) -> Tensor | None:
+            out: Tensor | None = None
+            for rows, fn in entries:
+                current = act if out is None else out
+                result = fn(current[rows], hook=hook)
+                if result is not None:
+                    if out is None:
+                        out = act.clone()
+                    out[rows] = result
+            return out
+
+        return hook_fn
+
+    return [(name, make(entries)) for name, entries in by_name.items()]
+
+
+def _generate(model: Any, prompts: Sequence[str], **kwargs: Any) -> tuple[list[str], list[Tensor]]:
+    """:func:`generate_with_hooks` with ``return_tokens=True``, typed as such."""
+    return cast(
+        tuple[list[str], list[Tensor]],
+        generate_with_hooks(model, prompts, return_tokens=True, **kwargs),
+    )
+
+
+def _mode(mode: str) -> Literal["replace", "add", "scale"]:
+    if mode not in ("replace", "add", "scale"):
+        raise LapeError(f"mode must be 'replace', 'add' or 'scale'; received {mode!r}")
+    return cast(Literal["replace", "add", "scale"], mode)
+
+
+# ============================================================================ language id
+
+
+_LINGUA_NAMES = {
+    "en": "ENGLISH",
+    "zh": "CHINESE",
+    "fr": "FRENCH",
+    "es": "SPANISH",
+    "vi": "VIETNAMESE",
+    "id": "INDONESIAN",
+    "ja": "JAPANESE",
+    "de": "GERMAN",
+    "ru": "RUSSIAN",
+    "it": "ITALIAN",
+    "pt": "PORTUGUESE",
+    "ko": "KOREAN",
+    "ar": "ARABIC",
+    "nl": "DUTCH",
+}
+
+
+class LanguageIdentifier:
+    """An offline language identifier restricted to the languages of a study.
+
+    Two backends: ``"py3langid"`` (default; a naive-Bayes model over byte n-grams, fast, and
+    the more accurate of the two on short handbook snippets in our measurement) and
+    ``"lingua"`` (``lingua-language-detector``). Restricting the candidates to the studied
+    languages is what the paper's setting calls for: the question is which of them the output
+    is in.
+
+    Args:
+        languages: ISO 639-1 codes of the candidate languages.
+        backend: ``"py3langid"`` or ``"lingua"``.
+        min_chars: Texts with fewer non-space characters get no language (``None``).
+
+    Example:
+        >>> lid = LanguageIdentifier(["en", "fr"])
+        >>> lid("Le chat dort sur le tapis pendant que la pluie tombe.")
+        'fr'
+    """
+
+    def __init__(
+        self,
+        languages: Sequence[str],
+        *,
+        backend: str = "py3langid",
+        min_chars: int = 3,
+    ) -> None:
+        langs = [str(lang).replace("_", "-").split("-")[0].lower() for lang in languages]
+        if not langs:
+            raise LapeError("LanguageIdentifier needs at least one language; received none")
+        self.languages: tuple[str, ...] = tuple(dict.fromkeys(langs))
+        self.backend = backend
+        self.min_chars = min_chars
+        self._classify: Callable[[str], str | None]
+        if backend == "py3langid":
+            self._classify = self._make_py3langid()
+        elif backend == "lingua":
+            self._classify = self._make_lingua()
+        else:
+            raise LapeError(f"backend must be 'py3langid' or 'lingua'; received {backend!r}")
+
+    def _make_py3langid(self) -> Callable[[str], str | None]:
+        try:
+            from py3langid.langid import MODEL_FILE
+            from py3langid.langid import LanguageIdentifier as _Identifier
+        except ImportError as err:
+            raise LapeError(
+                "LanguageIdentifier(backend='py3langid') needs the optional py3langid package: "
+                "pip install 'tl-lape[lid]'"
+            ) from err
+        identifier = _Identifier.from_model_file(MODEL_FILE)
+        unknown = sorted(set(self.languages) - set(identifier.nb_classes))
+        if unknown:
+            raise LapeError(f"py3langid does not know languages {unknown}")
+        identifier.set_languages(list(self.languages))
+
+        def classify(text: str) -> str | None:
+            return str(identifier.classify(text)[0])
+
+        return classify
+
+    def _make_lingua(self) -> Callable[[str], str | None]:
+        try:
+            import lingua
+        except ImportError as err:
+            raise LapeError(
+                "LanguageIdentifier(backend='lingua') needs the optional "
+                "lingua-language-detector package: pip install lingua-language-detector"
+            ) from err
+        unknown = [lang for lang in self.languages if lang not in _LINGUA_NAMES]
+        if unknown:
+            raise LapeError(
+                f"the lingua backend maps only {sorted(_LINGUA_NAMES)}; received {unknown}"
+            )
+        to_lingua = {lang: getattr(lingua.Language, _LINGUA_NAMES[lang]) for lang in self.languages}
+        back = {v: k for k, v in to_lingua.items()}
+        if len(to_lingua) == 1:
+            only = self.languages[0]
+            return lambda text: only
+        detector = lingua.LanguageDetectorBuilder.from_languages(*to_lingua.values()).build()
+
+        def classify(text: str) -> str | None:
+            found = detector.detect_language_of(text)
+            return back.get(found) if found is not None else None
+
+        return classify
+
+    def __call__(self, text: str) -> str | None:
+        """The language of ``text`` among :attr:`languages`, or None if it is too short."""
+        if sum(not c.isspace() for c in text) < self.min_chars:
+            return None
+        return self._classify(text)
+
+    def identify_many(self, texts: Iterable[str]) -> list[str | None]:
+        """:meth:`__call__` for each text."""
+        return [self(text) for text in texts]
+
+    def __repr__(self) -> str:
+        return f"LanguageIdentifier(languages={list(self.languages)}, backend={self.backend!r})"
+
+
+def language_id_accuracy(
+    identifier: LanguageIdentifier,
+    corpus: Mapping[str, Sequence[str]],
+    *,
+    max_texts_per_language: int = 200,
+    max_chars: int | None = None,
+    min_chars: int = 20,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Share of a labelled corpus's texts that ``identifier`` assigns to their own language.
+
+    Args:
+        identifier: The identifier to measure.
+        corpus: ``{language: texts}`` (e.g. held-out handbook paragraphs).
+        max_texts_per_language: A seeded random sample of at most this many texts each.
+        max_chars: Cut every text to this many characters (short outputs are harder).
+        min_chars: Skip texts shorter than this.
+        seed: Seed of the sample.
+
+    Returns:
+        ``{language: accuracy, ..., "overall": accuracy over all sampled texts}``.
+
+    Example:
+        >>> lid = LanguageIdentifier(["en", "fr"])
+        >>> language_id_accuracy(lid, {"en": ["The cat sleeps on the mat today."],
+        ...                            "fr": ["Le chat dort sur le tapis aujourd'hui."]})
+        {'en': 1.0, 'fr': 1.0, 'overall': 1.0}
+    """
+    generator = torch.Generator().manual_seed(seed)
+    result: dict[str, float] = {}
+    hits = total = 0
+    for lang, texts in corpus.items():
+        pool = [t for t in texts if len(t) >= min_chars]
+        if not pool:
+            raise LapeError(
+                f"no text of at least {min_chars} characters for language {lang!r}; pass more "
+                "text or a smaller min_chars"
+            )
+        order = torch.randperm(len(pool), generator=generator)[:max_texts_per_language]
+        sample = [pool[int(i)] for i in order]
+        if max_chars is not None:
+            sample = [t[:max_chars] for t in sample]
+        ok = sum(identifier(t) == lang for t in sample)
+        result[lang] = ok / len(sample)
+        hits += ok
+        total += len(sample)
+    result["overall"] = hits / total if total else math.nan
+    return result
+
+
+# ============================================================================ quality
+
+
+def repetition_rate(tokens: Sequence[int] | Tensor, *, n: int = 3) -> float:
+    """Share of a sequence's ``n``-grams that repeat an earlier one (0: none, near 1: a loop).
+
+    ``1 - distinct / total`` over the token ``n``-grams; 0.0 for sequences shorter than
+    ``n + 1`` tokens.
+
+    Example:
+        >>> repetition_rate([1, 2, 3, 1, 2, 3, 1, 2, 3])
+        0.5714285714285714
+        >>> repetition_rate([1, 2, 3, 4, 5])
+        0.0
+    """
+    ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    if len(grams) < 2:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def sequence_nll(
+    model: Any,
+    sequences: Sequence[Tensor],
+    *,
+    batch_size: int = 16,
+) -> Float[Tensor, " batch"]:
+    """Mean NLL per predicted token of each token sequence under the model, without hooks.
+
+    Each sequence is conditioned on BOS only (BOS is prepended when the model uses one), so
+    the generated text is judged on its own, not as a continuation of its prompt. Sequences
+    are right-padded; padded positions are ignored. Empty sequences get NaN.
+
+    Args:
+        model: A TransformerLens model.
+        sequences: 1-D token-id tensors (without BOS).
+        batch_size: Sequences per forward pass.
+
+    Returns:
+        float64 mean NLL (nats per token) of each sequence.
+    """
+    adapter = adapt(model, validate=False)
+    prepend = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
+    bos = adapter.bos_token_id if prepend else None
+    out = torch.full((len(sequences),), math.nan, dtype=torch.float64)
+    rows = []
+    for i, seq in enumerate(sequences):
+        ids = seq.to(torch.long).flatten().cpu()
+        if bos is not None:
+            ids = torch.cat([torch.tensor([bos]), ids])
+        if ids.numel() >= 2:
+            rows.append((i, ids))
+    device = adapter.device
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(ids.numel() for _, ids in chunk)
+            tokens = torch.zeros((len(chunk), width), dtype=torch.long)
+            valid = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
+            for r, (_, ids) in enumerate(chunk):
+                tokens[r, : ids.numel()] = ids
+                valid[r, : ids.numel() - 1] = True
+            logits = model(tokens.to(device))  # batch pos d_vocab
+            logprobs = torch.log_softmax(logits[:, :-1].to(torch.float32), dim=-1).cpu()
+            nll = -logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # batch pos-1
+            nll = (nll * valid).to(torch.float64).sum(-1) / valid.sum(-1)  # batch
+            for r, (i, _) in enumerate(chunk):
+                out[i] = nll[r]
+    return out
+
+
+def reference_nll(
+    model: Any,
+    corpus: Mapping[str, Sequence[str]],
+    *,
+    n_tokens: int = 32,
+    max_texts_per_language: int = 64,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """The unsteered model's NLL on natural text of each language, at the length of an output.
+
+    The first ``n_tokens`` tokens of up to ``max_texts_per_language`` paragraphs (those with at
+    least ``n_tokens`` tokens first), each judged on its own as :func:`sequence_nll` judges a
+    generated output; the mean per language. This is the yardstick of the fluency criterion.
+
+    Returns:
+        ``{language: mean NLL in nats per token}``.
+    """
+    adapter = adapt(model, validate=False)
+    out: dict[str, float] = {}
+    for lang, texts in corpus.items():
+        seqs = []
+        for text in texts:
+            ids = adapter.encode(text)
+            if ids.numel() >= n_tokens:
+                seqs.append(ids[:n_tokens])
+            if len(seqs) >= max_texts_per_language:
+                break
+        if not seqs:
+            raise LapeError(
+                f"no text of language {lang!r} has {n_tokens} tokens; pass longer text or a "
+                "smaller n_tokens"
+            )
+        out[lang] = float(sequence_nll(model, seqs, batch_size=batch_size).mean())
+    return out
+
+
+# ============================================================================ one steering run
+
+
+@dataclass(frozen=True)
+class SteeringOutputs:
+    """The outputs of one steering configuration on one prompt set, and their judgement.
+
+    Attributes:
+        prompts: The prompts.
+        texts: The generated continuations.
+        languages: The identified language of each continuation (None: too short to judge).
+        nll: The unsteered model's mean NLL per token of each continuation (float64).
+        repetition: :func:`repetition_rate` of each continuation.
+        fluent: Whether each continuation meets the fluency criterion.
+    """
+
+    prompts: tuple[str, ...]
+    texts: tuple[str, ...]
+    languages: tuple[str | None, ...]
+    nll: Float[Tensor, " batch"]
+    repetition: Float[Tensor, " batch"]
+    fluent: tuple[bool, ...]
+
+    def rate(self, language: str) -> float:
+        """Share of outputs identified as ``language``."""
+        return sum(lang == language for lang in self.languages) / max(1, len(self.languages))
+
+    def success_rate(self, target: str) -> float:
+        """Share of outputs in ``target`` and fluent."""
+        ok = sum(
+            lang == target and fl for lang, fl in zip(self.languages, self.fluent, strict=True)
+        )
+        return ok / max(1, len(self.languages))
+
+    def off_target_rate(self, target: str, source: str | None) -> float:
+        """Share of outputs in a language that is neither ``target`` nor ``source``."""
+        off = sum(lang is not None and lang not in (target, source) for lang in self.languages)
+        return off / max(1, len(self.languages))
+
+    def language_counts(self) -> dict[str, int]:
+        """How many outputs were identified as each language (``"-"``: too short)."""
+        counts: dict[str, int] = {}
+        for lang in self.languages:
+            key = lang or "-"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def _judge(
+    model: Any,
+    prompts: Sequence[str],
+    texts: list[str],
+    tokens: list[Tensor],
+    identifier: LanguageIdentifier,
+    reference: Mapping[str, float] | None,
+    target: str | None,
+    nll_margin: float,
+    max_repetition: float,
+) -> SteeringOutputs:
+    languages = tuple(identifier.identify_many(texts))
+    nll = sequence_nll(model, tokens)
+    repetition = torch.tensor([repetition_rate(t) for t in tokens], dtype=torch.float64)
+    fluent = []
+    for i, lang in enumerate(languages):
+        yardstick_lang = target if target is not None else lang
+        ok = bool(tokens[i].numel() > 0) and float(repetition[i]) <= max_repetition
+        if (
+            ok
+            and reference is not None
+            and yardstick_lang is not None
+            and yardstick_lang in reference
+        ):
+            ok = bool(float(nll[i]) <= reference[yardstick_lang] + nll_margin)
+        fluent.append(ok)
+    return SteeringOutputs(tuple(prompts), tuple(texts), languages, nll, repetition, tuple(fluent))
+
+
+def steer(
+    model: Any,
+    neurons: LanguageNeurons,
+    stats: Any,
+    target: str,
+    prompts: Sequence[str],
+    *,
+    mode: str = "add",
+    strength: float = 1.0,
+    deactivate: str | Sequence[str] = "none",
+    source: str | None = None,
+    identifier: LanguageIdentifier | None = None,
+    reference: Mapping[str, float] | None = None,
+    nll_margin: float = 1.0,
+    max_repetition: float = 0.5,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+) -> SteeringOutputs:
+    """Generate from ``prompts`` steered toward ``target``, and judge the outputs.
+
+    Args:
+        model: A TransformerLens model.
+        neurons: The language neurons (or a random control set with the same languages).
+        stats: The :class:`~tl_lape.stats.ActivationStats` giving the mean activations.
+        target: The language to steer into.
+        prompts: The prompts.
+        mode: ``"replace"``, ``"add"`` or ``"scale"`` (see :func:`~tl_lape.hooks.steering_hooks`).
+        strength: The strength of the mode.
+        deactivate: Which languages' neurons to switch off in the same pass: ``"none"`` (the
+            default), ``"others"`` (all but the target), ``"source"`` (the prompts' language),
+            or a list.
+        source: The prompts' language (for ``deactivate="source"`` and the off-target rate).
+        identifier: Judges the output language (default: py3langid over ``neurons.languages``).
+        reference: :func:`reference_nll` per language, for the fluency criterion (without it
+            only repetition is checked).
+        nll_margin: Fluent outputs have NLL at most this far above the target's reference.
+        max_repetition: Fluent outputs have at most this :func:`repetition_rate`.
+        max_new_tokens: Generated tokens per prompt at most.
+        batch_size: Prompts per batch.
+
+    Returns:
+        The judged :class:`SteeringOutputs`.
+    """
+    if target not in neurons.languages:
+        raise LapeError(
+            f"unknown target language {target!r}: the neuron set has {list(neurons.languages)}"
+        )
+    off = _deactivated_languages(deactivate, neurons, target, source)
+    hooks = steering_hooks(
+        neurons,
+        stats,
+        target,
+        mode=_mode(mode),
+        strength=strength,
+        deactivate=off or None,
+        model=model,
+    )
+    texts, tokens = _generate(
+        model,
+        prompts,
+        fwd_hooks=hooks,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    identifier = identifier or LanguageIdentifier(neurons.languages)
+    return _judge(
+        model, prompts, texts, tokens, identifier, reference, target, nll_margin, max_repetition
+    )
+
+
+def _deactivated_languages(
+    deactivate: Any, neurons: LanguageNeurons, target: str, source: str | None
+) -> list[str]:
+    if isinstance(deactivate, str):
+        if deactivate == "others":
+            return [lang for lang in neurons.languages if lang != target]
+        if deactivate == "source":
+            if source is None:
+                raise LapeError("deactivate='source' needs the prompts' language: pass source=")
+            return [source] if source != target and source in neurons.languages else []
+        if deactivate == "none":
+            return []
+        raise LapeError(
+            f"deactivate must be 'others', 'source', 'none' or a list of languages; received "
+            f"{deactivate!r}"
+        )
+    langs = list(deactivate)
+    unknown = [lang for lang in langs if lang not in neurons.languages]
+    if unknown:
+        raise LapeError(
+            f"unknown language(s) {unknown} in deactivate: the neuron set has "
+            f"{list(neurons.languages)}"
+        )
+    return [lang for lang in langs if lang != target]
+
+
+# ============================================================================ the sweep
+
+
+@dataclass(frozen=True)
+class SteeringResult:
+    """Aggregate numbers of one steering configuration and its random control.
+
+    Attributes:
+        setting: ``"english"`` or ``"neutral"`` prompts.
+        target: The target language.
+        mode: The steering mode.
+        strength: Its strength.
+        top_rate: The neuron budget the set was selected with.
+        n_prompts: Number of prompts.
+        target_rate: Share of outputs identified as the target (fluent or not).
+        fluent_rate: Share of fluent outputs.
+        success_rate: Share of outputs in the target and fluent.
+        off_target_rate: Share in a language that is neither the target nor the prompts'.
+        random_target_rate: ``target_rate`` of the random control.
+        random_success_rate: ``success_rate`` of the random control.
+        mean_nll: Mean unsteered NLL of the outputs.
+        mean_repetition: Mean repetition rate of the outputs.
+        examples: A few outputs, for reading.
+    """
+
+    setting: str
+    target: str
+    mode: str
+    strength: float
+    top_rate: float
+    n_prompts: int
+    target_rate: float
+    fluent_rate: float
+    success_rate: float
+    off_target_rate: float
+    random_target_rate: float
+    random_success_rate: float
+    mean_nll: float
+    mean_repetition: float
+    examples: tuple[str, ...] = ()
+
+    @property
+    def margin(self) -> float:
+        """``success_rate - random_success_rate``."""
+        return self.success_rate - self.random_success_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values."""
+        return {
+            "setting": self.setting,
+            "target": self.target,
+            "mode": self.mode,
+            "strength": self.strength,
+            "top_rate": self.top_rate,
+            "n_prompts": self.n_prompts,
+            "target_rate": self.target_rate,
+            "fluent_rate": self.fluent_rate,
+            "success_rate": self.success_rate,
+            "off_target_rate": self.off_target_rate,
+            "random_target_rate": self.random_target_rate,
+            "random_success_rate": self.random_success_rate,
+            "mean_nll": self.mean_nll,
+            "mean_repetition": self.mean_repetition,
+            "examples": list(self.examples),
+        }
+
+
+@dataclass(frozen=True)
+class SteeringReport:
+    """All configurations of a steering sweep, the unsteered baseline and the judging setup.
+
+    Attributes:
+        results: One :class:`SteeringResult` per setting, target, mode, strength and budget.
+        baseline: Per setting, the identified-language counts of the unsteered outputs.
+        reference_nll: The natural-text NLL per language used by the fluency criterion.
+        metadata: Settings of the sweep (thresholds, prompts, identifier, ...).
+    """
+
+    results: tuple[SteeringResult, ...]
+    baseline: dict[str, dict[str, int]] = field(default_factory=dict)
+    reference_nll: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def configurations(self) -> list[tuple[str, float, float]]:
+        """The distinct ``(mode, strength, top_rate)`` of the sweep, in order."""
+        return list(dict.fromkeys((r.mode, r.strength, r.top_rate) for r in self.results))
+
+    def n_targets_reached(
+        self,
+        setting: str,
+        config: tuple[str, float, float],
+        *,
+        min_success: float = 0.5,
+        min_margin: float = 0.4,
+    ) -> int:
+        """Targets whose success rate is at least ``min_success`` and ``min_margin`` above the
+        random control, in ``setting`` under ``config``."""
+        return sum(
+            r.success_rate >= min_success and r.margin >= min_margin
+            for r in self.results
+            if r.setting == setting and (r.mode, r.strength, r.top_rate) == config
+        )
+
+    def best(
+        self, setting: str, *, min_success: float = 0.5, min_margin: float = 0.4
+    ) -> tuple[tuple[str, float, float], int] | None:
+        """The configuration reaching the most targets in ``setting`` (ties: higher mean
+        success), and that number."""
+        configs = [
+            c
+            for c in self.configurations()
+            if any(
+                r.setting == setting and (r.mode, r.strength, r.top_rate) == c for r in self.results
+            )
+        ]
+        if not configs:
+            return None
+
+        def key(c: tuple[str, float, float]) -> tuple[int, float]:
+            rows = [
+                r
+                for r in self.results
+                if r.setting == setting and (r.mode, r.strength, r.top_rate) == c
+            ]
+            mean = sum(r.success_rate for r in rows) / len(rows)
+            return self.n_targets_reached(
+                setting, c, min_success=min_success, min_margin=min_margin
+            ), mean
+
+        best = max(configs, key=key)
+        return best, key(best)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values."""
+        return {
+            "results": [r.to_dict() for r in self.results],
+            "baseline": {k: dict(v) for k, v in self.baseline.items()},
+            "reference_nll": dict(self.reference_nll),
+            "metadata": dict(self.metadata),
+        }
+
+    def to_markdown(self, *, examples: int = 1) -> str:
+        """Markdown tables per setting: success (random control) per target and configuration."""
+        lines = ["### Steering generation", ""]
+        meta = self.metadata
+        lines.append(
+            f"Success = identified as the target language by {meta.get('identifier', '?')} AND "
+            f"fluent (unsteered NLL ≤ target's natural-text NLL + {meta.get('nll_margin')} nats, "
+            f"repeated-trigram share ≤ {meta.get('max_repetition')}). In each cell: success % "
+            "(matched random set's success %) / share in the target language regardless of "
+            "fluency. Deactivated in the same pass: "
+            f"{meta.get('deactivate')}."
+        )
+        if self.reference_nll:
+            ref = ", ".join(f"{k} {v:.2f}" for k, v in self.reference_nll.items())
+            lines += [
+                "",
+                f"Natural-text NLL per language (first {meta.get('max_new_tokens')} tokens): "
+                f"{ref}.",
+            ]
+        for setting in dict.fromkeys(r.setting for r in self.results):
+            rows = [r for r in self.results if r.setting == setting]
+            targets = list(dict.fromkeys(r.target for r in rows))
+            configs = list(dict.fromkeys((r.mode, r.strength, r.top_rate) for r in rows))
+            lines += ["", f"#### {setting} prompts ({rows[0].n_prompts} prompts)", ""]
+            if setting in self.baseline:
+                base = ", ".join(f"{k}: {v}" for k, v in sorted(self.baseline[setting].items()))
+                lines += [f"Unsteered outputs by identified language: {base}.", ""]
+            lines.append("| mode | strength | top_rate | " + " | ".join(targets) + " | reached |")
+            lines.append("| --- | ---: | ---: |" + " ---: |" * (len(targets) + 1))
+            for config in configs:
+                cells = []
+                for target in targets:
+                    match = [
+                        r
+                        for r in rows
+                        if r.target == target and (r.mode, r.strength, r.top_rate) == config
+                    ]
+                    if not match:
+                        cells.append("-")
+                        continue
+                    r = match[0]
+                    cells.append(
+                        f"{100 * r.success_rate:.0f} ({100 * r.random_success_rate:.0f}) / "
+                        f"{100 * r.target_rate:.0f}"
+                    )
+                reached = self.n_targets_reached(setting, config)
+                lines.append(
+                    f"| {config[0]} | {config[1]:g} | {config[2]:g} | "
+                    + " | ".join(cells)
+                    + f" | {reached} |"
+                )
+            best = self.best(setting)
+            if best is not None:
+                (mode, strength, top_rate), n = best
+                lines += [
+                    "",
+                    f"Best configuration: {mode} x{strength:g} at top_rate {top_rate:g}: "
+                    f"{n} of {len(targets)} targets at ≥50% success and ≥40 points above random.",
+                ]
+                if examples:
+                    lines.append("")
+                    for r in rows:
+                        if (r.mode, r.strength, r.top_rate) == (mode, strength, top_rate):
+                            for text in r.examples[:examples]:
+                                lines.append(f"- {r.target}: `{_one_line(text)}`")
+        return "\n".join(lines) + "\n"
+
+    def figures(self) -> dict[str, Figure]:
+        """One heatmap per setting: success rate per target (columns) and configuration (rows)."""
+        from tl_lape.plots import plot_matrix
+
+        figs: dict[str, Figure] = {}
+        for setting in dict.fromkeys(r.setting for r in self.results):
+            rows = [r for r in self.results if r.setting == setting]
+            targets = list(dict.fromkeys(r.target for r in rows))
+            configs = list(dict.fromkeys((r.mode, r.strength, r.top_rate) for r in rows))
+            matrix = torch.full((len(configs), len(targets)), math.nan, dtype=torch.float64)
+            for r in rows:
+                matrix[configs.index((r.mode, r.strength, r.top_rate)), targets.index(r.target)] = (
+                    100 * r.margin
+                )
+            figs[f"steering_{setting}"] = plot_matrix(
+                matrix,
+                rows=[f"{m} x{s:g} @{t:g}" for m, s, t in configs],
+                columns=targets,
+                fmt="{:.0f}",
+                cmap="RdBu_r",
+                center=0.0,
+                title=f"Steering, {setting} prompts: success − random control (points)",
+                xlabel="target language",
+                ylabel="mode, strength, top_rate",
+                colorbar_label="points",
+            )
+        return figs
+
+
+def _one_line(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split()).replace("`", "'")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+_DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
+    "replace": (1.0, 4.0, 8.0),
+    "add": (5.0, 10.0),
+    "scale": (3.0, 10.0),
+}
+
+
+def run_steering_sweep(
+    model: Any,
+    stats: Any,
+    *,
+    reference_corpus: Mapping[str, Sequence[str]] | None = None,
+    targets: Sequence[str] | None = None,
+    modes: Sequence[str] = ("replace", "add", "scale"),
+    strengths: Mapping[str, Sequence[float]] | None = None,
+    top_rates: Sequence[float] = (0.01, 0.02, 0.05),
+    settings: Sequence[str] = ("english", "neutral"),
+    prompts: Mapping[str, Sequence[str]] | None = None,
+    deactivate: str = "none",
+    random_seed: int = 0,
+    identifier: LanguageIdentifier | None = None,
+    nll_margin: float = 1.0,
+    max_repetition: float = 0.5,
+    max_new_tokens: int = 32,
+    batch_size: int = 256,
+    n_examples: int = 2,
+    selection_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> SteeringReport:
+    """Steer toward every target under every mode, strength and neuron budget, with controls.
+
+    For each ``top_rate`` the language neurons are selected from ``stats``
+    (:func:`~tl_lape.selection.identify_language_neurons`) and a random set matched to them in
+    size and layers is drawn (:func:`~tl_lape.evaluation.random_matched_neurons`). Each
+    configuration runs on each prompt setting with the LAPE set and with the random set; the
+    outputs are judged by language, NLL and repetition (see the module docstring).
+
+    Args:
+        model: A TransformerLens model.
+        stats: The :class:`~tl_lape.stats.ActivationStats` (with activation sums).
+        reference_corpus: Held-out ``{language: texts}`` for the fluency yardstick
+            (:func:`reference_nll`); without it fluency only checks repetition.
+        targets: Target languages (default: all languages of ``stats`` but English).
+        modes: Steering modes to sweep.
+        strengths: Strengths per mode (default: replace 1, 4, 8; add 5, 10; scale 3, 10).
+        top_rates: Neuron budgets.
+        settings: Prompt settings, ``"english"`` and/or ``"neutral"``.
+        prompts: Override the prompts of a setting (``{setting: prompts}``).
+        deactivate: Other languages' neurons switched off in the same pass: ``"none"`` (the
+            default: on the demo model, switching the other languages off as well lowered the
+            success rates), ``"others"`` (all but the target) or ``"source"`` (English for
+            English prompts, nothing for neutral ones).
+        random_seed: Seed of the random control sets.
+        identifier: The output-language judge (default: py3langid over the stats' languages).
+        nll_margin: Fluency: NLL at most this far above the target's natural-text NLL.
+        max_repetition: Fluency: repeated-trigram share at most this.
+        max_new_tokens: Tokens generated per prompt.
+        batch_size: Rows per generation batch: the prompts of several targets and controls are
+            generated together (:func:`generate_with_hook_sets`).
+        n_examples: Outputs kept per configuration for reading.
+        selection_kwargs: Extra arguments of ``identify_language_neurons`` (filter_rate,
+            activation_bar_ratio).
+        progress: Show a progress bar over configurations.
+
+    Returns:
+        A :class:`SteeringReport`.
+    """
+    from tl_lape.selection import identify_language_neurons
+
+    languages = tuple(stats.languages)
+    targets = (
+        tuple(targets) if targets is not None else tuple(lang for lang in languages if lang != "en")
+    )
+    unknown = [t for t in targets if t not in languages]
+    if unknown:
+        raise LapeError(
+            f"unknown target language(s) {unknown}: the statistics have {list(languages)}"
+        )
+    bad_modes = [m for m in modes if m not in ("replace", "add", "scale")]
+    if bad_modes:
+        raise LapeError(f"modes must be among 'replace', 'add', 'scale'; received {bad_modes}")
+    bad_settings = [s for s in settings if s not in _PROMPT_SETS]
+    if bad_settings:
+        raise LapeError(f"settings must be among {sorted(_PROMPT_SETS)}; received {bad_settings}")
+    strengths = dict(strengths) if strengths is not None else dict(_DEFAULT_STRENGTHS)
+    missing = [m for m in modes if m not in strengths]
+    if missing:
+        raise LapeError(f"strengths gives no value for mode(s) {missing}; received {strengths}")
+    prompt_sets = {s: tuple((prompts or {}).get(s, _PROMPT_SETS[s])) for s in settings}
+    identifier = identifier or LanguageIdentifier(languages)
+    reference = (
+        reference_nll(model, reference_corpus, n_tokens=max_new_tokens)
+        if reference_corpus is not None
+        else None
+    )
+
+    def judge(
+        setting: str, texts: list[str], tokens: list[Tensor], target: str | None
+    ) -> SteeringOutputs:
+        return _judge(
+            model,
+            prompt_sets[setting],
+            texts,
+            tokens,
+            identifier,
+            reference,
+            target,
+            nll_margin,
+            max_repetition,
+        )
+
+    baseline: dict[str, dict[str, int]] = {}
+    for setting in settings:
+        texts, tokens = _generate(
+            model, prompt_sets[setting], max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
+        baseline[setting] = judge(setting, texts, tokens, None).language_counts()
+
+    configs = [
+        (top_rate, mode, float(strength))
+        for top_rate in top_rates
+        for mode in modes
+        for strength in strengths[mode]
+    ]
+    results: list[SteeringResult] = []
+    bar = tqdm(total=len(configs) * len(settings), desc="steering", disable=not progress)
+    sets: dict[float, tuple[LanguageNeurons, LanguageNeurons]] = {}
+    for top_rate, mode, strength in configs:
+        if top_rate not in sets:
+            lape = identify_language_neurons(
+                stats, top_rate=top_rate, **dict(selection_kwargs or {})
+            )
+            sets[top_rate] = (lape, random_matched_neurons(lape, seed=random_seed))
+        lape, control = sets[top_rate]
+        for setting in settings:
+            source = _PROMPT_LANGUAGE[setting]
+            hook_sets = []
+            for target in targets:
+                for neuron_set in (lape, control):
+                    off = (
+                        _deactivated_languages(deactivate, neuron_set, target, source)
+                        if deactivate != "source" or source is not None
+                        else []
+                    )
+                    hook_sets.append(
+                        steering_hooks(
+                            neuron_set,
+                            stats,
+                            target,
+                            mode=_mode(mode),
+                            strength=strength,
+                            deactivate=off or None,
+                            model=model,
+                        )
+                    )
+            generated = generate_with_hook_sets(
+                model,
+                prompt_sets[setting],
+                hook_sets,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+            )
+            for t, target in enumerate(targets):
+                steered = judge(setting, *generated[2 * t], target)
+                random_run = judge(setting, *generated[2 * t + 1], target)
+                results.append(
+                    SteeringResult(
+                        setting=setting,
+                        target=target,
+                        mode=mode,
+                        strength=strength,
+                        top_rate=float(top_rate),
+                        n_prompts=len(prompt_sets[setting]),
+                        target_rate=steered.rate(target),
+                        fluent_rate=sum(steered.fluent) / max(1, len(steered.fluent)),
+                        success_rate=steered.success_rate(target),
+                        off_target_rate=steered.off_target_rate(target, source),
+                        random_target_rate=random_run.rate(target),
+                        random_success_rate=random_run.success_rate(target),
+                        mean_nll=float(steered.nll.nanmean()),
+                        mean_repetition=float(steered.repetition.mean()),
+                        examples=steered.texts[:n_examples],
+                    )
+                )
+            bar.update(1)
+    bar.close()
+    metadata = {
+        "identifier": repr(identifier),
+        "nll_margin": nll_margin,
+        "max_repetition": max_repetition,
+        "max_new_tokens": max_new_tokens,
+        "deactivate": deactivate,
+        "random_seed": random_seed,
+        "prompts": {s: list(p) for s, p in prompt_sets.items()},
+        "neuron_counts": {str(tr): pair[0].counts() for tr, pair in sets.items()},
+        "fluency_uses_nll": reference is not None,
+    }
+    return SteeringReport(tuple(results), baseline, dict(reference or {}), metadata)
