@@ -41,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except LapeError as error:
@@ -370,4 +372,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
