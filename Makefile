@@ -27,6 +27,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format tl_lape tests scripts benchmarks
 	$(VENV)/bin/ruff check --fix tl_lape tests scripts benchmarks
 
+# Executes every tutorial notebook (failing on any error), then builds the site strictly.
+docs: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,lid,docs,datasets]"
+	rm -rf build/executed && mkdir -p build/executed/notebooks
+	MPLBACKEND=Agg $(VENV)/bin/jupyter nbconvert --to notebook --execute \
+		--ExecutePreprocessor.timeout=1500 --output-dir build/executed/notebooks notebooks/*.ipynb
+	TL_LAPE_DOCS_NOTEBOOKS=build/executed/notebooks $(VENV)/bin/mkdocs build --strict
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_collect.py
 

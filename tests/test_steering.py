@@ -120,6 +120,8 @@ def test_sampling_is_seeded(llama):
 
 @pytest.mark.parametrize("backend", ["py3langid", "lingua"])
 def test_language_identifier(backend):
+    if backend == "lingua":
+        pytest.importorskip("lingua", reason="optional: pip install lingua-language-detector")
     lid = LanguageIdentifier(["en", "fr", "zh", "ru"], backend=backend)
     for lang, texts in SENTENCES.items():
         assert lid.identify_many(texts) == [lang] * len(texts)
