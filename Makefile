@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format test-tl3 docs bench clean
+.PHONY: demo test lint format test-tl3 docs bench clean handbook
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,10 +12,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,lid]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The corpus is built from Debian's debian-handbook package. As root, install it with apt;
+# otherwise tl_lape fetches it into its cache with `apt-get download` on first use.
+handbook:
+	@dpkg -s debian-handbook >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debian-handbook; } || \
+		echo "note: could not install debian-handbook with apt; tl_lape will try apt-get download"
+
+demo: $(STAMP) handbook
 	$(VENV)/bin/tl-lape demo --out lape_report
 
-test: $(STAMP)
+test: $(STAMP) handbook
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -1,9 +1,10 @@
 """Figures of neuron sets and intervention results.
 
 Every function returns a :class:`matplotlib.figure.Figure` and never shows it: the caller
-displays it in a notebook (it renders on its own as the cell's value) or saves it with
+displays it in a notebook or saves it with
 ``fig.savefig(path)``. The figures are built with the object-oriented API, so they do not
-touch pyplot's global state and work under any backend.
+touch pyplot's global state and work under any backend. In Jupyter, a figure returned as a
+cell's value is drawn once the inline backend is active (``%matplotlib inline``).
 
 Example:
     >>> fig = plot_neurons_per_layer(neurons)  # doctest: +SKIP
