@@ -145,3 +145,44 @@ def test_demo_writes_a_complete_report(tmp_path: Path, capsys) -> None:
     assert "| language | tokens | neurons |" in summary
     assert json.loads((out / "neurons.json").read_text(encoding="utf-8"))["languages"]
     assert "report written to" in capsys.readouterr().out
+
+
+def test_evaluate_writes_a_report_with_controls(
+    tiny_model, text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    model_dir = tiny_model("llama").path
+    common = ["--model", str(model_dir), "--corpus", f"text:{text_corpus}"]
+    common += ["--languages", "en,fr,zh,ru", "--seq-len", "16", "--no-progress"]
+    stats_path = tmp_path / "stats.safetensors"
+    assert main(["collect", *common, "--out", str(stats_path)]) == 0
+    neurons_path = tmp_path / "neurons.json"
+    assert main(["identify", str(stats_path), "--top-rate", "0.1", "--out", str(neurons_path)]) == 0
+    out = tmp_path / "evaluation"
+    argv = ["evaluate", str(neurons_path), *common, "--stats", str(stats_path)]
+    argv += ["--n-random", "2", "--max-tokens-per-language", "64", "--out", str(out)]
+    status = main(argv)
+    assert status == 0
+    report = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert report["lape"]["languages"] == ["en", "fr", "zh", "ru"]
+    assert len(report["random"]) == 2  # --n-random draws, each a full matrix
+    assert set(report["baselines"]) == {"LAP", "LAVE"}  # --stats given
+    text = (out / "evaluation.md").read_text(encoding="utf-8")
+    assert "random" in text.lower()
+    assert sorted(p.suffix for p in out.iterdir()).count(".png") >= 1
+    assert "report written to" in capsys.readouterr().out
+
+
+def test_evaluate_rejects_a_neuron_set_of_another_model(
+    tiny_model, text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    masks = torch.zeros(1, 5, 7, dtype=torch.bool)  # lang n_layers d_mlp: not the tiny model
+    masks[0, 0, 0] = True
+    neurons_path = tmp_path / "neurons.json"
+    tl_lape.LanguageNeurons.from_masks(masks, ["en"]).save(neurons_path)
+    out = tmp_path / "evaluation"
+    argv = ["evaluate", str(neurons_path), "--model", str(tiny_model("llama").path)]
+    argv += ["--corpus", f"text:{text_corpus}", "--seq-len", "16", "--no-progress"]
+    status = main([*argv, "--out", str(out)])
+    assert status == 2
+    assert "layers" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,9 +1,9 @@
 """The ``tl-lape`` command line.
 
-Subcommands:
-    collect   a model and a corpus to a statistics file
-    identify  a statistics file to a neuron-set file
-    demo      the whole pipeline on the embedded demo model and the handbook corpus
+Its subcommands are ``collect`` (a model and a corpus to a statistics file), ``identify`` (a
+statistics file to a neuron-set file), ``evaluate`` (perplexity under deactivation of each
+language's neurons, against matched random sets) and ``demo`` (the whole pipeline on the
+embedded demo model and the handbook corpus, written to a report folder).
 
 Run ``tl-lape SUBCOMMAND --help`` for the options of each. Errors in the input are reported
 on one line and exit with status 2; nothing is written when the input is bad.
@@ -77,6 +77,22 @@ def _build_parser() -> argparse.ArgumentParser:
         "--rucaibox", type=Path, default=None, help="also write the paper's .neuron.pth format"
     )
     identify.set_defaults(func=_cmd_identify)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="perplexity under deactivation, with matched random controls"
+    )
+    evaluate.add_argument("neurons", type=Path, help="neuron-set file written by `identify`")
+    _add_model_options(evaluate)
+    _add_corpus_options(evaluate)
+    evaluate.set_defaults(split="heldout")
+    evaluate.add_argument(
+        "--stats", type=Path, default=None, help="statistics file, to also compare LAP and LAVE"
+    )
+    evaluate.add_argument("--n-random", type=int, default=3, help="matched random draws")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    _add_collect_options(evaluate, default_max_tokens=4096)
+    evaluate.add_argument("--out", required=True, type=Path, help="report folder")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     demo = sub.add_parser(
         "demo", help="run the pipeline on the embedded demo model and the handbook corpus"
@@ -190,6 +206,43 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         neurons.to_rucaibox(args.rucaibox)
     print(f"wrote {args.out}")
     print(format_summary(neurons))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from tl_lape.evaluation import run_evaluation
+    from tl_lape.neurons import LanguageNeurons
+    from tl_lape.stats import ActivationStats
+
+    _check_writable_target(args.out / "evaluation.md")
+    neurons = LanguageNeurons.load(args.neurons)
+    stats = ActivationStats.load(args.stats) if args.stats is not None else None
+    languages = args.languages or ",".join(neurons.languages)
+    corpus = _load_corpus(args.corpus, languages, args.split, args.hf_config)
+    model = _load_model(args.model, args.device, _DTYPES[args.dtype])
+    report = run_evaluation(
+        model,
+        neurons,
+        corpus,
+        stats=stats,
+        n_random=args.n_random,
+        seed=args.seed,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        max_tokens_per_language=args.max_tokens_per_language,
+        progress=not args.no_progress,
+    )
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in report.figures().items():
+        _save_figure(fig, out / f"{name}.png")
+    _atomic_write_text(out / "evaluation.json", json.dumps(report.to_dict(), indent=1))
+    text = report.to_markdown()
+    _atomic_write_text(out / "evaluation.md", text)
+    print(text)
+    print(f"\nreport written to {out}/")
     return 0
 
 
