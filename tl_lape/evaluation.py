@@ -474,22 +474,73 @@ def perplexity_matrix(
         >>> m = perplexity_matrix(model, neurons, heldout)  # doctest: +SKIP
         >>> m.own_is_largest()  # doctest: +SKIP
     """
+    adapter, evaluated, windows = _prepare(
+        model, neurons, corpus, languages, seq_len, max_tokens_per_language
+    )
+    rows = _resolve_rows(deactivate, neurons)
+    baseline, n_tokens = _nll_row(model, windows, [], batch_size, progress, NO_INTERVENTION)
+    return _deactivation_matrix(
+        model,
+        adapter,
+        neurons,
+        rows,
+        evaluated,
+        windows,
+        (baseline, n_tokens),
+        batch_size=batch_size,
+        progress=progress,
+        seq_len=seq_len,
+        max_tokens_per_language=max_tokens_per_language,
+        name=None,
+    )
+
+
+def _prepare(
+    model: Any,
+    neurons: LanguageNeurons,
+    corpus: Mapping[str, Iterable[str] | Tensor],
+    languages: Sequence[str] | None,
+    seq_len: int,
+    max_tokens_per_language: int | None,
+) -> tuple[ModelAdapter, tuple[str, ...], dict[str, Tensor]]:
+    """Check the neuron set against the model and cut each evaluated language into windows."""
     adapter = adapt(model)
     neurons.check_compatible(adapter.n_layers, adapter.d_mlp)
     evaluated = _resolve_languages(languages, corpus, "corpus")
-    rows = _resolve_rows(deactivate, neurons)
     windows = {
         lang: token_windows(
             model, corpus[lang], seq_len=seq_len, max_tokens=max_tokens_per_language
         )
         for lang in evaluated
     }
-    baseline, n_tokens = _nll_row(model, windows, [], batch_size, progress, NO_INTERVENTION)
-    nll_rows = [baseline]
+    return adapter, evaluated, windows
+
+
+def _deactivation_matrix(
+    model: Any,
+    adapter: ModelAdapter,
+    neuron_set: LanguageNeurons,
+    rows: tuple[str, ...],
+    evaluated: tuple[str, ...],
+    windows: Mapping[str, Tensor],
+    baseline: tuple[Tensor, Tensor],
+    *,
+    batch_size: int,
+    progress: bool,
+    seq_len: int,
+    max_tokens_per_language: int | None,
+    name: str | None,
+) -> PerplexityMatrix:
+    """The no-intervention row ``baseline`` plus one row per deactivated language of ``rows``."""
+    baseline_nll, n_tokens = baseline
+    nll_rows = [baseline_nll]
     for lang in rows:
-        hooks = deactivation_hooks(neurons, [lang], model=model)
-        nll_rows.append(_nll_row(model, windows, hooks, batch_size, progress, lang)[0])
-    metadata = _matrix_metadata(adapter, neurons, seq_len, max_tokens_per_language)
+        hooks = deactivation_hooks(neuron_set, [lang], model=model)
+        label = lang if name is None else f"{name}:{lang}"
+        nll_rows.append(_nll_row(model, windows, hooks, batch_size, progress, label)[0])
+    metadata = _matrix_metadata(adapter, neuron_set, seq_len, max_tokens_per_language)
+    if name is not None:
+        metadata["set"] = name
     return PerplexityMatrix(rows, evaluated, torch.stack(nll_rows), n_tokens, metadata)
 
 
@@ -776,28 +827,27 @@ def run_evaluation(
     unknown = [s for s in selectors if s not in _SELECTORS]
     if unknown:
         raise LapeError(f"unknown selectors {unknown}; known: {sorted(_SELECTORS)}")
-    adapter = adapt(model)
-    neurons.check_compatible(adapter.n_layers, adapter.d_mlp)
-    evaluated = _resolve_languages(languages, corpus, "corpus")
+    adapter, evaluated, windows = _prepare(
+        model, neurons, corpus, languages, seq_len, max_tokens_per_language
+    )
     rows = _resolve_rows(None, neurons)
-    windows = {
-        lang: token_windows(
-            model, corpus[lang], seq_len=seq_len, max_tokens=max_tokens_per_language
-        )
-        for lang in evaluated
-    }
-    baseline, n_tokens = _nll_row(model, windows, [], batch_size, progress, NO_INTERVENTION)
+    baseline = _nll_row(model, windows, [], batch_size, progress, NO_INTERVENTION)
 
     def matrix_for(neuron_set: LanguageNeurons, name: str) -> PerplexityMatrix:
-        nll_rows = [baseline]
-        for lang in rows:
-            hooks = deactivation_hooks(neuron_set, [lang], model=model)
-            nll_rows.append(
-                _nll_row(model, windows, hooks, batch_size, progress, f"{name}:{lang}")[0]
-            )
-        meta = _matrix_metadata(adapter, neuron_set, seq_len, max_tokens_per_language)
-        meta["set"] = name
-        return PerplexityMatrix(rows, evaluated, torch.stack(nll_rows), n_tokens, meta)
+        return _deactivation_matrix(
+            model,
+            adapter,
+            neuron_set,
+            rows,
+            evaluated,
+            windows,
+            baseline,
+            batch_size=batch_size,
+            progress=progress,
+            seq_len=seq_len,
+            max_tokens_per_language=max_tokens_per_language,
+            name=name,
+        )
 
     counts: dict[str, dict[str, int]] = {"LAPE": neurons.counts()}
     lape = matrix_for(neurons, "LAPE")
