@@ -186,3 +186,74 @@ def test_evaluate_rejects_a_neuron_set_of_another_model(
     assert status == 2
     assert "layers" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_steer_writes_a_sweep_report(tiny_model, text_corpus: Path, tmp_path: Path, capsys):
+    model_dir = tiny_model("llama").path
+    common = ["--model", str(model_dir)]
+    stats_path = tmp_path / "stats.safetensors"
+    argv = ["collect", *common, "--corpus", f"text:{text_corpus}", "--languages", "en,fr,zh,ru"]
+    assert main([*argv, "--seq-len", "16", "--no-progress", "--out", str(stats_path)]) == 0
+    out = tmp_path / "steering"
+    argv = ["steer", str(stats_path), *common, "--reference-corpus", f"text:{text_corpus}"]
+    argv += ["--targets", "fr,zh", "--modes", "add,scale", "--strengths", "add=2,5"]
+    argv += ["--strengths", "scale=3", "--top-rates", "0.1", "--settings", "neutral"]
+    argv += ["--max-new-tokens", "3", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "steering.json").read_text(encoding="utf-8"))
+    configs = {(r["mode"], r["strength"], r["top_rate"]) for r in report["results"]}
+    assert configs == {("add", 2.0, 0.1), ("add", 5.0, 0.1), ("scale", 3.0, 0.1)}
+    assert {r["target"] for r in report["results"]} == {"fr", "zh"}
+    assert {r["setting"] for r in report["results"]} == {"neutral"}
+    assert set(report["reference_nll"]) == {"en", "fr", "zh", "ru"}
+    assert (out / "steering_neutral.png").stat().st_size > 0
+    assert "neutral prompts" in (out / "steering.md").read_text(encoding="utf-8")
+    assert "report written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--strengths", "add", "MODE=V"),
+        ("--strengths", "add=x", "comma-separated numbers"),
+        ("--top-rates", "1.5", "strictly between 0 and 1"),
+        ("--modes", "boost", "modes must be among"),
+        ("--targets", "xx", "unknown target"),
+        ("--max-new-tokens", "0", "at least 1"),
+    ],
+)
+def test_steer_rejects_bad_options_and_writes_nothing(
+    tiny_model, text_corpus: Path, tmp_path: Path, capsys, option: str, value: str, message: str
+) -> None:
+    stats_path = tmp_path / "stats.safetensors"
+    model_dir = str(tiny_model("llama").path)
+    argv = ["collect", "--model", model_dir, "--corpus", f"text:{text_corpus}"]
+    argv += ["--languages", "en,fr,zh,ru"]
+    assert main([*argv, "--seq-len", "16", "--no-progress", "--out", str(stats_path)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "steering"
+    argv = ["steer", str(stats_path), "--model", model_dir, "--reference-corpus", "none"]
+    assert main([*argv, option, value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and value.split("=")[-1] in err
+    assert not out.exists()
+
+
+def test_demo_evaluate_adds_evaluation_and_steering(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    argv = ["demo", "--out", str(out), "--max-tokens-per-language", "2048", "--seq-len", "128"]
+    argv += ["--evaluate", "--eval-tokens-per-language", "256", "--eval-random", "1"]
+    assert main([*argv, "--steer-new-tokens", "4", "--no-progress"]) == 0
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "| language | tokens | neurons |" in summary
+    assert "random" in summary.lower()  # the evaluation section, with its controls
+    assert "### Steering generation" in summary
+    evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert evaluation["lape"]["languages"] == ["en", "zh", "fr", "es", "vi", "id", "ja"]
+    assert len(evaluation["random"]) == 1
+    steering = json.loads((out / "steering.json").read_text(encoding="utf-8"))
+    assert {r["target"] for r in steering["results"]} == {"zh", "fr", "es", "vi", "id", "ja"}
+    assert {r["setting"] for r in steering["results"]} == {"english", "neutral"}
+    for name in ("evaluation.json", "steering.json", "steering_english.png"):
+        assert name in summary
+    assert "[6/6]" in capsys.readouterr().out

@@ -463,8 +463,13 @@ def collect_activation_stats_resumable(
             same documents in the same order when the run is restarted.
         checkpoint_path: The checkpoint file; its directory must exist.
         checkpoint_every: Windows (of ``seq_len`` tokens) between checkpoints.
-        seq_len, batch_size, max_tokens_per_language, prepend_bos, drop_last, fwd_hooks,
-            progress: As for :func:`~tl_lape.collect_activation_stats`.
+        seq_len: As for :func:`~tl_lape.collect_activation_stats`.
+        batch_size: As for :func:`~tl_lape.collect_activation_stats`.
+        max_tokens_per_language: As for :func:`~tl_lape.collect_activation_stats`.
+        prepend_bos: As for :func:`~tl_lape.collect_activation_stats`.
+        drop_last: As for :func:`~tl_lape.collect_activation_stats`.
+        fwd_hooks: As for :func:`~tl_lape.collect_activation_stats`.
+        progress: As for :func:`~tl_lape.collect_activation_stats`.
 
     Returns:
         :class:`~tl_lape.ActivationStats` of the whole corpus.

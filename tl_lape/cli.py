@@ -2,8 +2,10 @@
 
 Its subcommands are ``collect`` (a model and a corpus to a statistics file), ``identify`` (a
 statistics file to a neuron-set file), ``evaluate`` (perplexity under deactivation of each
-language's neurons, against matched random sets) and ``demo`` (the whole pipeline on the
-embedded demo model and the handbook corpus, written to a report folder).
+language's neurons, against matched random sets), ``steer`` (a sweep of steering generation
+toward each language, judged by language identification and fluency, against matched random
+sets) and ``demo`` (the whole pipeline on the embedded demo model and the handbook corpus,
+written to a report folder; ``--evaluate`` adds the evaluation and a steering sweep).
 
 Run ``tl-lape SUBCOMMAND --help`` for the options of each. Errors in the input are reported
 on one line and exit with status 2; nothing is written when the input is bad.
@@ -94,6 +96,29 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, type=Path, help="report folder")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+    steer = sub.add_parser(
+        "steer", help="steering generation sweep toward each language, with random controls"
+    )
+    steer.add_argument(
+        "stats",
+        type=Path,
+        help="statistics file written by `collect` (the neurons are "
+        "selected from it at each --top-rates budget)",
+    )
+    _add_model_options(steer)
+    _add_steer_options(steer)
+    steer.add_argument(
+        "--reference-corpus",
+        default="handbook",
+        help="held-out text for the fluency yardstick: 'handbook' (its held-out split), "
+        "'text:DIR', 'hf:DATASET' or 'none' (fluency then checks repetition only)",
+    )
+    steer.add_argument(
+        "--hf-config", default="{lang}", help="dataset config per language, with {lang}"
+    )
+    steer.add_argument("--out", required=True, type=Path, help="report folder")
+    steer.set_defaults(func=_cmd_steer)
+
     demo = sub.add_parser(
         "demo", help="run the pipeline on the embedded demo model and the handbook corpus"
     )
@@ -101,6 +126,27 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_collect_options(demo, default_max_tokens=60_000)
     _add_threshold_options(demo)
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    demo.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="also run the perplexity evaluation on the held-out split and a steering sweep "
+        "(several more minutes on 2 CPU cores)",
+    )
+    demo.add_argument(
+        "--eval-tokens-per-language",
+        type=int,
+        default=4096,
+        help="held-out tokens per language for --evaluate's perplexity matrices (default: 4096)",
+    )
+    demo.add_argument(
+        "--eval-random", type=int, default=3, help="matched random draws for --evaluate"
+    )
+    demo.add_argument(
+        "--steer-new-tokens",
+        type=int,
+        default=32,
+        help="tokens generated per prompt in --evaluate's steering sweep (default: 32)",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -149,6 +195,40 @@ def _add_collect_options(
         + (f" (default: {default_max_tokens})" if default_max_tokens else " (default: all)"),
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_steer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--targets", default=None, help="comma-separated target languages (default: all but en)"
+    )
+    parser.add_argument(
+        "--modes", default="replace,add,scale", help="comma-separated steering modes"
+    )
+    parser.add_argument(
+        "--strengths",
+        action="append",
+        default=None,
+        metavar="MODE=V[,V...]",
+        help="strengths of one mode, e.g. add=5,10 (repeat per mode; default: replace=1,4,8 "
+        "add=5,10 scale=3,10)",
+    )
+    parser.add_argument(
+        "--top-rates", default="0.01,0.02,0.05", help="comma-separated neuron budgets"
+    )
+    parser.add_argument(
+        "--settings", default="english,neutral", help="prompt settings: english and/or neutral"
+    )
+    parser.add_argument(
+        "--deactivate",
+        default="none",
+        choices=("none", "others", "source"),
+        help="other languages' neurons switched off in the same pass",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random control sets")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per output")
+    parser.add_argument(
+        "--generation-batch-size", type=int, default=256, help="rows per generation batch"
+    )
 
 
 def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
@@ -246,6 +326,105 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_steer(args: argparse.Namespace) -> int:
+    import json
+
+    from tl_lape.stats import ActivationStats
+
+    _check_writable_target(args.out / "steering.md")
+    sweep_kwargs = _steer_kwargs(args)
+    stats = ActivationStats.load(args.stats)
+    reference = None
+    if args.reference_corpus != "none":
+        reference = _load_corpus(
+            args.reference_corpus, ",".join(stats.languages), "heldout", args.hf_config
+        )
+    model = _load_model(args.model, args.device, _DTYPES[args.dtype])
+    report = _run_sweep(model, stats, reference, sweep_kwargs, progress=True)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in report.figures().items():
+        _save_figure(fig, out / f"{name}.png")
+    _atomic_write_text(out / "steering.json", json.dumps(report.to_dict(), indent=1))
+    text = report.to_markdown()
+    _atomic_write_text(out / "steering.md", text)
+    print(text)
+    print(f"\nreport written to {out}/")
+    return 0
+
+
+def _split_list(value: str, option: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise LapeError(f"{option} needs at least one comma-separated value, got {value!r}.")
+    return items
+
+
+def _floats(values: Sequence[str], option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise LapeError(
+            f"{option} takes comma-separated numbers, got {','.join(values)!r}."
+        ) from None
+
+
+def _steer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The run_steering_sweep arguments of the steering options, checked before any work."""
+    kwargs: dict[str, Any] = {
+        "modes": _split_list(args.modes, "--modes"),
+        "top_rates": _floats(_split_list(args.top_rates, "--top-rates"), "--top-rates"),
+        "settings": _split_list(args.settings, "--settings"),
+        "deactivate": args.deactivate,
+        "random_seed": args.seed,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.generation_batch_size,
+    }
+    if args.targets is not None:
+        kwargs["targets"] = _split_list(args.targets, "--targets")
+    bad_rates = [r for r in kwargs["top_rates"] if not 0.0 < r < 1.0]
+    if bad_rates:
+        raise LapeError(f"--top-rates must lie strictly between 0 and 1, got {list(bad_rates)}.")
+    for name in ("max_new_tokens", "batch_size"):
+        if kwargs[name] < 1:
+            option = "--max-new-tokens" if name == "max_new_tokens" else "--generation-batch-size"
+            raise LapeError(f"{option} must be at least 1, got {kwargs[name]}.")
+    if args.strengths:
+        strengths: dict[str, tuple[float, ...]] = {}
+        for item in args.strengths:
+            mode, sep, values = item.partition("=")
+            if not sep or not mode.strip():
+                raise LapeError(f"--strengths takes MODE=V[,V...] (e.g. add=5,10), got {item!r}.")
+            strengths[mode.strip()] = _floats(
+                _split_list(values, f"--strengths {mode}"), f"--strengths {mode}"
+            )
+        kwargs["strengths"] = strengths
+    return kwargs
+
+
+def _run_sweep(
+    model: Any,
+    stats: Any,
+    reference: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+    *,
+    progress: bool,
+) -> Any:
+    from tl_lape.steering import run_steering_sweep
+
+    return run_steering_sweep(
+        model,
+        stats,
+        reference_corpus=(
+            {lang: list(texts) for lang, texts in reference.items()}
+            if reference is not None
+            else None
+        ),
+        progress=progress,
+        **kwargs,
+    )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tl_lape.collect import collect_activation_stats
     from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook
@@ -255,12 +434,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     _check_rates(args)
     _check_writable_target(args.out / "summary.md")
+    for option in ("eval_tokens_per_language", "eval_random", "steer_new_tokens"):
+        if getattr(args, option) < 1:
+            raise LapeError(
+                f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}."
+            )
     started = time.perf_counter()
-    print("[1/4] building the handbook corpus (cached after the first run)", flush=True)
+    steps = 6 if args.evaluate else 4
+    print(f"[1/{steps}] building the handbook corpus (cached after the first run)", flush=True)
     corpus = load_debian_handbook(languages=PAPER_LANGUAGES, split="train")
-    print("[2/4] loading the demo model", flush=True)
+    print(f"[2/{steps}] loading the demo model", flush=True)
     model = load_demo_model(device=args.device)
-    print("[3/4] collecting activation statistics", flush=True)
+    print(f"[3/{steps}] collecting activation statistics", flush=True)
     stats = collect_activation_stats(
         model,
         corpus,
@@ -269,7 +454,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         max_tokens_per_language=args.max_tokens_per_language,
         progress=not args.no_progress,
     )
-    print("[4/4] identifying language neurons and writing the report", flush=True)
+    print(f"[4/{steps}] identifying language neurons and writing the report", flush=True)
     neurons = identify_language_neurons(
         stats,
         top_rate=args.top_rate,
@@ -283,20 +468,77 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _save_figure(plot_neurons_per_layer(neurons), out / "neurons_per_layer.png")
     _save_figure(plot_overlap(neurons), out / "overlap.png")
     summary = format_summary(neurons, stats=stats)
+    files = ["stats.safetensors", "neurons.json", "neurons_per_layer.png", "overlap.png"]
+    sections: list[str] = []
+    if args.evaluate:
+        sections = _demo_evaluation(model, neurons, stats, out, files, args)
     elapsed = time.perf_counter() - started
     text = (
         "# tl-lape demo report\n\n"
         f"Model: the embedded demo model ({stats.n_layers} layers x {stats.d_mlp} MLP neurons). "
         "Corpus: the Debian Administrator's Handbook, train split.\n\n"
         f"{summary}\n\n"
-        f"Files: stats.safetensors, neurons.json, neurons_per_layer.png, overlap.png.\n"
+        + "".join(f"{section}\n" for section in sections)
+        + f"Files: {', '.join(files)}.\n"
         f"Wall time: {elapsed:.1f} s.\n"
     )
     _atomic_write_text(out / "summary.md", text)
     print()
     print(summary)
+    for section in sections:
+        print()
+        print(section)
     print(f"\nreport written to {out}/ in {elapsed:.1f} s")
     return 0
+
+
+# The steering sweep of `tl-lape demo --evaluate`: the configurations that worked best on the
+# demo model in the full sweep (docs/model_card.md), to keep the demo to a few minutes.
+_DEMO_SWEEP: dict[str, Any] = {
+    "modes": ("add",),
+    "strengths": {"add": (10.0,)},
+    "top_rates": (0.05,),
+    "settings": ("english", "neutral"),
+}
+
+
+def _demo_evaluation(
+    model: Any, neurons: Any, stats: Any, out: Path, files: list[str], args: argparse.Namespace
+) -> list[str]:
+    """Perplexity under deactivation and a small steering sweep, on the held-out split."""
+    import json
+
+    from tl_lape.corpora import load_debian_handbook
+    from tl_lape.evaluation import run_evaluation
+
+    print("[5/6] evaluating: perplexity under deactivation (held-out split)", flush=True)
+    heldout = load_debian_handbook(languages=stats.languages, split="heldout")
+    progress = not args.no_progress
+    evaluation = run_evaluation(
+        model,
+        neurons,
+        heldout,
+        stats=stats,
+        n_random=args.eval_random,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        max_tokens_per_language=args.eval_tokens_per_language,
+        progress=progress,
+    )
+    for name, fig in evaluation.figures().items():
+        _save_figure(fig, out / f"{name}.png")
+        files.append(f"{name}.png")
+    _atomic_write_text(out / "evaluation.json", json.dumps(evaluation.to_dict(), indent=1))
+    files.append("evaluation.json")
+    print("[6/6] steering generation sweep", flush=True)
+    sweep = {**_DEMO_SWEEP, "max_new_tokens": args.steer_new_tokens}
+    steering = _run_sweep(model, stats, heldout, sweep, progress=progress)
+    for name, fig in steering.figures().items():
+        _save_figure(fig, out / f"{name}.png")
+        files.append(f"{name}.png")
+    _atomic_write_text(out / "steering.json", json.dumps(steering.to_dict(), indent=1))
+    files.append("steering.json")
+    return [evaluation.to_markdown(), steering.to_markdown()]
 
 
 # ----------------------------------------------------------------------------- summary

@@ -99,8 +99,14 @@ def collect_activation_stats_distributed(
     Args:
         model: This process's TransformerLens model (on this process's device).
         corpus: The same corpus in every process (see :func:`~tl_lape.collect_activation_stats`).
-        seq_len, batch_size, max_tokens_per_language, prepend_bos, drop_last, fwd_hooks,
-            progress: As for :func:`~tl_lape.collect_activation_stats`, the same in every process.
+        seq_len: As for :func:`~tl_lape.collect_activation_stats`; same in all processes.
+        batch_size: As for :func:`~tl_lape.collect_activation_stats`; same in all processes.
+        max_tokens_per_language: As for :func:`~tl_lape.collect_activation_stats`; same in
+            all processes.
+        prepend_bos: As for :func:`~tl_lape.collect_activation_stats`; same in all processes.
+        drop_last: As for :func:`~tl_lape.collect_activation_stats`; same in all processes.
+        fwd_hooks: As for :func:`~tl_lape.collect_activation_stats`; same in all processes.
+        progress: As for :func:`~tl_lape.collect_activation_stats`.
         group: The process group (default: the default group).
         checkpoint_path: If given, each process checkpoints its share to
             :func:`rank_checkpoint_path` of it every ``checkpoint_every`` windows and resumes
