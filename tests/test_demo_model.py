@@ -154,9 +154,14 @@ def test_training_script_runs_end_to_end(
     argv = ["--out", str(out), "--languages", "fr", "vi", "--vocab-size", "400"]
     argv += ["--n-layers", "1", "--d-model", "32", "--d-mlp", "64", "--n-heads", "2"]
     argv += ["--seq-len", "32", "--windows-per-language", "2", "--steps", "6", "--warmup", "2"]
+    argv += ["--monitor-every", "3", "--monitor-paragraphs", "2", "--max-minutes", "0"]
+    argv += ["--dropout", "0.1"]
     script.main(argv)
     log = json.loads((out / "training_log.json").read_text(encoding="utf-8"))
     assert log["steps_done"] == 6 and len(log["losses"]) == 6
+    assert log["args"]["dropout"] == 0.1
+    assert [m["step"] for m in log["monitor"]] == [3, 6]
+    assert set(log["monitor"][0]) == {"step", "fr", "vi"}
     assert set(log["heldout"]) == {"fr", "vi"}
     assert log["corpus"]["vi"]["train_tokens"] > 0
     from transformers import AutoTokenizer, LlamaForCausalLM
