@@ -1,6 +1,7 @@
 """Reproduce the demo model's evaluation numbers (docs/model_card.md, "What the neurons do").
 
-1. Statistics as ``tl-lape demo`` collects them (train split, 60,000 tokens per language).
+1. Statistics as ``tl-lape demo`` collects them (train split, 60,000 tokens per language), and
+   the split-half stability of the 1% set (30,000 tokens per language in each half).
 2. Perplexity under deactivation of the 1% LAPE set on the held-out split, against matched
    random sets and the LAP and LAVE selectors (``run_evaluation``).
 3. A steering sweep over mode, strength and neuron budget, on the library's English and neutral
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 import tl_lape
+from tl_lape.analysis import split_half_stability
 from tl_lape.corpora import load_debian_handbook
 from tl_lape.evaluation import run_evaluation
 from tl_lape.steering import run_steering_sweep
@@ -79,6 +81,8 @@ def main() -> None:
         model, train, seq_len=256, max_tokens_per_language=60_000
     )
     neurons = tl_lape.identify_language_neurons(stats)
+    stability = split_half_stability(model, train, max_tokens_per_language=30_000)
+    (args.out / "stability.md").write_text(stability.to_markdown(), encoding="utf-8")
 
     evaluation = run_evaluation(
         model, neurons, heldout, stats=stats, n_random=args.n_random,
@@ -112,6 +116,7 @@ def main() -> None:
             f"({n_sweep} targets reached); on fresh prompts {n_confirm} reached: {cells}."
         )
     (args.out / "confirmation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(stability.to_markdown())
     print(evaluation.to_markdown())
     print(sweep.to_markdown())
     print("\n".join(lines))
