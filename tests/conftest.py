@@ -2,7 +2,8 @@
 
 ``tiny_model("llama")`` returns a :class:`TinyModel` with the booted TransformerBridge, the
 directory it was saved to (to load an independent HF copy with the same weights) and whether its
-MLP is gated. Architectures: see ``models.ARCHITECTURES``.
+MLP is gated. Architectures: see ``models.ARCHITECTURES``. ``handbook_cache`` is a cache folder
+holding the Debian handbook parsed once per session (the tests skip without the package).
 """
 
 import os
@@ -17,6 +18,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from models import ARCHITECTURES, boot_tiny_bridge, load_hf_model
+
+from tl_lape.corpora import PAPER_LANGUAGES, find_debian_handbook, load_debian_handbook
+from tl_lape.errors import LapeError
+
+
+@pytest.fixture(scope="session")
+def handbook_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory holding the parsed book (parsed once per test session)."""
+    cache = tmp_path_factory.mktemp("tl_lape_cache")
+    try:
+        find_debian_handbook(cache_dir=cache)
+    except LapeError as err:
+        pytest.skip(f"debian-handbook unavailable: {err}")
+    load_debian_handbook(PAPER_LANGUAGES, split="all", cache_dir=cache)
+    return cache
 
 
 @dataclass

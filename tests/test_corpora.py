@@ -20,18 +20,6 @@ from tl_lape.errors import LapeError
 
 
 @pytest.fixture(scope="session")
-def handbook_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache directory holding the parsed book (parsed once per test session)."""
-    cache = tmp_path_factory.mktemp("tl_lape_cache")
-    try:
-        find_debian_handbook(cache_dir=cache)
-    except LapeError as err:
-        pytest.skip(f"debian-handbook unavailable: {err}")
-    load_debian_handbook(PAPER_LANGUAGES, split="all", cache_dir=cache)
-    return cache
-
-
-@pytest.fixture(scope="session")
 def handbook_all(handbook_cache: Path) -> dict[str, list[str]]:
     return load_debian_handbook(PAPER_LANGUAGES, split="all", cache_dir=handbook_cache)
 

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from tl_lape import demo
-from tl_lape.corpora import PAPER_LANGUAGES, find_debian_handbook, load_debian_handbook
+from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook
 from tl_lape.demo import demo_model_path, demo_training_log, load_demo_model
 from tl_lape.errors import LapeError
 
@@ -23,16 +23,6 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_model.py"
 @pytest.fixture(scope="module")
 def model() -> Any:
     return load_demo_model()
-
-
-@pytest.fixture(scope="module")
-def handbook_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = tmp_path_factory.mktemp("tl_lape_cache")
-    try:
-        find_debian_handbook(cache_dir=cache)
-    except LapeError as err:
-        pytest.skip(f"debian-handbook unavailable: {err}")
-    return cache
 
 
 def test_files_are_complete_16_bit_and_small() -> None:
