@@ -396,10 +396,7 @@ def _steer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     bad_rates = [r for r in kwargs["top_rates"] if not 0.0 < r < 1.0]
     if bad_rates:
         raise LapeError(f"--top-rates must lie strictly between 0 and 1, got {list(bad_rates)}.")
-    for name in ("max_new_tokens", "batch_size"):
-        if kwargs[name] < 1:
-            option = "--max-new-tokens" if name == "max_new_tokens" else "--generation-batch-size"
-            raise LapeError(f"{option} must be at least 1, got {kwargs[name]}.")
+    _check_at_least_one(args, ("max_new_tokens", "generation_batch_size"))
     if args.strengths:
         strengths: dict[str, tuple[float, ...]] = {}
         for item in args.strengths:
@@ -445,11 +442,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     _check_rates(args)
     _check_writable_target(args.out / "summary.md")
-    for option in ("eval_tokens_per_language", "eval_random", "steer_new_tokens"):
-        if getattr(args, option) < 1:
-            raise LapeError(
-                f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}."
-            )
+    _check_at_least_one(args, ("eval_tokens_per_language", "eval_random", "steer_new_tokens"))
     started = time.perf_counter()
     steps = 6 if args.evaluate else 4
     print(f"[1/{steps}] building the handbook corpus (cached after the first run)", flush=True)
@@ -636,6 +629,13 @@ def _check_rates(args: argparse.Namespace) -> None:
             raise LapeError(
                 f"--{name.replace('_', '-')} must lie strictly between 0 and 1, got {value}."
             )
+
+
+def _check_at_least_one(args: argparse.Namespace, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise LapeError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
 
 
 def _check_writable_target(path: Path) -> None:
