@@ -11,7 +11,7 @@ Example:
     >>> from tl_lape import load_demo_model
     >>> model = load_demo_model()  # doctest: +SKIP
     >>> model.cfg.n_layers, model.cfg.d_mlp  # doctest: +SKIP
-    (8, 1536)
+    (4, 768)
 """
 
 import contextlib
