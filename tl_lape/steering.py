@@ -1082,9 +1082,10 @@ def run_steering_sweep(
         settings: Prompt settings, ``"english"`` and/or ``"neutral"``.
         prompts: Override the prompts of a setting (``{setting: prompts}``).
         deactivate: Other languages' neurons switched off in the same pass: ``"none"`` (the
-            default: on the demo model, switching the other languages off as well lowered the
-            success rates), ``"others"`` (all but the target) or ``"source"`` (English for
-            English prompts, nothing for neutral ones).
+            default: the target's neurons alone), ``"others"`` (all but the target) or
+            ``"source"`` (English for English prompts, nothing for neutral ones). Which works
+            better depends on the model and the setting: on the demo model ``"others"`` helped
+            from English prompts and made little difference from neutral ones.
         random_seed: Seed of the random control sets.
         identifier: The output-language judge (default: py3langid over the stats' languages).
         nll_margin: Fluency: NLL at most this far above the target's natural-text NLL.
