@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="CPU threads (the shipped model: 1, so that a second design could train beside it on "
-        "a 2-core machine; with 2 the same time budget runs about 1.5 times the steps)",
+        "a 2-core machine; --replay uses the logged value)",
     )
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--n-layers", type=int, default=4)
