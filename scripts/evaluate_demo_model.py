@@ -16,7 +16,7 @@
 
 Usage::
 
-    python scripts/evaluate_demo_model.py --out demo_evaluation   # about 35 min on one thread
+    python scripts/evaluate_demo_model.py --out demo_evaluation   # about 25 min on one thread
 """
 
 import argparse
