@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--steps",
         type=int,
         default=100_000,
-        help="at most this many steps (the time budget ends first)",
+        help="at most this many steps (with the default --max-minutes the time budget ends first)",
     )
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--lr", type=float, default=2e-3)
