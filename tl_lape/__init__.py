@@ -33,6 +33,7 @@ from tl_lape.evaluation import (
     selectivity,
 )
 from tl_lape.hooks import deactivation_hooks, patching_hooks, steering_hooks
+from tl_lape.models import load_model
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
 from tl_lape.stats import ActivationStats
@@ -74,6 +75,7 @@ __all__ = [
     "load_debian_handbook",
     "load_demo_model",
     "load_hf_dataset",
+    "load_model",
     "load_text_files",
     "neuron_card",
     "neuron_cards",

@@ -421,12 +421,42 @@ def window_nll(
         for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
             batch = windows[start : start + batch_size].to(device)  # batch pos
             logits = model.run_with_hooks(batch, fwd_hooks=list(fwd_hooks))  # batch pos d_vocab
-            logprobs = torch.log_softmax(logits[:, :-1].to(torch.float32), dim=-1)
-            target = batch[:, 1:].unsqueeze(-1)  # batch pos-1 1
-            nll = -logprobs.gather(-1, target).squeeze(-1)  # batch pos-1
+            nll = next_token_nll(logits, batch)  # batch pos-1
             total += nll.to(torch.float64).sum().cpu()
             count += nll.numel()
     return float(total), count
+
+
+#: Logit rows turned into float32 at a time by :func:`next_token_nll`.
+_NLL_CHUNK_ROWS = 256
+
+
+def next_token_nll(
+    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos_minus_1"]:
+    """Per-token NLL (float32) of ``tokens[:, 1:]`` under ``logits[:, :-1]``.
+
+    The log-softmax is taken in float32 over a few hundred positions at a time, so a large
+    vocabulary (Gemma 3: 262,144 tokens) in bfloat16 logits never becomes one float32 tensor
+    of the whole batch.
+
+    Example:
+        >>> logits = torch.zeros(1, 3, 4)
+        >>> next_token_nll(logits, torch.tensor([[0, 1, 2]]))
+        tensor([[1.3863, 1.3863]])
+    """
+    batch, pos, d_vocab = logits.shape
+    flat = logits[:, :-1].reshape(-1, d_vocab)  # (batch pos-1) d_vocab
+    target = tokens[:, 1:].reshape(-1).to(flat.device)  # (batch pos-1)
+    pieces = [
+        torch.nn.functional.cross_entropy(
+            flat[i : i + _NLL_CHUNK_ROWS].to(torch.float32),
+            target[i : i + _NLL_CHUNK_ROWS],
+            reduction="none",
+        )
+        for i in range(0, flat.shape[0], _NLL_CHUNK_ROWS)
+    ]
+    return torch.cat(pieces).reshape(batch, pos - 1)  # batch pos-1
 
 
 # ============================================================================ perplexity matrix
