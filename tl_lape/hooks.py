@@ -166,16 +166,29 @@ class _DeviceCache:
         return copy
 
 
-def _check_act(act: Tensor, hook: Any, d_mlp: int, name: str) -> None:
+def _width_of(neurons: LanguageNeurons) -> tuple[int | None, int]:
+    """``(d_mlp, largest index)``: what :func:`_check_act` checks an activation against."""
+    return neurons.d_mlp, neurons.max_index()
+
+
+def _check_act(act: Tensor, hook: Any, width: tuple[int | None, int], name: str) -> None:
     if act.ndim != 3:
         raise LapeError(
             f"expected a [batch, pos, d_mlp] activation at {name!r}; received shape "
             f"{tuple(act.shape)} (remove_batch_dim is not supported)"
         )
-    if act.shape[-1] != d_mlp:
+    d_mlp, max_index = width
+    if d_mlp is not None and act.shape[-1] != d_mlp:
         raise LapeError(
             f"the activation at {name!r} has width {act.shape[-1]}, but the neuron set was made "
-            f"for d_mlp={d_mlp}; use neurons selected on this model"
+            f"for d_mlp={d_mlp}; a neuron set applies only to the model it was selected on "
+            "(check it before hooking with model=model, or neurons.for_model(model))"
+        )
+    if d_mlp is None and max_index >= act.shape[-1]:
+        raise LapeError(
+            f"the activation at {name!r} has width {act.shape[-1]}, but the neuron set has "
+            f"neuron index {max_index}; the set was made for a wider model: use the set made "
+            "for this model"
         )
 
 
@@ -272,17 +285,19 @@ def deactivation_hooks(
     for layer in range(neurons.n_layers):
         idx = _union_indices(neurons, langs, layer)
         if idx.numel():
-            hooks.append((_post_name(layer), _zero_hook(idx, neurons.d_mlp, layer, positions)))
+            hooks.append((_post_name(layer), _zero_hook(idx, _width_of(neurons), layer, positions)))
     return hooks
 
 
-def _zero_hook(idx: Tensor, d_mlp: int, layer: int, positions: Positions) -> HookFn:
+def _zero_hook(
+    idx: Tensor, width: tuple[int | None, int], layer: int, positions: Positions
+) -> HookFn:
     indices = _DeviceCache(idx)
     selector = _PositionSelector(positions)
     name = _post_name(layer)
 
     def deactivate(act: Tensor, *, hook: Any) -> Tensor:
-        _check_act(act, hook, d_mlp, name)
+        _check_act(act, hook, width, name)
         pos = _positions_on(selector.select(act.shape[1], name), act.device)
         i = indices.on(act.device)
         return _write(act, pos, i, torch.zeros((), dtype=act.dtype, device=act.device))
@@ -351,7 +366,10 @@ def steering_hooks(
     (target,) = _language_list([target], neurons, "target")
     off = [] if deactivate is None else _language_list(deactivate, neurons, "deactivate languages")
     model_gated = _check_model(neurons, model)
-    if (stats.n_layers, stats.d_mlp) != (neurons.n_layers, neurons.d_mlp):
+    fits = stats.d_mlp == neurons.d_mlp or (
+        neurons.d_mlp is None and neurons.max_index() < stats.d_mlp
+    )
+    if stats.n_layers != neurons.n_layers or not fits:
         raise LapeError(
             f"stats (n_layers={stats.n_layers}, d_mlp={stats.d_mlp}) and neurons "
             f"(n_layers={neurons.n_layers}, d_mlp={neurons.d_mlp}) come from different models"
@@ -389,7 +407,7 @@ def steering_hooks(
                 float(strength),
                 value,
                 bool(gated),
-                neurons.d_mlp,
+                _width_of(neurons),
                 positions,
             )
         )
@@ -404,7 +422,7 @@ def _steer_layer_hooks(
     strength: float,
     value: Tensor | None,
     gated: bool,
-    d_mlp: int,
+    width: tuple[int | None, int],
     positions: Positions,
 ) -> FwdHooks:
     indices, zero_indices = _DeviceCache(idx), _DeviceCache(zero_idx)
@@ -415,11 +433,11 @@ def _steer_layer_hooks(
     stash: dict[str, Tensor] = {}
 
     def stash_up(act: Tensor, *, hook: Any) -> None:
-        _check_act(act, hook, d_mlp, _pre_linear_name(layer))
+        _check_act(act, hook, width, _pre_linear_name(layer))
         stash["up"] = act[..., indices.on(act.device)]  # batch pos k
 
     def steer(act: Tensor, *, hook: Any) -> Tensor:
-        _check_act(act, hook, d_mlp, name)
+        _check_act(act, hook, width, name)
         pos = _positions_on(selector.select(act.shape[1], name), act.device)
         out = act
         if zero_idx.numel():
@@ -505,24 +523,32 @@ def patching_hooks(
                 f"source has no activation {name!r}; cache it with model.run_with_cache(tokens, "
                 "names_filter=lambda name: name.endswith('mlp.hook_post'))"
             ) from None
-        if not isinstance(src, Tensor) or src.ndim != 3 or src.shape[-1] != neurons.d_mlp:
+        width = _width_of(neurons)
+        if (
+            not isinstance(src, Tensor)
+            or src.ndim != 3
+            or (neurons.d_mlp is not None and src.shape[-1] != neurons.d_mlp)
+            or src.shape[-1] <= width[1]
+        ):
             got = tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__
+            want = neurons.d_mlp if neurons.d_mlp is not None else f"> {width[1]}"
             raise LapeError(
-                f"source[{name!r}] must be a [batch, pos, d_mlp={neurons.d_mlp}] tensor; "
-                f"received {got}"
+                f"source[{name!r}] must be a [batch, pos, d_mlp={want}] tensor; received {got}"
             )
-        hooks.append((name, _patch_hook(idx, src, neurons.d_mlp, layer, positions)))
+        hooks.append((name, _patch_hook(idx, src, width, layer, positions)))
     return hooks
 
 
-def _patch_hook(idx: Tensor, src: Tensor, d_mlp: int, layer: int, positions: Positions) -> HookFn:
+def _patch_hook(
+    idx: Tensor, src: Tensor, width: tuple[int | None, int], layer: int, positions: Positions
+) -> HookFn:
     indices = _DeviceCache(idx)
     sources = _DeviceCache(src.detach())
     selector = _PositionSelector(positions)
     name = _post_name(layer)
 
     def patch(act: Tensor, *, hook: Any) -> Tensor:
-        _check_act(act, hook, d_mlp, name)
+        _check_act(act, hook, width, name)
         pos = selector.select(act.shape[1], name)
         pos_dev = _positions_on(pos, act.device)
         i = indices.on(act.device)
