@@ -32,7 +32,13 @@ from tl_lape.evaluation import (
     run_evaluation,
     selectivity,
 )
-from tl_lape.hooks import deactivation_hooks, patching_hooks, steering_hooks
+from tl_lape.hooks import (
+    deactivated,
+    deactivation_hooks,
+    patching_hooks,
+    steered,
+    steering_hooks,
+)
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
 from tl_lape.stats import ActivationStats
@@ -62,6 +68,7 @@ __all__ = [
     "collect_activation_stats",
     "collect_activation_stats_distributed",
     "collect_activation_stats_resumable",
+    "deactivated",
     "deactivation_hooks",
     "demo_model_path",
     "filter_language",
@@ -85,5 +92,6 @@ __all__ = [
     "selectivity",
     "split_half_stability",
     "steer",
+    "steered",
     "steering_hooks",
 ]

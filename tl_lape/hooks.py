@@ -20,7 +20,14 @@ forward pass as it comes: with a KV cache every decoding step is a pass of one p
 ``positions=slice(0, 5)`` would also hit each new token. ``"new"`` affects only newly generated
 tokens and ``"prompt"`` only the prompt, with or without a KV cache: the first pass a hook sees
 is taken as the prompt; a later pass of one position (KV cache), or one longer by one position
-than the sequence so far (no cache), continues it. Make fresh hooks for every ``generate`` call.
+than the sequence so far (no cache), continues it. Such hooks follow one generation at a time:
+:func:`~tl_lape.steering.generate_with_hooks`, :func:`steered` and :func:`deactivated` start
+them afresh at every generation; with ``model.hooks(...)`` make fresh hooks for every
+``generate`` call, or call :func:`reset_positions` between calls.
+
+For the common case, :func:`deactivated` and :func:`steered` are context managers that build the
+hooks, check them against the model and attach them for a ``with`` block, nesting with your own
+``model.hooks(...)``.
 
 Example:
     >>> fwd_hooks = deactivation_hooks(neurons, ["fr"])  # doctest: +SKIP
@@ -28,9 +35,13 @@ Example:
     >>> steer = steering_hooks(neurons, stats, "fr", model=model, positions="new")  # doctest: +SKIP
     >>> with model.hooks(fwd_hooks=steer):  # doctest: +SKIP
     ...     text = model.generate("The weather today", max_new_tokens=20)
+    >>> with steered(model, neurons, stats, "fr", positions="new"):  # doctest: +SKIP
+    ...     text = model.generate("The weather today", max_new_tokens=20)
 """
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -40,7 +51,15 @@ from tl_lape.errors import LapeError
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
-__all__ = ["Positions", "deactivation_hooks", "patching_hooks", "steering_hooks"]
+__all__ = [
+    "Positions",
+    "deactivated",
+    "deactivation_hooks",
+    "patching_hooks",
+    "reset_positions",
+    "steered",
+    "steering_hooks",
+]
 
 #: What ``positions=`` accepts.
 Positions = int | slice | Sequence[int] | Tensor | Literal["new", "prompt"] | None
@@ -110,6 +129,10 @@ class _PositionSelector:
                 )
             self.kind = "index"
             self.static = idx.detach().cpu().to(torch.long)
+
+    def reset(self) -> None:
+        """Forget the sequence so far: the next pass is taken as a new prompt."""
+        self.prompt_len, self.total = None, 0
 
     def select(self, pos_len: int, hook_name: str) -> Tensor | None:
         """Indices (CPU, int64) of the positions to change in a pass of ``pos_len``; None = all."""
@@ -250,6 +273,42 @@ def _positions_on(pos: Tensor | None, device: torch.device) -> Tensor | None:
     return None if pos is None else pos.to(device)
 
 
+#: The attribute under which a hook function made here keeps the reset of its position state.
+_RESET = "reset_positions"
+
+
+def _resettable(fn: HookFn, reset: Callable[[], None]) -> HookFn:
+    """Give ``fn`` a ``reset_positions()`` that :func:`reset_positions` calls."""
+    setattr(fn, _RESET, reset)
+    return fn
+
+
+def reset_positions(fwd_hooks: Sequence[tuple[str, HookFn]]) -> None:
+    """Make ``positions="new"``/``"prompt"`` hooks take their next forward pass as a new prompt.
+
+    Such hooks follow one generation across its forward passes. Call this between two
+    generations that reuse the same hooks (:func:`~tl_lape.steering.generate_with_hooks`,
+    :func:`steered` and :func:`deactivated` do it at every ``generate`` call); otherwise a
+    prompt of one position, or one position longer than the sequence so far, would be read as
+    a continuation. Hooks without such state (and your own hooks) are left alone.
+
+    Args:
+        fwd_hooks: ``(hook_name, fn)`` pairs, as the factories here return them.
+
+    Example:
+        >>> hooks = steering_hooks(  # doctest: +SKIP
+        ...     neurons, stats, "fr", model=model, positions="new")
+        >>> with model.hooks(fwd_hooks=hooks):  # doctest: +SKIP
+        ...     first = model.generate("The weather", max_new_tokens=8)
+        ...     reset_positions(hooks)
+        ...     second = model.generate("A", max_new_tokens=8)
+    """
+    for _, fn in fwd_hooks:
+        reset = getattr(fn, _RESET, None)
+        if callable(reset):
+            reset()
+
+
 # --------------------------------------------------------------------------- deactivation
 
 
@@ -302,7 +361,7 @@ def _zero_hook(
         i = indices.on(act.device)
         return _write(act, pos, i, torch.zeros((), dtype=act.dtype, device=act.device))
 
-    return deactivate
+    return _resettable(deactivate, selector.reset)
 
 
 # --------------------------------------------------------------------------- steering
@@ -465,10 +524,14 @@ def _steer_layer_hooks(
                 new = v.expand_as(current) if mode == "replace" else current + v
         return _write(out, pos, i, new)
 
+    def reset() -> None:
+        selector.reset()
+        stash.clear()
+
     hooks: FwdHooks = []
     if needs_up:
         hooks.append((_pre_linear_name(layer), stash_up))
-    hooks.append((name, steer))
+    hooks.append((name, _resettable(steer, reset)))
     return hooks
 
 
@@ -567,4 +630,127 @@ def _patch_hook(
             )
         return _write(act, pos_dev, i, values.expand(act.shape[0], -1, -1))
 
-    return patch
+    return _resettable(patch, selector.reset)
+
+
+# --------------------------------------------------------------------------- scoped interventions
+
+
+@contextlib.contextmanager
+def _attached(model: Any, hooks: FwdHooks) -> Iterator[Any]:
+    """Attach ``hooks`` to ``model`` for the block; reset their positions at each ``generate``.
+
+    The hooks go through ``model.hooks(...)``, so they nest with the caller's own blocks and are
+    removed on exit, exception or not. For the block, ``model.generate`` is wrapped (on the
+    instance; the previous attribute is restored on exit) so that every generation starts with
+    fresh ``"new"``/``"prompt"`` position state.
+    """
+    generate = getattr(model, "generate", None)
+    missing = object()
+    previous = vars(model).get("generate", missing)
+    if callable(generate):
+        inner: Callable[..., Any] = generate
+
+        @functools.wraps(inner)
+        def generate_afresh(*args: Any, **kwargs: Any) -> Any:
+            reset_positions(hooks)
+            return inner(*args, **kwargs)
+
+        model.generate = generate_afresh
+    try:
+        with model.hooks(fwd_hooks=hooks):
+            yield model
+    finally:
+        reset_positions(hooks)
+        if callable(generate):
+            if previous is missing:
+                del model.generate
+            else:
+                model.generate = previous
+
+
+@contextlib.contextmanager
+def deactivated(
+    model: Any,
+    neurons: LanguageNeurons,
+    languages: str | Sequence[str],
+    *,
+    positions: Positions = None,
+) -> Iterator[Any]:
+    """Within the block, the neurons of ``languages`` are off in every forward pass of ``model``.
+
+    Built on :func:`deactivation_hooks` (checked against ``model``) and ``model.hooks(...)``:
+    it composes and nests with your own ``with model.hooks(...)`` blocks and other tl_lape
+    blocks, and leaves no hook attached when the block ends, by an exception or not. Each
+    ``model.generate`` call in the block starts with fresh ``"new"``/``"prompt"`` positions.
+
+    Args:
+        model: The TransformerLens model.
+        neurons: The language-specific neurons.
+        languages: A language code or several; their neurons are united.
+        positions: Which positions to affect (see the module docstring); default all.
+
+    Yields:
+        ``model``, as ``model.hooks(...)`` does.
+
+    Example:
+        >>> with deactivated(model, neurons, "fr"):  # doctest: +SKIP
+        ...     loss = model(tokens, return_type="loss")
+    """
+    hooks = deactivation_hooks(neurons, languages, positions=positions, model=model)
+    with _attached(model, hooks) as attached:
+        yield attached
+
+
+@contextlib.contextmanager
+def steered(
+    model: Any,
+    neurons: LanguageNeurons,
+    stats: ActivationStats,
+    target: str,
+    *,
+    mode: Literal["replace", "add", "scale"] = "replace",
+    strength: float | int = 1.0,
+    deactivate: str | Sequence[str] | None = None,
+    positions: Positions = None,
+) -> Iterator[Any]:
+    """Within the block, ``model`` is steered towards ``target`` (see :func:`steering_hooks`).
+
+    Built on :func:`steering_hooks` (checked against ``model``, which also tells whether its
+    MLP is gated) and ``model.hooks(...)``: it composes and nests with your own
+    ``with model.hooks(...)`` blocks and other tl_lape blocks, and leaves no hook attached when
+    the block ends, by an exception or not. Each ``model.generate`` call in the block starts
+    with fresh ``"new"``/``"prompt"`` positions, so several generations in one block are each
+    steered at their own new tokens.
+
+    Args:
+        model: The TransformerLens model.
+        neurons: The language-specific neurons.
+        stats: Activation statistics of the same model (see :func:`steering_hooks`).
+        target: The language to steer towards.
+        mode: ``"replace"``, ``"add"`` or ``"scale"``.
+        strength: The factor of ``mode``.
+        deactivate: Languages whose neurons to zero in the same pass.
+        positions: Which positions to affect (see the module docstring); default all,
+            ``"new"`` for the generated tokens only.
+
+    Yields:
+        ``model``, as ``model.hooks(...)`` does.
+
+    Example:
+        >>> with steered(model, neurons, stats, "fr", mode="add", strength=4.0,  # doctest: +SKIP
+        ...              positions="new"):
+        ...     text = model.generate("The weather today", max_new_tokens=20)
+    """
+    hooks = steering_hooks(
+        neurons,
+        stats,
+        target,
+        mode,
+        strength,
+        deactivate,
+        positions=positions,
+        model=model,
+    )
+    with _attached(model, hooks) as attached:
+        yield attached
