@@ -30,13 +30,13 @@ hooks, check them against the model and attach them for a ``with`` block, nestin
 ``model.hooks(...)``.
 
 Example:
-    >>> fwd_hooks = deactivation_hooks(neurons, ["fr"])  # doctest: +SKIP
-    >>> logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)  # doctest: +SKIP
-    >>> steer = steering_hooks(neurons, stats, "fr", model=model, positions="new")  # doctest: +SKIP
-    >>> with model.hooks(fwd_hooks=steer):  # doctest: +SKIP
-    ...     text = model.generate("The weather today", max_new_tokens=20)
-    >>> with steered(model, neurons, stats, "fr", positions="new"):  # doctest: +SKIP
-    ...     text = model.generate("The weather today", max_new_tokens=20)
+    >>> fwd_hooks = deactivation_hooks(neurons, ["fr"])
+    >>> logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+    >>> steer = steering_hooks(neurons, stats, "fr", model=model, positions="new")
+    >>> with model.hooks(fwd_hooks=steer):
+    ...     text = model.generate("The weather today", max_new_tokens=20, verbose=False)
+    >>> with steered(model, neurons, stats, "fr", positions="new"):
+    ...     text = model.generate("The weather today", max_new_tokens=20, verbose=False)
 """
 
 import contextlib
@@ -296,12 +296,11 @@ def reset_positions(fwd_hooks: Sequence[tuple[str, HookFn]]) -> None:
         fwd_hooks: ``(hook_name, fn)`` pairs, as the factories here return them.
 
     Example:
-        >>> hooks = steering_hooks(  # doctest: +SKIP
-        ...     neurons, stats, "fr", model=model, positions="new")
-        >>> with model.hooks(fwd_hooks=hooks):  # doctest: +SKIP
-        ...     first = model.generate("The weather", max_new_tokens=8)
+        >>> hooks = steering_hooks(neurons, stats, "fr", model=model, positions="new")
+        >>> with model.hooks(fwd_hooks=hooks):
+        ...     first = model.generate("The weather", max_new_tokens=8, verbose=False)
         ...     reset_positions(hooks)
-        ...     second = model.generate("A", max_new_tokens=8)
+        ...     second = model.generate("A", max_new_tokens=8, verbose=False)
     """
     for _, fn in fwd_hooks:
         reset = getattr(fn, _RESET, None)
@@ -334,8 +333,10 @@ def deactivation_hooks(
         ``[(hook_name, fn), ...]`` for ``fwd_hooks=``; empty if there is nothing to deactivate.
 
     Example:
-        >>> logits = model.run_with_hooks(  # doctest: +SKIP
-        ...     tokens, fwd_hooks=deactivation_hooks(neurons, "zh"))
+        >>> logits = model.run_with_hooks(tokens, fwd_hooks=deactivation_hooks(neurons, "zh"))
+        >>> clean = model(tokens)
+        >>> bool((logits != clean).any())  # the Chinese neurons matter, even on English text
+        True
     """
     neurons = _check_neurons(neurons)
     langs = _language_list(languages, neurons, "languages")
@@ -409,9 +410,9 @@ def steering_hooks(
         ``[(hook_name, fn), ...]`` for ``fwd_hooks=``.
 
     Example:
-        >>> hooks = steering_hooks(neurons, stats, "fr", model=model)  # doctest: +SKIP
-        >>> with model.hooks(fwd_hooks=hooks):  # doctest: +SKIP
-        ...     out = model.generate("Once upon a time", max_new_tokens=20)
+        >>> hooks = steering_hooks(neurons, stats, "fr", model=model)
+        >>> with model.hooks(fwd_hooks=hooks):
+        ...     out = model.generate("Once upon a time", max_new_tokens=20, verbose=False)
     """
     neurons = _check_neurons(neurons)
     if not isinstance(stats, ActivationStats):
@@ -563,10 +564,11 @@ def patching_hooks(
         ``[(hook_name, fn), ...]`` for ``fwd_hooks=``.
 
     Example:
-        >>> _, cache = model.run_with_cache(  # doctest: +SKIP
-        ...     fr_tokens, names_filter=lambda n: "hook_post" in n)
-        >>> logits = model.run_with_hooks(  # doctest: +SKIP
-        ...     en_tokens, fwd_hooks=patching_hooks(neurons, "fr", cache, positions=-1))
+        >>> _, cache = model.run_with_cache(
+        ...     fr_tokens, names_filter=lambda n: n.endswith("mlp.hook_post"))
+        >>> last = {name: act[:, -1:] for name, act in cache.items()}  # French, last position
+        >>> logits = model.run_with_hooks(
+        ...     en_tokens, fwd_hooks=patching_hooks(neurons, "fr", last, positions=-1))
     """
     neurons = _check_neurons(neurons)
     if not isinstance(language, str):
@@ -694,8 +696,10 @@ def deactivated(
         ``model``, as ``model.hooks(...)`` does.
 
     Example:
-        >>> with deactivated(model, neurons, "fr"):  # doctest: +SKIP
+        >>> with deactivated(model, neurons, "fr"):
         ...     loss = model(tokens, return_type="loss")
+        >>> bool(loss != model(tokens, return_type="loss"))  # outside the block: the clean loss
+        True
     """
     hooks = deactivation_hooks(neurons, languages, positions=positions, model=model)
     with _attached(model, hooks) as attached:
@@ -738,9 +742,10 @@ def steered(
         ``model``, as ``model.hooks(...)`` does.
 
     Example:
-        >>> with steered(model, neurons, stats, "fr", mode="add", strength=4.0,  # doctest: +SKIP
-        ...              positions="new"):
-        ...     text = model.generate("The weather today", max_new_tokens=20)
+        >>> with steered(model, neurons, stats, "fr", mode="add", strength=4.0, positions="new"):
+        ...     text = model.generate("The weather today", max_new_tokens=20, verbose=False)
+        >>> isinstance(text, str)
+        True
     """
     hooks = steering_hooks(
         neurons,

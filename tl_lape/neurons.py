@@ -486,9 +486,11 @@ class LanguageNeurons:
                 or the set was made for another width (see :meth:`check_compatible`).
 
         Example:
-            >>> released = LanguageNeurons.from_rucaibox(path, languages)  # doctest: +SKIP
-            >>> released.for_model(model).d_mlp  # doctest: +SKIP
-            11008
+            >>> released = LanguageNeurons.from_rucaibox(path, languages)  # no width given
+            >>> released.d_mlp is None
+            True
+            >>> released.for_model(model).d_mlp
+            64
         """
         from tl_lape._adapter import adapt
 
