@@ -42,7 +42,7 @@ Example:
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -52,6 +52,7 @@ from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
 __all__ = [
+    "Mode",
     "Positions",
     "deactivated",
     "deactivation_hooks",
@@ -66,7 +67,9 @@ Positions = int | slice | Sequence[int] | Tensor | Literal["new", "prompt"] | No
 HookFn = Callable[..., Tensor | None]
 FwdHooks = list[tuple[str, HookFn]]
 
-_MODES = ("replace", "add", "scale")
+#: What ``mode=`` of :func:`steering_hooks` and :func:`steered` accepts.
+Mode = Literal["replace", "add", "scale"]
+_MODES: tuple[str, ...] = get_args(Mode)
 
 
 def _post_name(layer: int) -> str:
@@ -372,7 +375,7 @@ def steering_hooks(
     neurons: LanguageNeurons,
     stats: ActivationStats,
     target: str,
-    mode: Literal["replace", "add", "scale"] = "replace",
+    mode: Mode = "replace",
     strength: float | int = 1.0,
     deactivate: str | Sequence[str] | None = None,
     *,
@@ -713,7 +716,7 @@ def steered(
     stats: ActivationStats,
     target: str,
     *,
-    mode: Literal["replace", "add", "scale"] = "replace",
+    mode: Mode = "replace",
     strength: float | int = 1.0,
     deactivate: str | Sequence[str] | None = None,
     positions: Positions = None,
