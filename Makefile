@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format test-tl3 docs bench clean handbook
+.PHONY: demo test test-fast lint format test-tl3 docs bench clean handbook
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ handbook:
 demo: $(STAMP) handbook
 	$(VENV)/bin/tl-lape demo --out lape_report
 
+# The tests and the docstring examples of tl_lape; the 15 slowest are listed at the end.
 test: $(STAMP) handbook
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# The same without the tests marked slow.
+test-fast: $(STAMP) handbook
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tl_lape tests scripts benchmarks

@@ -262,7 +262,9 @@ def build_toy_model(
         def __init__(self) -> None:
             super().__init__()
             self.w_in = torch.nn.Linear(8, widths["pre"])
-            self.w_mid = torch.nn.Linear(widths["pre"], widths["post"])
+            # Only when the widths differ: a d_mlp x d_mlp layer would make wide toys heavy.
+            if widths["pre"] != widths["post"]:
+                self.w_mid = torch.nn.Linear(widths["pre"], widths["post"])
             self.w_out = torch.nn.Linear(widths["post"], 8)
             self.hook_pre = HookPoint()
             self.hook_post = HookPoint()

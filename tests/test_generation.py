@@ -8,9 +8,11 @@ semantics of the intervention hooks across decoding steps.
 import pytest
 import torch
 
+from tl_lape._adapter import adapt
 from tl_lape.hooks import deactivation_hooks, steering_hooks
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
+from tl_lape.steering import generate_with_hook_sets, generate_with_hooks
 
 PROMPTS = ["The cat sat", "Le chat dort sur le tapis"]
 MAX_NEW = 6
@@ -93,3 +95,77 @@ def test_new_positions_equal_an_explicit_greedy_loop(setup):
     # The first new token comes from the unsteered prompt pass.
     plain = bridge(prompt)[:, -1].argmax(-1)
     assert generated[0, n_prompt] == plain[0]
+
+
+def _pass_count(bridge, prompt: str, hooks) -> int:
+    """How many positions the hooks see when generating from ``prompt`` (KV cache)."""
+    seen: list[int] = []
+
+    def count(act, *, hook):
+        seen.append(act.shape[1])
+
+    fwd_hooks = [*hooks, ("blocks.0.mlp.hook_post", count)]
+    generate_with_hooks(bridge, [prompt], fwd_hooks=fwd_hooks, max_new_tokens=MAX_NEW)
+    return sum(seen)
+
+
+def _prompt_of_length(bridge, n: int) -> str:
+    text = "Le chat dort sur le tapis pendant que la pluie tombe."
+    for end in range(1, len(text) + 1):
+        if adapt(bridge).encode(text[:end], prepend_bos=True).numel() == n:
+            return text[:end]
+    raise AssertionError(f"no prefix of {text!r} encodes to {n} tokens")
+
+
+@pytest.mark.parametrize("positions", ["new", "prompt"])
+@pytest.mark.parametrize("second", ["one-token", "one-longer"])
+def test_reused_hooks_start_afresh_for_every_prompt_group(setup, positions, second):
+    """Bug 2: a later group whose prompt is one token long, or one position longer than the
+    sequence so far, was read as a continuation of the previous group and steered wrongly."""
+    bridge, neurons, stats = setup
+
+    def make():
+        return steering_hooks(neurons, stats, "fr", "add", 8.0, model=bridge, positions=positions)
+
+    first = "The cat"
+    if second == "one-token":
+        other = ""  # BOS alone: a prompt of one position
+        assert adapt(bridge).encode(other, prepend_bos=True).numel() == 1
+    else:
+        other = _prompt_of_length(bridge, _pass_count(bridge, first, make()) + 1)
+
+    prompts = [first, other]
+    hooks = make()
+
+    def run(prompts, hooks):
+        """Generated tokens, and the steered activations of every forward pass."""
+        seen: list[torch.Tensor] = []
+
+        def record(act, *, hook):
+            seen.append(act.clone())
+
+        _, tokens = generate_with_hooks(
+            bridge,
+            prompts,
+            fwd_hooks=[*hooks, ("blocks.1.mlp.hook_post", record)],
+            batch_size=1,
+            max_new_tokens=MAX_NEW,
+            return_tokens=True,
+        )
+        return [t.tolist() for t in tokens], seen
+
+    together, acts = run(prompts, hooks)
+    alone = [run([p], make()) for p in prompts]
+    assert together == alone[0][0] + alone[1][0]
+    expected = alone[0][1] + alone[1][1]
+    assert len(acts) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(acts, expected, strict=True))
+    # The same hooks again, in another call: they start afresh there too.
+    again, _ = run(prompts[::-1], hooks)
+    assert again == alone[1][0] + alone[0][0]
+    # Hook sets generated together are reset through the row-block wrappers as well.
+    sets = [make(), make()]
+    generate_with_hook_sets(bridge, [first], sets, max_new_tokens=MAX_NEW)
+    (_, fr_a), (_, fr_b) = generate_with_hook_sets(bridge, [other], sets, max_new_tokens=MAX_NEW)
+    assert [fr_a[0].tolist()] == [fr_b[0].tolist()] == alone[1][0]
+    assert all(not hp.fwd_hooks for hp in bridge.hook_dict.values())

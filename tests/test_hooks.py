@@ -1,5 +1,6 @@
 """Intervention hooks against the same interventions done by hand on the Hugging Face modules."""
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -300,6 +301,30 @@ def test_unknown_language_and_foreign_neuron_sets(tiny_model):
     # Without model=, the width is checked when the hook runs.
     with pytest.raises(LapeError, match="has width 64, but the neuron set was made for d_mlp=128"):
         tm.bridge.run_with_hooks(tokens, fwd_hooks=deactivation_hooks(wide, "en"))
+    assert_no_hooks_attached(tm.bridge)
+    # A set of unknown width: only the indices are checked, with model= and when the hook runs.
+    unknown = LanguageNeurons.from_indices({"en": {0: [100]}}, n_layers=N_LAYERS, d_mlp=None)
+    with pytest.raises(LapeError, match="neuron indices up to 100, but the model has d_mlp=64"):
+        deactivation_hooks(unknown, "en", model=tm.bridge)
+    with pytest.raises(LapeError, match="has width 64, but the neuron set has neuron index 100"):
+        tm.bridge.run_with_hooks(tokens, fwd_hooks=deactivation_hooks(unknown, "en"))
+    assert_no_hooks_attached(tm.bridge)
+
+
+def test_a_set_of_unknown_width_acts_like_the_same_set_of_known_width(tiny_model):
+    tm = tiny_model("llama")
+    tokens = tokens_for(tm.bridge)
+    known, stats = random_neurons(), random_stats()
+    unknown = dataclasses.replace(known, d_mlp=None)
+    _, cache = tm.bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_post"))
+    for make in (
+        lambda ln: deactivation_hooks(ln, ["en", "fr"], model=tm.bridge),
+        lambda ln: steering_hooks(ln, stats, "fr", "add", 3.0, deactivate="en", model=tm.bridge),
+        lambda ln: patching_hooks(ln, "fr", cache, positions=-1),
+    ):
+        expected = tm.bridge.run_with_hooks(tokens, fwd_hooks=make(known))
+        got = tm.bridge.run_with_hooks(tokens, fwd_hooks=make(unknown))
+        assert torch.equal(got, expected)
     assert_no_hooks_attached(tm.bridge)
 
 

@@ -190,7 +190,7 @@ def test_from_rucaibox_errors(tmp_path: Path) -> None:
     with pytest.raises(LapeError, match=r"has 1 layers but n_layers=2"):
         LanguageNeurons.from_rucaibox(path, ["en", "zh"], n_layers=2)
     ln = LanguageNeurons.from_rucaibox(path, ["en", "zh"])
-    assert ln.d_mlp == 31  # inferred as largest index + 1
+    assert ln.d_mlp is None  # the file stores no width, and none was given: unknown
     assert ln.metadata["source_format"] == "rucaibox"
 
     truncated = tmp_path / "truncated.pth"
@@ -207,6 +207,66 @@ def test_from_rucaibox_errors(tmp_path: Path) -> None:
     torch.save([[torch.tensor([1])], [torch.tensor([1]), torch.tensor([2])]], ragged)
     with pytest.raises(LapeError, match=r"same non-zero number of layer entries"):
         LanguageNeurons.from_rucaibox(ragged, ["en", "zh"])
+
+
+def test_unknown_width(tmp_path: Path) -> None:
+    path = tmp_path / "n.pth"
+    empty = torch.tensor([], dtype=torch.long)
+    torch.save([[torch.tensor([1, 30]), torch.tensor([4])], [torch.tensor([2]), empty]], path)
+    ln = LanguageNeurons.from_rucaibox(path, ["en", "zh"])
+    assert ln.d_mlp is None
+    assert ln.max_index() == 30
+    assert repr(ln) == "LanguageNeurons(n_layers=2, d_mlp=None, en=3, zh=1)"
+    assert ln.summary().splitlines()[0] == (
+        "LanguageNeurons: 2 layers x an unknown d_mlp, 2 languages, 4 assignments, "
+        "4 distinct neurons"
+    )
+    # Width-free queries work and agree with the same set at any width that fits.
+    known = LanguageNeurons.from_rucaibox(path, ["en", "zh"], d_mlp=40)
+    assert ln.counts() == known.counts()
+    assert torch.equal(ln.counts_per_layer(), known.counts_per_layer())
+    assert torch.equal(ln.overlap(), known.overlap())
+    assert torch.equal(ln.jaccard(), known.jaccard())
+    assert ln.select(["zh"]).d_mlp is None
+    # Those that return d_mlp-wide masks say what to do.
+    for query in (lambda: ln.mask("en"), ln.masks, ln.union):
+        with pytest.raises(LapeError, match=r"needs the MLP width.*d_mlp is unknown.*for_model"):
+            query()
+    # check_compatible checks the layers and that every index fits.
+    ln.check_compatible(2, 31)
+    with pytest.raises(LapeError, match=r"neuron indices up to 30, but the model has d_mlp=30"):
+        ln.check_compatible(2, 30)
+    with pytest.raises(LapeError, match=r"n_layers=2, but the model has n_layers=3"):
+        ln.check_compatible(3, 64)
+    # JSON keeps the width unknown.
+    ln.save(tmp_path / "n.json")
+    assert json.loads((tmp_path / "n.json").read_text())["d_mlp"] is None
+    assert LanguageNeurons.load(tmp_path / "n.json") == ln
+    with pytest.raises(LapeError, match=r"holds neuron index -1; neuron indices must be >= 0"):
+        LanguageNeurons.from_indices({"en": {0: [-1]}}, n_layers=1, d_mlp=None)
+
+
+def test_width_from_the_model(tiny_model, tmp_path: Path) -> None:
+    bridge = tiny_model("llama").bridge  # n_layers=2, d_mlp=64
+    path = tmp_path / "n.pth"
+    torch.save([[torch.tensor([1, 30]), torch.tensor([4])]], path)
+    ln = LanguageNeurons.from_rucaibox(path, ["en"], model=bridge)
+    assert (ln.n_layers, ln.d_mlp) == (2, 64)
+    assert ln == LanguageNeurons.from_rucaibox(path, ["en"], n_layers=2, d_mlp=64)
+    assert LanguageNeurons.from_rucaibox(path, ["en"]).for_model(bridge) == ln
+    assert ln.for_model(bridge) is ln
+    with pytest.raises(LapeError, match=r"d_mlp=32 was given, but the model has d_mlp=64"):
+        LanguageNeurons.from_rucaibox(path, ["en"], d_mlp=32, model=bridge)
+    with pytest.raises(LapeError, match=r"n_layers=3 was given, but the model has n_layers=2"):
+        LanguageNeurons.from_rucaibox(path, ["en"], n_layers=3, model=bridge)
+    with pytest.raises(LapeError, match=r"d_mlp must be a positive int; received 0"):
+        LanguageNeurons.from_rucaibox(path, ["en"], d_mlp=0)
+    narrow = LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=2, d_mlp=32)
+    with pytest.raises(LapeError, match=r"d_mlp=32, but the model has d_mlp=64"):
+        narrow.for_model(bridge)
+    far = LanguageNeurons.from_indices({"en": {0: [64]}}, n_layers=2, d_mlp=None)
+    with pytest.raises(LapeError, match=r"neuron indices up to 64, but the model has d_mlp=64"):
+        far.for_model(bridge)
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from models import build_toy_model
 
-from tl_lape import LanguageNeurons, LapeError
+from tl_lape import LanguageNeurons, LapeError, deactivation_hooks
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "rucaibox-neurons"
 
@@ -114,8 +115,76 @@ def test_wrong_language_count_is_refused() -> None:
         LanguageNeurons.from_rucaibox(REFERENCE / "LLaMA-2-7B.neuron.pth", SIX)
 
 
-def test_default_d_mlp_is_a_lower_bound() -> None:
+def test_without_a_width_the_width_is_unknown() -> None:
+    # The largest index says nothing certain about the width: it is not guessed from it.
     ln = LanguageNeurons.from_rucaibox(REFERENCE / "LLaMA-2-7B.neuron.pth", SEVEN)
-    assert ln.d_mlp == 11008  # the largest index in this file happens to be 11007
-    ln = LanguageNeurons.from_rucaibox(REFERENCE / "Phi-2-2.7B.neuron.pth", SIX)
-    assert ln.d_mlp <= 10240
+    assert ln.d_mlp is None
+    assert ln == LanguageNeurons.from_rucaibox(REFERENCE / "LLaMA-2-7B.neuron.pth", SEVEN)
+    assert ln != load("LLaMA-2-7B.neuron.pth")
+    ln.check_compatible(32, 11008)
+    with pytest.raises(
+        LapeError, match=r"neuron indices up to 11007, but the model has d_mlp=10240"
+    ):
+        ln.check_compatible(32, 10240)
+    with pytest.raises(LapeError, match=r"mask\(\) needs the MLP width.*for_model\(model\)"):
+        ln.mask("en")
+
+
+# file -> the largest neuron index in it; four of seven lie below d_mlp - 1, so a width taken as
+# the largest index + 1 would be wrong for them (issue 13, bug 1).
+MAX_INDEX = {
+    "LLaMA-2-7B.neuron.pth": 11007,
+    "LLaMA-2-13B.neuron.pth": 13823,
+    "LLaMA-2-70B.neuron.pth": 28669,
+    "BLOOM-7B.neuron.pth": 16381,
+    "Mistral-7B.neuron.pth": 14332,
+    "OPT-6.7B.neuron.pth": 16382,
+    "Phi-2-2.7B.neuron.pth": 10239,
+}
+
+
+def test_four_released_files_have_their_largest_index_below_d_mlp_minus_one() -> None:
+    found = {
+        name: LanguageNeurons.from_rucaibox(REFERENCE / name, FILES[name][0]).max_index()
+        for name in FILES
+    }
+    assert found == MAX_INDEX
+    assert sum(found[name] < FILES[name][2] - 1 for name in FILES) == 4
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_every_released_file_applies_to_a_model_of_its_real_width(name: str) -> None:
+    """Bug 1: loaded as the docs show (no width), every file hooks a model of its real shape."""
+    languages, n_layers, d_mlp = FILES[name]
+    model = build_toy_model(n_layers=n_layers, d_mlp=d_mlp)
+    released = LanguageNeurons.from_rucaibox(REFERENCE / name, languages)
+    fitted = released.for_model(model)
+    assert (fitted.n_layers, fitted.d_mlp) == (n_layers, d_mlp)
+    assert fitted == load(name)
+    assert LanguageNeurons.from_rucaibox(REFERENCE / name, languages, model=model) == fitted
+    assert fitted.for_model(model) is fitted
+
+    # The hooks of the width-less set zero exactly the released neurons of the real model.
+    tokens = torch.arange(4).unsqueeze(0)
+    names = [f"blocks.{layer}.mlp.hook_post" for layer in range(n_layers)]
+
+    def run(fwd_hooks: list) -> dict[str, torch.Tensor]:
+        seen: dict[str, torch.Tensor] = {}
+
+        def record(act: torch.Tensor, *, hook) -> None:
+            seen[hook.name] = act.detach().clone()
+
+        model.run_with_hooks(tokens, fwd_hooks=fwd_hooks + [(n, record) for n in names])
+        return seen
+
+    clean = run([])
+    chosen = fitted.union()  # n_layers d_mlp
+    ablated = run(deactivation_hooks(released, languages, model=model))
+    # Layer 0 sees the clean input: exactly the chosen neurons are zeroed there.
+    assert torch.equal(ablated[names[0]], clean[names[0]].masked_fill(chosen[0], 0.0))
+    for layer, hook_name in enumerate(names):
+        assert not bool(ablated[hook_name][..., chosen[layer]].any())
+    # The set with its width recorded gives the same run.
+    again = run(deactivation_hooks(fitted, languages, model=model))
+    assert all(torch.equal(again[n], ablated[n]) for n in names)
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())

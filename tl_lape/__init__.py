@@ -32,7 +32,13 @@ from tl_lape.evaluation import (
     run_evaluation,
     selectivity,
 )
-from tl_lape.hooks import deactivation_hooks, patching_hooks, steering_hooks
+from tl_lape.hooks import (
+    deactivated,
+    deactivation_hooks,
+    patching_hooks,
+    steered,
+    steering_hooks,
+)
 from tl_lape.models import load_model
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
@@ -63,6 +69,7 @@ __all__ = [
     "collect_activation_stats",
     "collect_activation_stats_distributed",
     "collect_activation_stats_resumable",
+    "deactivated",
     "deactivation_hooks",
     "demo_model_path",
     "filter_language",
@@ -87,5 +94,6 @@ __all__ = [
     "selectivity",
     "split_half_stability",
     "steer",
+    "steered",
     "steering_hooks",
 ]

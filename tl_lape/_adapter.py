@@ -301,8 +301,8 @@ def adapt(model: Any, *, validate: bool = True) -> ModelAdapter:
             the wrong width or an activation function tl_lape cannot reproduce.
 
     Example:
-        >>> adapter = adapt(model)  # doctest: +SKIP
-        >>> adapter.n_layers, adapter.d_mlp, adapter.gated, adapter.act_fn_name  # doctest: +SKIP
+        >>> adapter = adapt(model)
+        >>> adapter.n_layers, adapter.d_mlp, adapter.gated, adapter.act_fn_name
         (2, 64, True, 'silu')
     """
     cached = _ADAPTERS.get(model)

@@ -268,12 +268,9 @@ def random_matched_neurons(
         raise LapeError(f"seed must be an int; received {seed!r}")
     generator = torch.Generator().manual_seed(seed)
     per_layer = neurons.counts_per_layer()  # lang n_layers
-    excluded = (
-        neurons.union()
-        if exclude_selected
-        else torch.zeros(neurons.n_layers, neurons.d_mlp, dtype=torch.bool)
-    )
-    masks = torch.zeros(neurons.n_languages, neurons.n_layers, neurons.d_mlp, dtype=torch.bool)
+    union = neurons.union()  # n_layers d_mlp (a LapeError if the set's width is unknown)
+    excluded = union if exclude_selected else torch.zeros_like(union)
+    masks = torch.zeros(neurons.n_languages, *union.shape, dtype=torch.bool)  # lang n_layers d_mlp
     for k, lang in enumerate(neurons.languages):
         for layer in range(neurons.n_layers):
             want = int(per_layer[k, layer])

@@ -20,18 +20,29 @@ forward pass as it comes: with a KV cache every decoding step is a pass of one p
 ``positions=slice(0, 5)`` would also hit each new token. ``"new"`` affects only newly generated
 tokens and ``"prompt"`` only the prompt, with or without a KV cache: the first pass a hook sees
 is taken as the prompt; a later pass of one position (KV cache), or one longer by one position
-than the sequence so far (no cache), continues it. Make fresh hooks for every ``generate`` call.
+than the sequence so far (no cache), continues it. Such hooks follow one generation at a time:
+:func:`~tl_lape.steering.generate_with_hooks`, :func:`steered` and :func:`deactivated` start
+them afresh at every generation; with ``model.hooks(...)`` make fresh hooks for every
+``generate`` call, or call :func:`reset_positions` between calls.
+
+For the common case, :func:`deactivated` and :func:`steered` are context managers that build the
+hooks, check them against the model and attach them for a ``with`` block, nesting with your own
+``model.hooks(...)``.
 
 Example:
-    >>> fwd_hooks = deactivation_hooks(neurons, ["fr"])  # doctest: +SKIP
-    >>> logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)  # doctest: +SKIP
-    >>> steer = steering_hooks(neurons, stats, "fr", model=model, positions="new")  # doctest: +SKIP
-    >>> with model.hooks(fwd_hooks=steer):  # doctest: +SKIP
-    ...     text = model.generate("The weather today", max_new_tokens=20)
+    >>> fwd_hooks = deactivation_hooks(neurons, ["fr"])
+    >>> logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+    >>> steer = steering_hooks(neurons, stats, "fr", model=model, positions="new")
+    >>> with model.hooks(fwd_hooks=steer):
+    ...     text = model.generate("The weather today", max_new_tokens=20, verbose=False)
+    >>> with steered(model, neurons, stats, "fr", positions="new"):
+    ...     text = model.generate("The weather today", max_new_tokens=20, verbose=False)
 """
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -40,14 +51,25 @@ from tl_lape.errors import LapeError
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
-__all__ = ["Positions", "deactivation_hooks", "patching_hooks", "steering_hooks"]
+__all__ = [
+    "Mode",
+    "Positions",
+    "deactivated",
+    "deactivation_hooks",
+    "patching_hooks",
+    "reset_positions",
+    "steered",
+    "steering_hooks",
+]
 
 #: What ``positions=`` accepts.
 Positions = int | slice | Sequence[int] | Tensor | Literal["new", "prompt"] | None
 HookFn = Callable[..., Tensor | None]
 FwdHooks = list[tuple[str, HookFn]]
 
-_MODES = ("replace", "add", "scale")
+#: What ``mode=`` of :func:`steering_hooks` and :func:`steered` accepts.
+Mode = Literal["replace", "add", "scale"]
+_MODES: tuple[str, ...] = get_args(Mode)
 
 
 def _post_name(layer: int) -> str:
@@ -111,6 +133,10 @@ class _PositionSelector:
             self.kind = "index"
             self.static = idx.detach().cpu().to(torch.long)
 
+    def reset(self) -> None:
+        """Forget the sequence so far: the next pass is taken as a new prompt."""
+        self.prompt_len, self.total = None, 0
+
     def select(self, pos_len: int, hook_name: str) -> Tensor | None:
         """Indices (CPU, int64) of the positions to change in a pass of ``pos_len``; None = all."""
         if self.kind == "all":
@@ -166,16 +192,29 @@ class _DeviceCache:
         return copy
 
 
-def _check_act(act: Tensor, hook: Any, d_mlp: int, name: str) -> None:
+def _width_of(neurons: LanguageNeurons) -> tuple[int | None, int]:
+    """``(d_mlp, largest index)``: what :func:`_check_act` checks an activation against."""
+    return neurons.d_mlp, neurons.max_index()
+
+
+def _check_act(act: Tensor, hook: Any, width: tuple[int | None, int], name: str) -> None:
     if act.ndim != 3:
         raise LapeError(
             f"expected a [batch, pos, d_mlp] activation at {name!r}; received shape "
             f"{tuple(act.shape)} (remove_batch_dim is not supported)"
         )
-    if act.shape[-1] != d_mlp:
+    d_mlp, max_index = width
+    if d_mlp is not None and act.shape[-1] != d_mlp:
         raise LapeError(
             f"the activation at {name!r} has width {act.shape[-1]}, but the neuron set was made "
-            f"for d_mlp={d_mlp}; use neurons selected on this model"
+            f"for d_mlp={d_mlp}; a neuron set applies only to the model it was selected on "
+            "(check it before hooking with model=model, or neurons.for_model(model))"
+        )
+    if d_mlp is None and max_index >= act.shape[-1]:
+        raise LapeError(
+            f"the activation at {name!r} has width {act.shape[-1]}, but the neuron set has "
+            f"neuron index {max_index}; the set was made for a wider model: use the set made "
+            "for this model"
         )
 
 
@@ -237,6 +276,41 @@ def _positions_on(pos: Tensor | None, device: torch.device) -> Tensor | None:
     return None if pos is None else pos.to(device)
 
 
+#: The attribute under which a hook function made here keeps the reset of its position state.
+_RESET = "reset_positions"
+
+
+def _resettable(fn: HookFn, reset: Callable[[], None]) -> HookFn:
+    """Give ``fn`` a ``reset_positions()`` that :func:`reset_positions` calls."""
+    setattr(fn, _RESET, reset)
+    return fn
+
+
+def reset_positions(fwd_hooks: Sequence[tuple[str, HookFn]]) -> None:
+    """Make ``positions="new"``/``"prompt"`` hooks take their next forward pass as a new prompt.
+
+    Such hooks follow one generation across its forward passes. Call this between two
+    generations that reuse the same hooks (:func:`~tl_lape.steering.generate_with_hooks`,
+    :func:`steered` and :func:`deactivated` do it at every ``generate`` call); otherwise a
+    prompt of one position, or one position longer than the sequence so far, would be read as
+    a continuation. Hooks without such state (and your own hooks) are left alone.
+
+    Args:
+        fwd_hooks: ``(hook_name, fn)`` pairs, as the factories here return them.
+
+    Example:
+        >>> hooks = steering_hooks(neurons, stats, "fr", model=model, positions="new")
+        >>> with model.hooks(fwd_hooks=hooks):
+        ...     first = model.generate("The weather", max_new_tokens=8, verbose=False)
+        ...     reset_positions(hooks)
+        ...     second = model.generate("A", max_new_tokens=8, verbose=False)
+    """
+    for _, fn in fwd_hooks:
+        reset = getattr(fn, _RESET, None)
+        if callable(reset):
+            reset()
+
+
 # --------------------------------------------------------------------------- deactivation
 
 
@@ -262,8 +336,10 @@ def deactivation_hooks(
         ``[(hook_name, fn), ...]`` for ``fwd_hooks=``; empty if there is nothing to deactivate.
 
     Example:
-        >>> logits = model.run_with_hooks(  # doctest: +SKIP
-        ...     tokens, fwd_hooks=deactivation_hooks(neurons, "zh"))
+        >>> logits = model.run_with_hooks(tokens, fwd_hooks=deactivation_hooks(neurons, "zh"))
+        >>> clean = model(tokens)
+        >>> bool((logits != clean).any())  # the Chinese neurons matter, even on English text
+        True
     """
     neurons = _check_neurons(neurons)
     langs = _language_list(languages, neurons, "languages")
@@ -272,22 +348,24 @@ def deactivation_hooks(
     for layer in range(neurons.n_layers):
         idx = _union_indices(neurons, langs, layer)
         if idx.numel():
-            hooks.append((_post_name(layer), _zero_hook(idx, neurons.d_mlp, layer, positions)))
+            hooks.append((_post_name(layer), _zero_hook(idx, _width_of(neurons), layer, positions)))
     return hooks
 
 
-def _zero_hook(idx: Tensor, d_mlp: int, layer: int, positions: Positions) -> HookFn:
+def _zero_hook(
+    idx: Tensor, width: tuple[int | None, int], layer: int, positions: Positions
+) -> HookFn:
     indices = _DeviceCache(idx)
     selector = _PositionSelector(positions)
     name = _post_name(layer)
 
     def deactivate(act: Tensor, *, hook: Any) -> Tensor:
-        _check_act(act, hook, d_mlp, name)
+        _check_act(act, hook, width, name)
         pos = _positions_on(selector.select(act.shape[1], name), act.device)
         i = indices.on(act.device)
         return _write(act, pos, i, torch.zeros((), dtype=act.dtype, device=act.device))
 
-    return deactivate
+    return _resettable(deactivate, selector.reset)
 
 
 # --------------------------------------------------------------------------- steering
@@ -297,7 +375,7 @@ def steering_hooks(
     neurons: LanguageNeurons,
     stats: ActivationStats,
     target: str,
-    mode: Literal["replace", "add", "scale"] = "replace",
+    mode: Mode = "replace",
     strength: float | int = 1.0,
     deactivate: str | Sequence[str] | None = None,
     *,
@@ -335,9 +413,9 @@ def steering_hooks(
         ``[(hook_name, fn), ...]`` for ``fwd_hooks=``.
 
     Example:
-        >>> hooks = steering_hooks(neurons, stats, "fr", model=model)  # doctest: +SKIP
-        >>> with model.hooks(fwd_hooks=hooks):  # doctest: +SKIP
-        ...     out = model.generate("Once upon a time", max_new_tokens=20)
+        >>> hooks = steering_hooks(neurons, stats, "fr", model=model)
+        >>> with model.hooks(fwd_hooks=hooks):
+        ...     out = model.generate("Once upon a time", max_new_tokens=20, verbose=False)
     """
     neurons = _check_neurons(neurons)
     if not isinstance(stats, ActivationStats):
@@ -351,7 +429,10 @@ def steering_hooks(
     (target,) = _language_list([target], neurons, "target")
     off = [] if deactivate is None else _language_list(deactivate, neurons, "deactivate languages")
     model_gated = _check_model(neurons, model)
-    if (stats.n_layers, stats.d_mlp) != (neurons.n_layers, neurons.d_mlp):
+    fits = stats.d_mlp == neurons.d_mlp or (
+        neurons.d_mlp is None and neurons.max_index() < stats.d_mlp
+    )
+    if stats.n_layers != neurons.n_layers or not fits:
         raise LapeError(
             f"stats (n_layers={stats.n_layers}, d_mlp={stats.d_mlp}) and neurons "
             f"(n_layers={neurons.n_layers}, d_mlp={neurons.d_mlp}) come from different models"
@@ -389,7 +470,7 @@ def steering_hooks(
                 float(strength),
                 value,
                 bool(gated),
-                neurons.d_mlp,
+                _width_of(neurons),
                 positions,
             )
         )
@@ -404,7 +485,7 @@ def _steer_layer_hooks(
     strength: float,
     value: Tensor | None,
     gated: bool,
-    d_mlp: int,
+    width: tuple[int | None, int],
     positions: Positions,
 ) -> FwdHooks:
     indices, zero_indices = _DeviceCache(idx), _DeviceCache(zero_idx)
@@ -415,11 +496,11 @@ def _steer_layer_hooks(
     stash: dict[str, Tensor] = {}
 
     def stash_up(act: Tensor, *, hook: Any) -> None:
-        _check_act(act, hook, d_mlp, _pre_linear_name(layer))
+        _check_act(act, hook, width, _pre_linear_name(layer))
         stash["up"] = act[..., indices.on(act.device)]  # batch pos k
 
     def steer(act: Tensor, *, hook: Any) -> Tensor:
-        _check_act(act, hook, d_mlp, name)
+        _check_act(act, hook, width, name)
         pos = _positions_on(selector.select(act.shape[1], name), act.device)
         out = act
         if zero_idx.numel():
@@ -447,10 +528,14 @@ def _steer_layer_hooks(
                 new = v.expand_as(current) if mode == "replace" else current + v
         return _write(out, pos, i, new)
 
+    def reset() -> None:
+        selector.reset()
+        stash.clear()
+
     hooks: FwdHooks = []
     if needs_up:
         hooks.append((_pre_linear_name(layer), stash_up))
-    hooks.append((name, steer))
+    hooks.append((name, _resettable(steer, reset)))
     return hooks
 
 
@@ -482,10 +567,11 @@ def patching_hooks(
         ``[(hook_name, fn), ...]`` for ``fwd_hooks=``.
 
     Example:
-        >>> _, cache = model.run_with_cache(  # doctest: +SKIP
-        ...     fr_tokens, names_filter=lambda n: "hook_post" in n)
-        >>> logits = model.run_with_hooks(  # doctest: +SKIP
-        ...     en_tokens, fwd_hooks=patching_hooks(neurons, "fr", cache, positions=-1))
+        >>> _, cache = model.run_with_cache(
+        ...     fr_tokens, names_filter=lambda n: n.endswith("mlp.hook_post"))
+        >>> last = {name: act[:, -1:] for name, act in cache.items()}  # French, last position
+        >>> logits = model.run_with_hooks(
+        ...     en_tokens, fwd_hooks=patching_hooks(neurons, "fr", last, positions=-1))
     """
     neurons = _check_neurons(neurons)
     if not isinstance(language, str):
@@ -505,24 +591,32 @@ def patching_hooks(
                 f"source has no activation {name!r}; cache it with model.run_with_cache(tokens, "
                 "names_filter=lambda name: name.endswith('mlp.hook_post'))"
             ) from None
-        if not isinstance(src, Tensor) or src.ndim != 3 or src.shape[-1] != neurons.d_mlp:
+        width = _width_of(neurons)
+        if (
+            not isinstance(src, Tensor)
+            or src.ndim != 3
+            or (neurons.d_mlp is not None and src.shape[-1] != neurons.d_mlp)
+            or src.shape[-1] <= width[1]
+        ):
             got = tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__
+            want = neurons.d_mlp if neurons.d_mlp is not None else f"> {width[1]}"
             raise LapeError(
-                f"source[{name!r}] must be a [batch, pos, d_mlp={neurons.d_mlp}] tensor; "
-                f"received {got}"
+                f"source[{name!r}] must be a [batch, pos, d_mlp={want}] tensor; received {got}"
             )
-        hooks.append((name, _patch_hook(idx, src, neurons.d_mlp, layer, positions)))
+        hooks.append((name, _patch_hook(idx, src, width, layer, positions)))
     return hooks
 
 
-def _patch_hook(idx: Tensor, src: Tensor, d_mlp: int, layer: int, positions: Positions) -> HookFn:
+def _patch_hook(
+    idx: Tensor, src: Tensor, width: tuple[int | None, int], layer: int, positions: Positions
+) -> HookFn:
     indices = _DeviceCache(idx)
     sources = _DeviceCache(src.detach())
     selector = _PositionSelector(positions)
     name = _post_name(layer)
 
     def patch(act: Tensor, *, hook: Any) -> Tensor:
-        _check_act(act, hook, d_mlp, name)
+        _check_act(act, hook, width, name)
         pos = selector.select(act.shape[1], name)
         pos_dev = _positions_on(pos, act.device)
         i = indices.on(act.device)
@@ -541,4 +635,130 @@ def _patch_hook(idx: Tensor, src: Tensor, d_mlp: int, layer: int, positions: Pos
             )
         return _write(act, pos_dev, i, values.expand(act.shape[0], -1, -1))
 
-    return patch
+    return _resettable(patch, selector.reset)
+
+
+# --------------------------------------------------------------------------- scoped interventions
+
+
+@contextlib.contextmanager
+def _attached(model: Any, hooks: FwdHooks) -> Iterator[Any]:
+    """Attach ``hooks`` to ``model`` for the block; reset their positions at each ``generate``.
+
+    The hooks go through ``model.hooks(...)``, so they nest with the caller's own blocks and are
+    removed on exit, exception or not. For the block, ``model.generate`` is wrapped (on the
+    instance; the previous attribute is restored on exit) so that every generation starts with
+    fresh ``"new"``/``"prompt"`` position state.
+    """
+    generate = getattr(model, "generate", None)
+    missing = object()
+    previous = vars(model).get("generate", missing)
+    if callable(generate):
+        inner: Callable[..., Any] = generate
+
+        @functools.wraps(inner)
+        def generate_afresh(*args: Any, **kwargs: Any) -> Any:
+            reset_positions(hooks)
+            return inner(*args, **kwargs)
+
+        model.generate = generate_afresh
+    try:
+        with model.hooks(fwd_hooks=hooks):
+            yield model
+    finally:
+        reset_positions(hooks)
+        if callable(generate):
+            if previous is missing:
+                del model.generate
+            else:
+                model.generate = previous
+
+
+@contextlib.contextmanager
+def deactivated(
+    model: Any,
+    neurons: LanguageNeurons,
+    languages: str | Sequence[str],
+    *,
+    positions: Positions = None,
+) -> Iterator[Any]:
+    """Within the block, the neurons of ``languages`` are off in every forward pass of ``model``.
+
+    Built on :func:`deactivation_hooks` (checked against ``model``) and ``model.hooks(...)``:
+    it composes and nests with your own ``with model.hooks(...)`` blocks and other tl_lape
+    blocks, and leaves no hook attached when the block ends, by an exception or not. Each
+    ``model.generate`` call in the block starts with fresh ``"new"``/``"prompt"`` positions.
+
+    Args:
+        model: The TransformerLens model.
+        neurons: The language-specific neurons.
+        languages: A language code or several; their neurons are united.
+        positions: Which positions to affect (see the module docstring); default all.
+
+    Yields:
+        ``model``, as ``model.hooks(...)`` does.
+
+    Example:
+        >>> with deactivated(model, neurons, "fr"):
+        ...     loss = model(tokens, return_type="loss")
+        >>> bool(loss != model(tokens, return_type="loss"))  # outside the block: the clean loss
+        True
+    """
+    hooks = deactivation_hooks(neurons, languages, positions=positions, model=model)
+    with _attached(model, hooks) as attached:
+        yield attached
+
+
+@contextlib.contextmanager
+def steered(
+    model: Any,
+    neurons: LanguageNeurons,
+    stats: ActivationStats,
+    target: str,
+    *,
+    mode: Mode = "replace",
+    strength: float | int = 1.0,
+    deactivate: str | Sequence[str] | None = None,
+    positions: Positions = None,
+) -> Iterator[Any]:
+    """Within the block, ``model`` is steered towards ``target`` (see :func:`steering_hooks`).
+
+    Built on :func:`steering_hooks` (checked against ``model``, which also tells whether its
+    MLP is gated) and ``model.hooks(...)``: it composes and nests with your own
+    ``with model.hooks(...)`` blocks and other tl_lape blocks, and leaves no hook attached when
+    the block ends, by an exception or not. Each ``model.generate`` call in the block starts
+    with fresh ``"new"``/``"prompt"`` positions, so several generations in one block are each
+    steered at their own new tokens.
+
+    Args:
+        model: The TransformerLens model.
+        neurons: The language-specific neurons.
+        stats: Activation statistics of the same model (see :func:`steering_hooks`).
+        target: The language to steer towards.
+        mode: ``"replace"``, ``"add"`` or ``"scale"``.
+        strength: The factor of ``mode``.
+        deactivate: Languages whose neurons to zero in the same pass.
+        positions: Which positions to affect (see the module docstring); default all,
+            ``"new"`` for the generated tokens only.
+
+    Yields:
+        ``model``, as ``model.hooks(...)`` does.
+
+    Example:
+        >>> with steered(model, neurons, stats, "fr", mode="add", strength=4.0, positions="new"):
+        ...     text = model.generate("The weather today", max_new_tokens=20, verbose=False)
+        >>> isinstance(text, str)
+        True
+    """
+    hooks = steering_hooks(
+        neurons,
+        stats,
+        target,
+        mode,
+        strength,
+        deactivate,
+        positions=positions,
+        model=model,
+    )
+    with _attached(model, hooks) as attached:
+        yield attached

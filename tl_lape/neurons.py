@@ -5,6 +5,9 @@ A :class:`LanguageNeurons` is the result of a selection such as
 of the MLP neurons (positions along ``d_mlp``) assigned to that language. One neuron may belong to
 several languages. The object is immutable and knows the model shape it was made for
 (``n_layers``, ``d_mlp``), so it can be checked against a model before any hook indexes into it.
+A set read from a file that does not store the width (the paper's ``.neuron.pth`` files, loaded
+without ``d_mlp=`` or ``model=``) has ``d_mlp=None``: its hooks then check only that every index
+fits the model, and :meth:`LanguageNeurons.for_model` records the model's width.
 
 Files:
 
@@ -105,7 +108,9 @@ class LanguageNeurons:
     Attributes:
         languages: language codes, in order; the ``lang`` axis of :meth:`masks`.
         n_layers: number of layers of the model the set was made for.
-        d_mlp: MLP width (neurons per layer) of that model.
+        d_mlp: MLP width (neurons per layer) of that model, or None if it is unknown (a released
+            file loaded without ``d_mlp=``): then only the indices are checked against a model,
+            and the queries that return ``d_mlp``-wide masks need :meth:`for_model` first.
         neurons: ``neurons[lang][layer]`` is a sorted int64 tensor of neuron indices.
         metadata: JSON-serialisable provenance (how the set was selected, the model name, ...).
 
@@ -122,14 +127,14 @@ class LanguageNeurons:
 
     languages: tuple[str, ...]
     n_layers: int
-    d_mlp: int
+    d_mlp: int | None
     neurons: tuple[tuple[Tensor, ...], ...]
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         langs = _check_languages(self.languages)
         n_layers = _check_positive_int(self.n_layers, "n_layers")
-        d_mlp = _check_positive_int(self.d_mlp, "d_mlp")
+        d_mlp = None if self.d_mlp is None else _check_positive_int(self.d_mlp, "d_mlp")
         if not isinstance(self.neurons, Sequence) or len(self.neurons) != len(langs):
             got = len(self.neurons) if isinstance(self.neurons, Sequence) else type(self.neurons)
             raise LapeError(
@@ -200,10 +205,12 @@ class LanguageNeurons:
         indices: Mapping[str, Mapping[int, Sequence[int] | Tensor]],
         *,
         n_layers: int,
-        d_mlp: int,
+        d_mlp: int | None,
         metadata: Mapping[str, Any] | None = None,
     ) -> "LanguageNeurons":
         """Build a set from ``{language: {layer: neuron indices}}``; missing layers are empty.
+
+        ``d_mlp=None`` records the width as unknown (see :attr:`d_mlp`).
 
         Example:
             >>> LanguageNeurons.from_indices({"es": {2: [7, 7, 1]}}, n_layers=3, d_mlp=8).indices(
@@ -287,11 +294,38 @@ class LanguageNeurons:
             >>> ln.mask("en")
             tensor([[False,  True, False]])
         """
-        k = self._lang_index(language)
-        out = torch.zeros(self.n_layers, self.d_mlp, dtype=torch.bool)
+        return self._mask(self._lang_index(language), self._width("mask()"))
+
+    def _mask(self, k: int, width: int) -> Tensor:
+        out = torch.zeros(self.n_layers, width, dtype=torch.bool)  # n_layers width
         for layer, idx in enumerate(self.neurons[k]):
             out[layer, idx] = True
         return out
+
+    def _width(self, what: str) -> int:
+        """:attr:`d_mlp`, or a :class:`LapeError` naming ``what`` needs it when it is unknown."""
+        if self.d_mlp is None:
+            raise LapeError(
+                f"{what} needs the MLP width, but this neuron set's d_mlp is unknown (it was "
+                "read from a file that does not store it, such as the paper's .neuron.pth); "
+                "call neurons.for_model(model), or load it with "
+                "LanguageNeurons.from_rucaibox(path, languages, d_mlp=...) or model=model"
+            )
+        return self.d_mlp
+
+    def max_index(self) -> int:
+        """The largest neuron index of any language and layer (-1 for an empty set).
+
+        A set fits a model only if this is below the model's ``d_mlp``.
+
+        Example:
+            >>> LanguageNeurons.from_indices({"en": {0: [1, 6]}}, n_layers=1, d_mlp=8).max_index()
+            6
+        """
+        return max(
+            (int(idx[-1]) for per_layer in self.neurons for idx in per_layer if idx.numel()),
+            default=-1,
+        )
 
     def masks(self) -> Bool[Tensor, "lang n_layers d_mlp"]:
         """Boolean masks of every language, stacked in :attr:`languages` order.
@@ -349,7 +383,9 @@ class LanguageNeurons:
             tensor([[1, 1],
                     [1, 2]])
         """
-        flat = einops.rearrange(self.masks(), "lang n_layers d_mlp -> lang (n_layers d_mlp)")
+        width = self.d_mlp if self.d_mlp is not None else self.max_index() + 1
+        masks = torch.stack([self._mask(k, width) for k in range(self.n_languages)])
+        flat = einops.rearrange(masks, "lang n_layers d_mlp -> lang (n_layers d_mlp)")
         flat = flat.to(torch.int64)
         return torch.einsum("in,jn->ij", flat, flat)  # lang lang
 
@@ -401,7 +437,8 @@ class LanguageNeurons:
 
         The layer count must match exactly; ``d_mlp`` too (a set made for another width would
         index the wrong neurons, or past the end: the index-out-of-bounds crash reported against
-        the paper's own code).
+        the paper's own code). A set whose width is unknown (``d_mlp=None``) fits any width its
+        indices fit; :meth:`for_model` checks and records the width in one call.
 
         Example:
             >>> ln = LanguageNeurons.from_indices({"en": {}}, n_layers=2, d_mlp=8)
@@ -415,17 +452,55 @@ class LanguageNeurons:
         problems = []
         if n_layers != self.n_layers:
             problems.append(f"n_layers={self.n_layers}, but the {what} has n_layers={n_layers}")
-        if d_mlp != self.d_mlp:
+        if self.d_mlp is not None and d_mlp != self.d_mlp:
             problems.append(f"d_mlp={self.d_mlp}, but the {what} has d_mlp={d_mlp}")
+        if self.d_mlp is None and self.max_index() >= d_mlp:
+            problems.append(
+                f"neuron indices up to {self.max_index()}, but the {what} has d_mlp={d_mlp}"
+            )
         if problems:
             source = self.metadata.get("model_name")
             made_for = f" ({source})" if source else ""
             raise LapeError(
                 f"the neuron set was made for a model{made_for} with "
                 + "; and with ".join(problems)
-                + ". Use a neuron set selected on this model (same n_layers and d_mlp), e.g. "
-                "identify_language_neurons(collect_activation_stats(model, corpus))"
+                + ". A neuron set applies only to the model it was selected on: select one on "
+                "this model (identify_language_neurons(collect_activation_stats(model, corpus))) "
+                "or load the set made for it; for a released .neuron.pth file, pass this "
+                "model's width with LanguageNeurons.from_rucaibox(path, languages, model=model)"
             )
+
+    def for_model(self, model: Any) -> "LanguageNeurons":
+        """This set with ``model``'s width recorded, after checking that it fits ``model``.
+
+        Use it on a set whose width is unknown (``d_mlp=None``, e.g. a released file loaded
+        without ``d_mlp=``) before the queries that need the width (:meth:`mask`,
+        :meth:`union`, random matched controls). A set whose width is already known is
+        returned as it is if it fits.
+
+        Args:
+            model: A TransformerLens model (``TransformerBridge`` or ``HookedTransformer``).
+
+        Raises:
+            LapeError: the layer count differs, an index does not fit the model's ``d_mlp``,
+                or the set was made for another width (see :meth:`check_compatible`).
+
+        Example:
+            >>> released = LanguageNeurons.from_rucaibox(path, languages)  # no width given
+            >>> released.d_mlp is None
+            True
+            >>> released.for_model(model).d_mlp
+            64
+        """
+        from tl_lape._adapter import adapt
+
+        adapter = adapt(model)
+        self.check_compatible(adapter.n_layers, adapter.d_mlp)
+        if self.d_mlp == adapter.d_mlp:
+            return self
+        return LanguageNeurons(
+            self.languages, self.n_layers, adapter.d_mlp, self.neurons, self.metadata
+        )
 
     def summary(self) -> str:
         """A few lines describing the set: shape, neurons per language, busiest layers.
@@ -438,9 +513,10 @@ class LanguageNeurons:
         """
         per_layer = self.counts_per_layer()
         lines = [
-            f"LanguageNeurons: {self.n_layers} layers x {self.d_mlp} neurons, "
-            f"{self.n_languages} languages, {self.total()} assignments, "
-            f"{int(self.union().sum())} distinct neurons"
+            f"LanguageNeurons: {self.n_layers} layers x "
+            + (f"{self.d_mlp} neurons" if self.d_mlp is not None else "an unknown d_mlp")
+            + f", {self.n_languages} languages, {self.total()} assignments, "
+            f"{self._distinct()} distinct neurons"
         ]
         for k, lang in enumerate(self.languages):
             row = per_layer[k]
@@ -448,6 +524,13 @@ class LanguageNeurons:
             busiest = " ".join(f"{int(layer)}:{int(row[layer])}" for layer in top if row[layer] > 0)
             lines.append(f"  {lang}: {int(row.sum())} neurons; busiest layers {busiest or '-'}")
         return "\n".join(lines)
+
+    def _distinct(self) -> int:
+        """Number of neurons that belong to at least one language (needs no width)."""
+        return sum(
+            int(torch.unique(torch.cat([per_layer[layer] for per_layer in self.neurons])).numel())
+            for layer in range(self.n_layers)
+        )
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{lang}={n}" for lang, n in self.counts().items())
@@ -574,6 +657,7 @@ class LanguageNeurons:
         *,
         n_layers: int | None = None,
         d_mlp: int | None = None,
+        model: Any = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> "LanguageNeurons":
         """Load a neuron set released with the LAPE paper (``List[List[LongTensor]]``).
@@ -581,16 +665,19 @@ class LanguageNeurons:
         The file stores ``neurons[lang][layer]`` but neither the language names nor the model
         width, so both come from the caller: ``languages`` in the file's order (the paper's
         files use ``en, zh, fr, es, vi, id`` and add ``ja`` last in seven-language files), and
-        ``d_mlp``. Without ``d_mlp``, it is taken as the largest index + 1, which is only a lower
-        bound on the real width: pass the model's ``d_mlp`` (e.g. 11008 for LLaMA-2-7B) so that
-        :meth:`check_compatible` can catch a set applied to the wrong model. The file is read with
-        ``torch.load(path, weights_only=True)``, which never runs code from the file.
+        the width, as ``d_mlp=`` (e.g. 11008 for LLaMA-2-7B) or as ``model=`` (its ``n_layers``
+        and ``d_mlp`` are used and checked). Without either, the width is recorded as unknown
+        (``d_mlp=None``): the largest index in a file says nothing certain about the width (in
+        four of the seven released files it is below ``d_mlp - 1``), so the hooks then check
+        only that every index fits the model, and :meth:`for_model` records the width. The file
+        is read with ``torch.load(path, weights_only=True)``, which never runs code from the file.
 
         Args:
             path: the ``.neuron.pth`` file.
             languages: one code per entry of the file, in the file's order.
             n_layers: expected number of layers; checked against the file if given.
             d_mlp: the model's MLP width; every index must be smaller.
+            model: the TransformerLens model the set is for; gives ``n_layers`` and ``d_mlp``.
             metadata: extra provenance to store (the path and format are recorded anyway).
 
         Example:
@@ -602,6 +689,22 @@ class LanguageNeurons:
         """
         p = existing_file(path, "neuron file")
         langs = _check_languages(languages)
+        if d_mlp is not None:
+            d_mlp = _check_positive_int(d_mlp, "d_mlp")
+        if model is not None:
+            from tl_lape._adapter import adapt
+
+            adapter = adapt(model)
+            for given, actual, name in (
+                (n_layers, adapter.n_layers, "n_layers"),
+                (d_mlp, adapter.d_mlp, "d_mlp"),
+            ):
+                if given is not None and given != actual:
+                    raise LapeError(
+                        f"{name}={given} was given, but the model has {name}={actual}; pass "
+                        f"model= or {name}=, not both"
+                    )
+            n_layers, d_mlp = adapter.n_layers, adapter.d_mlp
         advice = (
             "expected a torch.save-d List[List[LongTensor]] indexed neurons[language][layer], "
             "as released with the LAPE paper"
@@ -648,9 +751,7 @@ class LanguageNeurons:
                     max_index = max(max_index, int(idx.max()))
                 row.append(idx)
             tensors.append(row)
-        if d_mlp is None:
-            d_mlp = max(max_index + 1, 1)
-        elif max_index >= d_mlp:
+        if d_mlp is not None and max_index >= d_mlp:
             raise LapeError(
                 f"{str(p)!r} has neuron index {max_index}, which does not fit d_mlp={d_mlp}; "
                 "the file was made for a wider model: check the file and d_mlp"
@@ -678,8 +779,8 @@ class LanguageNeurons:
             torch.save(data, tmp)
 
 
-def _normalise_indices(idx: Any, d_mlp: int, where: str) -> Tensor:
-    """Copy ``idx`` to a sorted, de-duplicated int64 CPU tensor; check it lies in [0, d_mlp)."""
+def _normalise_indices(idx: Any, d_mlp: int | None, where: str) -> Tensor:
+    """Copy ``idx`` to a sorted, de-duplicated int64 CPU tensor in [0, d_mlp) (None: [0, inf))."""
     if not isinstance(idx, Tensor):
         raise LapeError(f"{where} must be a 1-D integer tensor; received {type(idx).__name__}")
     if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
@@ -687,7 +788,9 @@ def _normalise_indices(idx: Any, d_mlp: int, where: str) -> Tensor:
     if idx.ndim > 1:
         raise LapeError(f"{where} must be 1-D; received shape {tuple(idx.shape)}")
     out = torch.unique(idx.detach().to("cpu", torch.int64).flatten(), sorted=True)
-    if out.numel() and (int(out[0]) < 0 or int(out[-1]) >= d_mlp):
+    if d_mlp is None and out.numel() and int(out[0]) < 0:
+        raise LapeError(f"{where} holds neuron index {int(out[0])}; neuron indices must be >= 0")
+    if d_mlp is not None and out.numel() and (int(out[0]) < 0 or int(out[-1]) >= d_mlp):
         bad = int(out[0]) if int(out[0]) < 0 else int(out[-1])
         raise LapeError(
             f"{where} holds neuron index {bad}, outside 0..{d_mlp - 1} (d_mlp={d_mlp}); "

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
 from tl_lape.evaluation import random_matched_neurons
-from tl_lape.hooks import steering_hooks
+from tl_lape.hooks import reset_positions, steering_hooks
 from tl_lape.neurons import LanguageNeurons
 
 __all__ = [
@@ -140,7 +140,8 @@ def generate_with_hooks(
     Prompts are left-padded into batches with an attention mask, so a batch gives the same
     continuation as each prompt alone; the hooks are attached for this call only (``with
     model.hooks(...)``) and act on every forward pass, including each cached step. Generation
-    stops at EOS or after ``max_new_tokens``.
+    stops at EOS or after ``max_new_tokens``. ``positions="new"``/``"prompt"`` hooks start
+    afresh for every batch (:func:`~tl_lape.hooks.reset_positions`), so they can be reused.
 
     Args:
         model: A TransformerLens model with a tokenizer and ``generate``.
@@ -203,13 +204,15 @@ def generate_with_hooks(
     texts: list[str] = [""] * len(prompts)
     new_tokens: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * len(prompts)
     device = adapter.device
+    fwd_hooks = list(fwd_hooks)
     with (
         torch.random.fork_rng(devices=[]),
         torch.inference_mode(),
-        model.hooks(fwd_hooks=list(fwd_hooks)),
+        model.hooks(fwd_hooks=fwd_hooks),
     ):
         torch.manual_seed(seed)
         for group in groups:
+            reset_positions(fwd_hooks)  # each group is a new generation, never a continuation
             width = max(encoded[i].numel() for i in group)
             tokens = torch.full((len(group), width), pad, dtype=torch.long)
             mask = torch.zeros((len(group), width), dtype=torch.long)
@@ -239,6 +242,7 @@ def generate_with_hooks(
                         ids = ids[: int(stops[0])]
                 new_tokens[i] = ids.clone()
                 texts[i] = tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+    reset_positions(fwd_hooks)
     if return_tokens:
         return texts, new_tokens
     return texts
@@ -319,6 +323,10 @@ def _row_block_hooks(hook_sets: list[list[tuple[str, Any]]], rows_per_set: int) 
                     out[rows] = result
             return out
 
+        def reset() -> None:
+            reset_positions([("", fn) for _, fn in entries])
+
+        hook_fn.reset_positions = reset  # type: ignore[attr-defined]
         return hook_fn
 
     return [(name, make(entries)) for name, entries in by_name.items()]
