@@ -12,12 +12,14 @@ on one line and exit with status 2; nothing is written when the input is bad.
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,15 @@ __all__ = ["main"]
 log = logging.getLogger("tl_lape")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(name: str, device: str) -> torch.dtype:
+    """The dtype of a --dtype value; ``auto`` is bfloat16 where it is fast, float32 elsewhere."""
+    if name != "auto":
+        return _DTYPES[name]
+    from tl_lape.models import fast_dtype
+
+    return fast_dtype(device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,32 +132,46 @@ def _build_parser() -> argparse.ArgumentParser:
     steer.set_defaults(func=_cmd_steer)
 
     demo = sub.add_parser(
-        "demo", help="run the pipeline on the embedded demo model and the handbook corpus"
+        "demo",
+        help="run the whole pipeline on a model (default: Gemma 3 270M) and the handbook corpus",
+    )
+    demo.add_argument(
+        "--model",
+        default="gemma-3-270m",
+        help=_MODEL_HELP + " (default: gemma-3-270m; 'demo' is the fast small model)",
     )
     demo.add_argument("--out", type=Path, default=Path("lape_report"), help="report folder")
-    _add_collect_options(demo, default_max_tokens=60_000)
+    _add_collect_options(
+        demo, default_max_tokens=None, max_tokens_help="(default: 2048; 60000 for --model demo)"
+    )
     _add_threshold_options(demo)
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _add_dtype_option(demo, default="auto")
     demo.add_argument(
         "--evaluate",
-        action="store_true",
-        help="also run the perplexity evaluation on the held-out split and a steering sweep "
-        "(several more minutes on 2 CPU cores)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also measure perplexity under deactivation on the held-out split, against matched "
+        "random sets, and steer (default: on, off for --model demo)",
     )
     demo.add_argument(
         "--eval-tokens-per-language",
         type=int,
-        default=4096,
-        help="held-out tokens per language for --evaluate's perplexity matrices (default: 4096)",
+        default=None,
+        help="held-out tokens per language for the perplexity matrices (default: 128; 4096 "
+        "for --model demo); windows are no longer than this",
     )
     demo.add_argument(
-        "--eval-random", type=int, default=3, help="matched random draws for --evaluate"
+        "--eval-random",
+        type=int,
+        default=None,
+        help="matched random draws for the evaluation (default: 1; 3 for --model demo)",
     )
     demo.add_argument(
         "--steer-new-tokens",
         type=int,
-        default=32,
-        help="tokens generated per prompt in --evaluate's steering sweep (default: 32)",
+        default=None,
+        help="tokens generated per prompt when steering (default: 24; 32 for --model demo)",
     )
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -156,11 +181,26 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="'demo' for the embedded model, or a Hugging Face model name or local folder "
-        "that TransformerLens can load",
+        help=_MODEL_HELP,
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="model dtype")
+    _add_dtype_option(parser, default="float32")
+
+
+_MODEL_HELP = (
+    "'gemma-3-270m' (Gemma 3 270M, from the gemma extra), 'demo' (the small embedded model), "
+    "a .gguf file, a local Hugging Face folder, or a hub name for TransformerLens"
+)
+
+
+def _add_dtype_option(parser: argparse.ArgumentParser, *, default: str) -> None:
+    parser.add_argument(
+        "--dtype",
+        default=default,
+        choices=sorted([*_DTYPES, "auto"]),
+        help=f"model dtype; 'auto' is bfloat16 on a GPU or a CPU with AMX, else float32 "
+        f"(default: {default})",
+    )
 
 
 def _add_corpus_options(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +224,10 @@ def _add_corpus_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_collect_options(
-    parser: argparse.ArgumentParser, *, default_max_tokens: int | None = None
+    parser: argparse.ArgumentParser,
+    *,
+    default_max_tokens: int | None = None,
+    max_tokens_help: str | None = None,
 ) -> None:
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
@@ -192,8 +235,11 @@ def _add_collect_options(
         "--max-tokens-per-language",
         type=int,
         default=default_max_tokens,
-        help="token budget per language"
-        + (f" (default: {default_max_tokens})" if default_max_tokens else " (default: all)"),
+        help="token budget per language "
+        + (
+            max_tokens_help
+            or (f"(default: {default_max_tokens})" if default_max_tokens else "(default: all)")
+        ),
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -253,7 +299,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     _check_writable_target(args.out)
     corpus = _load_corpus(args.corpus, args.languages, args.split, args.hf_config)
-    model = _load_model(args.model, args.device, _DTYPES[args.dtype])
+    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     stats = collect_activation_stats(
         model,
         corpus,
@@ -300,7 +346,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     stats = ActivationStats.load(args.stats) if args.stats is not None else None
     languages = args.languages or ",".join(neurons.languages)
     corpus = _load_corpus(args.corpus, languages, args.split, args.hf_config)
-    model = _load_model(args.model, args.device, _DTYPES[args.dtype])
+    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     report = run_evaluation(
         model,
         neurons,
@@ -329,7 +375,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         reference = _load_corpus(
             args.reference_corpus, ",".join(stats.languages), "heldout", args.hf_config
         )
-    model = _load_model(args.model, args.device, _DTYPES[args.dtype])
+    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     report = _run_sweep(model, stats, reference, sweep_kwargs, progress=not args.no_progress)
     print(_write_report(report, args.out, "steering"))
     print(f"\nreport written to {args.out}/")
@@ -433,31 +479,80 @@ def _run_sweep(
     )
 
 
+@dataclass(frozen=True)
+class _DemoPreset:
+    """Budgets of ``tl-lape demo`` for one kind of model (each overridable by an option)."""
+
+    max_tokens: int
+    prepend_bos: bool
+    evaluate: bool
+    eval_tokens: int
+    eval_random: int
+    selectors: tuple[str, ...]
+    steer_new_tokens: int
+    steering: str  # "example": a few prompts; "sweep": the library's prompt sets
+
+
+# A real model (Gemma 3 270M on 2 CPU cores): small budgets so that the whole run stays within
+# minutes; scripts/reproduce_gemma.py runs the full-size measurement (docs/model_card_gemma.md).
+# Gemma expects <bos> at the start of every sequence. The demo model's budgets are unchanged.
+_DEMO_PRESETS = {
+    "real": _DemoPreset(2048, True, True, 128, 1, (), 24, "example"),
+    "demo": _DemoPreset(60_000, False, False, 4096, 3, ("LAP", "LAVE"), 32, "sweep"),
+}
+
+
+def _demo_settings(args: argparse.Namespace) -> _DemoPreset:
+    """The preset of ``args.model`` with the options the user gave applied on top."""
+    preset = _DEMO_PRESETS["demo" if args.model == "demo" else "real"]
+    chosen = {
+        "max_tokens": args.max_tokens_per_language,
+        "evaluate": args.evaluate,
+        "eval_tokens": args.eval_tokens_per_language,
+        "eval_random": args.eval_random,
+        "steer_new_tokens": args.steer_new_tokens,
+    }
+    return dataclasses.replace(preset, **{k: v for k, v in chosen.items() if v is not None})
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tl_lape.collect import collect_activation_stats
     from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook
-    from tl_lape.demo import load_demo_model
     from tl_lape.plots import plot_neurons_per_layer, plot_overlap
     from tl_lape.selection import identify_language_neurons
 
     _check_rates(args)
     _check_writable_target(args.out / "summary.md")
-    _check_at_least_one(args, ("eval_tokens_per_language", "eval_random", "steer_new_tokens"))
+    settings = _demo_settings(args)
+    for option, value in (
+        ("--max-tokens-per-language", settings.max_tokens),
+        ("--eval-tokens-per-language", settings.eval_tokens),
+        ("--eval-random", settings.eval_random),
+        ("--steer-new-tokens", settings.steer_new_tokens),
+    ):
+        if value < 1:
+            raise LapeError(f"{option} must be at least 1, got {value}.")
+    dtype = _dtype(args.dtype, args.device)
     started = time.perf_counter()
-    steps = 6 if args.evaluate else 4
+    steps = 6 if settings.evaluate else 4
     print(f"[1/{steps}] building the handbook corpus (cached after the first run)", flush=True)
     corpus = load_debian_handbook(languages=PAPER_LANGUAGES, split="train")
-    print(f"[2/{steps}] loading the demo model", flush=True)
-    model = load_demo_model(device=args.device)
+    print(f"[2/{steps}] loading {args.model} ({str(dtype).removeprefix('torch.')})", flush=True)
+    t0 = time.perf_counter()
+    model = _load_model(args.model, args.device, dtype)
+    load_s = time.perf_counter() - t0
     print(f"[3/{steps}] collecting activation statistics", flush=True)
+    t0 = time.perf_counter()
     stats = collect_activation_stats(
         model,
         corpus,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
-        max_tokens_per_language=args.max_tokens_per_language,
+        max_tokens_per_language=settings.max_tokens,
+        prepend_bos=settings.prepend_bos,
         progress=not args.no_progress,
     )
+    collect_s = time.perf_counter() - t0
     print(f"[4/{steps}] identifying language neurons and writing the report", flush=True)
     neurons = identify_language_neurons(
         stats,
@@ -474,17 +569,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     summary = format_summary(neurons, stats=stats)
     files = ["stats.safetensors", "neurons.json", "neurons_per_layer.png", "overlap.png"]
     sections: list[str] = []
-    if args.evaluate:
-        sections = _demo_evaluation(model, neurons, stats, out, files, args)
+    if settings.evaluate:
+        sections = _demo_evaluation(model, neurons, stats, out, files, args, settings)
     elapsed = time.perf_counter() - started
+    about = (
+        "the embedded demo model"
+        if args.model == "demo"
+        else f"{args.model} ({str(dtype).removeprefix('torch.')})"
+    )
     text = (
         "# tl-lape demo report\n\n"
-        f"Model: the embedded demo model ({stats.n_layers} layers x {stats.d_mlp} MLP neurons). "
-        "Corpus: the Debian Administrator's Handbook, train split.\n\n"
+        f"Model: {about}, {stats.n_layers} layers x {stats.d_mlp} MLP neurons. "
+        "Corpus: the Debian Administrator's Handbook, train split "
+        f"({settings.max_tokens:,} tokens per language at most).\n\n"
         f"{summary}\n\n"
         + "".join(f"{section}\n" for section in sections)
         + f"Files: {', '.join(files)}.\n"
-        f"Wall time: {elapsed:.1f} s.\n"
+        f"Wall time: {elapsed:.1f} s (model load {load_s:.1f} s, statistics {collect_s:.1f} s).\n"
     )
     _atomic_write_text(out / "summary.md", text)
     print()
@@ -496,9 +597,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# The steering configuration of `tl-lape demo --evaluate`: `add` x10 at 5% of neurons with the
-# other languages' neurons switched off. Of the configurations rerun on fresh prompts
-# (docs/model_card.md) it reached the most targets over both prompt settings together.
+# The steering configuration of `tl-lape demo --model demo --evaluate`: `add` x10 at 5% of
+# neurons with the other languages' neurons switched off. Of the configurations rerun on fresh
+# prompts (docs/model_card.md) it reached the most targets over both prompt settings together.
 _DEMO_SWEEP: dict[str, Any] = {
     "modes": ("add",),
     "strengths": {"add": (10.0,)},
@@ -509,9 +610,15 @@ _DEMO_SWEEP: dict[str, Any] = {
 
 
 def _demo_evaluation(
-    model: Any, neurons: Any, stats: Any, out: Path, files: list[str], args: argparse.Namespace
+    model: Any,
+    neurons: Any,
+    stats: Any,
+    out: Path,
+    files: list[str],
+    args: argparse.Namespace,
+    settings: _DemoPreset,
 ) -> list[str]:
-    """Perplexity under deactivation and a small steering sweep, on the held-out split."""
+    """Perplexity under deactivation and steering, on the held-out split."""
     from tl_lape.corpora import load_debian_handbook
     from tl_lape.evaluation import run_evaluation
 
@@ -523,18 +630,72 @@ def _demo_evaluation(
         neurons,
         heldout,
         stats=stats,
-        n_random=args.eval_random,
-        seq_len=args.seq_len,
+        n_random=settings.eval_random,
+        selectors=settings.selectors,
+        seq_len=min(args.seq_len, settings.eval_tokens),
         batch_size=args.batch_size,
-        max_tokens_per_language=args.eval_tokens_per_language,
+        max_tokens_per_language=settings.eval_tokens,
         progress=progress,
     )
     evaluation_text = _write_report(evaluation, out, "evaluation", markdown=False, files=files)
+    if settings.steering == "example":
+        print("[6/6] steering a few English prompts", flush=True)
+        steering_text = _steering_example(model, neurons, stats, settings.steer_new_tokens)
+        _atomic_write_text(out / "steering_example.md", steering_text)
+        files.append("steering_example.md")
+        return [evaluation_text, steering_text]
     print("[6/6] steering generation sweep", flush=True)
-    sweep = {**_DEMO_SWEEP, "max_new_tokens": args.steer_new_tokens}
+    sweep = {**_DEMO_SWEEP, "max_new_tokens": settings.steer_new_tokens}
     steering = _run_sweep(model, stats, heldout, sweep, progress=progress)
     steering_text = _write_report(steering, out, "steering", markdown=False, files=files)
     return [evaluation_text, steering_text]
+
+
+# The short steering example of `tl-lape demo` on a real model: English prompts, the English
+# neurons switched off and the target's set to `strength` times their mean activation on the
+# target's text, at the generated tokens only. docs/model_card_gemma.md says how it was chosen.
+_EXAMPLE_PROMPTS = (
+    "The package manager downloads",
+    "To configure the network, the administrator",
+    "The weather today is",
+)
+_EXAMPLE_TARGETS = ("fr", "es", "zh")
+_EXAMPLE_STEERING: dict[str, Any] = {"mode": "replace", "strength": 2.0, "deactivate": "en"}
+
+
+def _steering_example(model: Any, neurons: Any, stats: Any, max_new_tokens: int) -> str:
+    """Greedy continuations of a few English prompts, unsteered and steered to each target."""
+    from tl_lape.hooks import steering_hooks
+    from tl_lape.steering import LanguageIdentifier, generate_with_hooks
+
+    targets = [t for t in _EXAMPLE_TARGETS if t in neurons.languages and t in stats.languages]
+    identifier = LanguageIdentifier(list(stats.languages))
+    prompts = list(_EXAMPLE_PROMPTS)
+    outputs = {"-": generate_with_hooks(model, prompts, max_new_tokens=max_new_tokens)}
+    for target in targets:
+        hooks = steering_hooks(
+            neurons, stats, target, **_EXAMPLE_STEERING, positions="new", model=model
+        )
+        outputs[target] = generate_with_hooks(
+            model, prompts, fwd_hooks=hooks, max_new_tokens=max_new_tokens
+        )
+    config = ", ".join(f"{k}={v!r}" for k, v in _EXAMPLE_STEERING.items())
+    lines = [
+        "### Steering example",
+        "",
+        f"Greedy continuations ({max_new_tokens} tokens) of English prompts, unsteered (target "
+        f"'-') and steered with `steering_hooks(..., {config}, positions='new')`; the last "
+        "column is the language py3langid reads in the continuation.",
+        "",
+        "| prompt | target | continuation | language |",
+        "| --- | --- | --- | --- |",
+    ]
+    for target, texts in outputs.items():
+        for prompt, text in zip(prompts, texts, strict=True):
+            shown = " ".join(text.split()).replace("|", "\\|")
+            judged = (identifier(text) if text.strip() else None) or "-"
+            lines.append(f"| {prompt} | {target} | {shown} | {judged} |")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- summary
@@ -589,20 +750,10 @@ def format_summary(neurons: Any, *, stats: Any = None) -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _load_model(name: str, device: str, dtype: torch.dtype) -> Any:
-    if name == "demo":
-        from tl_lape.demo import load_demo_model
+def _load_model(name: str, device: str, dtype: torch.dtype | None) -> Any:
+    from tl_lape.models import load_model
 
-        return load_demo_model(device=device, dtype=dtype)
-    from transformer_lens.model_bridge import TransformerBridge
-
-    try:
-        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise LapeError(
-            f"could not load model {name!r} with TransformerLens ({error}). Pass 'demo', a local "
-            "folder saved with save_pretrained, or a model name available offline in the cache."
-        ) from error
+    return load_model(name, device=device, dtype=dtype)
 
 
 def _load_corpus(

@@ -42,6 +42,7 @@ from tl_lape.errors import LapeError
 __all__ = [
     "GEMMA_3_270M",
     "MODEL_ALIASES",
+    "fast_dtype",
     "gguf_cache_path",
     "load_hf_gguf",
     "load_model",
@@ -195,6 +196,26 @@ def load_hf_gguf(
     _check_supported(type(hf).__name__, str(path))
     _write_entry(hf, tok, entry, digest, path)
     return hf, tok
+
+
+def fast_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """bfloat16 where it is fast (a CUDA GPU, or a CPU with AMX tiles), else float32.
+
+    Without AMX a CPU computes bfloat16 matrix products several times slower than float32
+    (measured in ``benchmarks/``), so float32 is the fast choice there.
+
+    Example:
+        >>> fast_dtype("cpu") in (torch.float32, torch.bfloat16)
+        True
+    """
+    dev = _resolve_device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16
+    if dev.type == "cpu":
+        is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        if is_amx is not None and is_amx():
+            return torch.bfloat16
+    return torch.float32
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -354,9 +375,7 @@ def _load_hub(name: str, dev: torch.device, dt: torch.dtype, backend: str) -> An
         if backend == "hooked":
             from transformer_lens import HookedTransformer
 
-            model = HookedTransformer.from_pretrained_no_processing(
-                name, device=str(dev), dtype=dt
-            )
+            model = HookedTransformer.from_pretrained_no_processing(name, device=str(dev), dtype=dt)
         else:
             from transformer_lens.model_bridge import TransformerBridge
 
@@ -417,7 +436,13 @@ def _dequantise(path: Path) -> tuple[Any, Any]:
             )
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except (
-        ValueError, OSError, KeyError, IndexError, TypeError, RuntimeError, struct.error
+        ValueError,
+        OSError,
+        KeyError,
+        IndexError,
+        TypeError,
+        RuntimeError,
+        struct.error,
     ) as error:
         raise LapeError(
             f"transformers could not read the GGUF file {str(path)!r} "
