@@ -22,7 +22,6 @@ from models import SENTENCES
 from safetensors import safe_open
 
 import tl_lape
-from tl_lape._io import atomic_dir
 from tl_lape.cli import main
 from tl_lape.errors import LapeError
 from tl_lape.hooks import steering_hooks
@@ -289,6 +288,8 @@ def test_identify_both_or_neither(stats_file: Path, tmp_path: Path, capsys) -> N
 
 
 def test_report_interrupted_leaves_the_old_report(tmp_path: Path) -> None:
+    from tl_lape._io import atomic_dir
+
     target = tmp_path / "report"
     target.mkdir()
     (target / "summary.md").write_text("old: 154 neurons", encoding="utf-8")
@@ -488,6 +489,8 @@ def test_umask_mode(stats_file: Path, tmp_path: Path) -> None:
         _tiny_stats().save(fresh)
         for path in (out, pth, fresh):
             assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        from tl_lape._io import atomic_dir
+
         with atomic_dir(tmp_path / "report") as tmp:
             (tmp / "x.md").write_text("x", encoding="utf-8")
         assert stat.S_IMODE((tmp_path / "report").stat().st_mode) == 0o755
