@@ -342,7 +342,11 @@ def test_out_not_writable(
     }[command]
     if not Path("/proc").is_dir():
         pytest.skip("needs /proc")
-    _fails([*argv, "--out", "/proc/tl_lape_out/x"], ROWS["out-not-writable"], capsys)
+    _fails([*argv, "--out", "/proc/x"], ROWS["out-not-writable"], capsys)
+    missing = tmp_path / "no" / "such" / "folder"
+    if command == "collect":  # a file's folder must exist (a report folder is created)
+        _fails([*argv, "--out", str(missing / "x.safetensors")], "does not exist", capsys)
+    assert not (tmp_path / "no").exists()
 
 
 # ----------------------------------------------------------------------------- one-line errors

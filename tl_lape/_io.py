@@ -132,8 +132,8 @@ def check_output_file(path: str | os.PathLike[str], what: str = "output file") -
     """Check, before any work, that a file can be written at ``path``.
 
     Raises:
-        LapeError: ``path`` is an existing directory, its parent is a file, or the nearest
-            existing folder above it is not writable.
+        LapeError: ``path`` is an existing directory, its folder does not exist or is a file,
+            or no file can be created in it.
 
     Example:
         >>> try:
@@ -148,7 +148,13 @@ def check_output_file(path: str | os.PathLike[str], what: str = "output file") -
             f"cannot write {what} {str(p)!r}: it is a directory; give a file name such as "
             f"{str(p / 'out')!r}"
         )
-    check_output_folder(p.parent, what=f"{what} {str(p)!r}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise LapeError(
+            f"cannot write {what} {str(p)!r}: its folder {str(parent)!r} does not exist; "
+            "create the folder first or choose another path"
+        )
+    check_output_folder(parent, what=f"{what} {str(p)!r}")
     return p
 
 
