@@ -62,7 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tl-lape {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tl-lape {args.command}: interrupted; nothing was written", file=sys.stderr)
+        checkpoint = getattr(args, "resume", None)
+        if checkpoint is not None and Path(checkpoint).is_file():
+            message = f"interrupted; run the same command again to resume from {checkpoint}"
+        else:
+            message = "interrupted; nothing was written"
+        print(f"tl-lape {args.command}: {message}", file=sys.stderr)
         return 130
 
 
