@@ -1,4 +1,4 @@
-"""Reproduce the paper's selection and deactivation results on Gemma 3 270M (docs/model_card_gemma.md).
+"""Reproduce the paper's selection and deactivation results on Gemma 3 270M (its model card).
 
 Steps, each written to ``--out`` as soon as it is done (so a stopped run keeps what it finished):
 

@@ -8,23 +8,33 @@ sets) and ``demo`` (the whole pipeline on the embedded demo model and the handbo
 written to a report folder; ``--evaluate`` adds the evaluation and a steering sweep).
 
 Run ``tl-lape SUBCOMMAND --help`` for the options of each. Errors in the input are reported
-on one line and exit with status 2; nothing is written when the input is bad.
+on one line and exit with status 2; nothing is written when the input is bad. Options, paths and
+the output target are checked first, then the input files, then the model, all before any
+computation. A run's outputs appear together or not at all: files are written beside their
+target and moved into place at the end, report folders are built in a temporary folder beside
+``--out``. Ctrl-C ends a run with the one line ``interrupted`` and status 130, leaving no output.
 """
 
 import argparse
 import dataclasses
 import logging
-import os
+import math
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from tl_lape._io import (
+    atomic_dir,
+    atomic_path,
+    atomic_paths,
+    check_output_file,
+    check_output_folder,
+)
 from tl_lape.errors import LapeError
 
 __all__ = ["main"]
@@ -50,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 on bad input.
+        The exit status: 0 on success, 2 on bad input, 130 when interrupted (Ctrl-C).
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -62,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LapeError as error:
         print(f"tl-lape {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        checkpoint = getattr(args, "resume", None)
+        if checkpoint is not None and Path(checkpoint).is_file():
+            message = f"interrupted; run the same command again to resume from {checkpoint}"
+        else:
+            message = "interrupted; nothing was written"
+        print(f"tl-lape {args.command}: {message}", file=sys.stderr)
+        return 130
 
 
 # ----------------------------------------------------------------------------- parser
@@ -80,6 +98,20 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_corpus_options(collect)
     _add_collect_options(collect)
     collect.add_argument("--out", required=True, type=Path, help="statistics file to write")
+    collect.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="checkpoint file: written every --checkpoint-every windows, and resumed from when "
+        "it exists (run the same command again after a crash; delete it to start afresh)",
+    )
+    collect.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1000,
+        help="windows between checkpoints with --resume (default: 1000)",
+    )
     collect.set_defaults(func=_cmd_collect)
 
     identify = sub.add_parser("identify", help="select language neurons from statistics")
@@ -295,19 +327,29 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    from tl_lape.checkpoint import collect_activation_stats_resumable
     from tl_lape.collect import collect_activation_stats
 
-    _check_writable_target(args.out)
+    check_output_file(args.out, "statistics file")
+    _check_collect_sizes(args)
+    if args.resume is not None:
+        check_output_file(args.resume, "checkpoint")
+        _check_at_least_one(args, ("checkpoint_every",))
+    _check_model_source(args.model, args.device)
     corpus = _load_corpus(args.corpus, args.languages, args.split, args.hf_config)
     model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
-    stats = collect_activation_stats(
-        model,
-        corpus,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        max_tokens_per_language=args.max_tokens_per_language,
-        progress=not args.no_progress,
-    )
+    window_kwargs: dict[str, Any] = {
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "max_tokens_per_language": args.max_tokens_per_language,
+        "progress": not args.no_progress,
+    }
+    if args.resume is not None:
+        stats = collect_activation_stats_resumable(
+            model, corpus, args.resume, checkpoint_every=args.checkpoint_every, **window_kwargs
+        )
+    else:
+        stats = collect_activation_stats(model, corpus, **window_kwargs)
     stats.save(args.out)
     tokens = ", ".join(
         f"{lang} {int(n):,}" for lang, n in zip(stats.languages, stats.n_tokens, strict=True)
@@ -320,7 +362,13 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     from tl_lape.selection import identify_language_neurons
     from tl_lape.stats import ActivationStats
 
-    _check_writable_target(args.out)
+    targets = [check_output_file(args.out, "neuron-set file")]
+    if args.rucaibox is not None:
+        targets.append(check_output_file(args.rucaibox, "--rucaibox file"))
+        if targets[1].resolve() == targets[0].resolve():
+            raise LapeError(
+                f"--out and --rucaibox name the same file {str(args.out)!r}; give two paths"
+            )
     stats = ActivationStats.load(args.stats)
     neurons = identify_language_neurons(
         stats,
@@ -328,10 +376,12 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         filter_rate=args.filter_rate,
         activation_bar_ratio=args.activation_bar_ratio,
     )
-    neurons.save(args.out)
-    if args.rucaibox is not None:
-        neurons.to_rucaibox(args.rucaibox)
-    print(f"wrote {args.out}")
+    # Both files, or neither: each is written beside its target, then both are moved into place.
+    with atomic_paths(targets) as tmps:
+        neurons.save(tmps[0])
+        if args.rucaibox is not None:
+            neurons.to_rucaibox(tmps[1])
+    print(f"wrote {args.out}" + (f" and {args.rucaibox}" if args.rucaibox is not None else ""))
     print(format_summary(neurons))
     return 0
 
@@ -341,10 +391,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tl_lape.neurons import LanguageNeurons
     from tl_lape.stats import ActivationStats
 
-    _check_writable_target(args.out / "evaluation.md")
+    _check_report_folder(args.out)
+    _check_collect_sizes(args)
+    if args.n_random < 0:
+        raise LapeError(f"--n-random must be 0 or more, got {args.n_random}.")
+    _check_model_source(args.model, args.device)
     neurons = LanguageNeurons.load(args.neurons)
     stats = ActivationStats.load(args.stats) if args.stats is not None else None
-    languages = args.languages or ",".join(neurons.languages)
+    if stats is not None:
+        _check_stats_cover(neurons, args.neurons, stats, args.stats)
+    languages = args.languages if args.languages is not None else ",".join(neurons.languages)
     corpus = _load_corpus(args.corpus, languages, args.split, args.hf_config)
     model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     report = run_evaluation(
@@ -359,7 +415,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         max_tokens_per_language=args.max_tokens_per_language,
         progress=not args.no_progress,
     )
-    print(_write_report(report, args.out, "evaluation"))
+    with atomic_dir(args.out) as tmp:
+        text = _write_report(report, tmp, "evaluation")
+    print(text)
     print(f"\nreport written to {args.out}/")
     return 0
 
@@ -367,8 +425,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_steer(args: argparse.Namespace) -> int:
     from tl_lape.stats import ActivationStats
 
-    _check_writable_target(args.out / "steering.md")
+    _check_report_folder(args.out)
     sweep_kwargs = _steer_kwargs(args)
+    _check_model_source(args.model, args.device)
     stats = ActivationStats.load(args.stats)
     reference = None
     if args.reference_corpus != "none":
@@ -377,7 +436,9 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         )
     model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     report = _run_sweep(model, stats, reference, sweep_kwargs, progress=not args.no_progress)
-    print(_write_report(report, args.out, "steering"))
+    with atomic_dir(args.out) as tmp:
+        text = _write_report(report, tmp, "steering")
+    print(text)
     print(f"\nreport written to {args.out}/")
     return 0
 
@@ -388,6 +449,7 @@ def _write_report(
     """Write a report's figures, ``<stem>.json`` and (with ``markdown``) ``<stem>.md`` to ``out``.
 
     Each file is written atomically; the names written are appended to ``files`` if given.
+    The CLI passes a temporary folder (see :func:`tl_lape._io.atomic_dir`).
 
     Returns:
         The report as Markdown.
@@ -417,13 +479,41 @@ def _split_list(value: str, option: str) -> tuple[str, ...]:
     return items
 
 
+def _parse_languages(value: str, option: str = "--languages") -> tuple[str, ...]:
+    """``"en, fr"`` -> ``("en", "fr")``; refuses empty lists, empty items, repeats and non-codes."""
+    from tl_lape.neurons import _check_language_codes
+
+    items = tuple(v.strip() for v in value.split(","))
+    if not any(items):
+        raise LapeError(
+            f"{option} needs at least one comma-separated language code (e.g. en,fr), "
+            f"got {value!r}; leave the option out for the default languages."
+        )
+    if not all(items):
+        raise LapeError(
+            f"{option} has an empty item in {value!r}; give codes separated by single commas "
+            "(e.g. en,fr)."
+        )
+    repeated = sorted({v for v in items if items.count(v) > 1})
+    if repeated:
+        raise LapeError(f"{option} repeats {repeated} in {value!r}; give each language once.")
+    _check_language_codes(list(items), option)
+    return items
+
+
 def _floats(values: Sequence[str], option: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in values)
+        numbers = tuple(float(v) for v in values)
     except ValueError:
         raise LapeError(
             f"{option} takes comma-separated numbers, got {','.join(values)!r}."
         ) from None
+    bad = [v for v, x in zip(values, numbers, strict=True) if not math.isfinite(x)]
+    if bad:
+        raise LapeError(
+            f"{option} takes finite numbers, got {','.join(bad)!r}; give numbers such as 5,10."
+        )
+    return numbers
 
 
 def _steer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -438,7 +528,7 @@ def _steer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.generation_batch_size,
     }
     if args.targets is not None:
-        kwargs["targets"] = _split_list(args.targets, "--targets")
+        kwargs["targets"] = _parse_languages(args.targets, "--targets")
     bad_rates = [r for r in kwargs["top_rates"] if not 0.0 < r < 1.0]
     if bad_rates:
         raise LapeError(f"--top-rates must lie strictly between 0 and 1, got {list(bad_rates)}.")
@@ -518,11 +608,11 @@ def _demo_settings(args: argparse.Namespace) -> _DemoPreset:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tl_lape.collect import collect_activation_stats
     from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook
-    from tl_lape.plots import plot_neurons_per_layer, plot_overlap
     from tl_lape.selection import identify_language_neurons
 
     _check_rates(args)
-    _check_writable_target(args.out / "summary.md")
+    _check_report_folder(args.out)
+    _check_collect_sizes(args)
     settings = _demo_settings(args)
     for option, value in (
         ("--max-tokens-per-language", settings.max_tokens),
@@ -532,6 +622,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     ):
         if value < 1:
             raise LapeError(f"{option} must be at least 1, got {value}.")
+    _check_model_source(args.model, args.device)
     dtype = _dtype(args.dtype, args.device)
     started = time.perf_counter()
     steps = 6 if settings.evaluate else 4
@@ -560,8 +651,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         filter_rate=args.filter_rate,
         activation_bar_ratio=args.activation_bar_ratio,
     )
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything is written into a temporary folder beside --out and moved into place at the
+    # end, so an interrupted run never leaves new files beside an earlier report's.
+    times = {"started": started, "load": load_s, "collect": collect_s}
+    with atomic_dir(args.out) as out:
+        summary, sections, elapsed = _demo_report(
+            model, neurons, stats, out, args, settings, dtype, times
+        )
+    print()
+    print(summary)
+    for section in sections:
+        print()
+        print(section)
+    print(f"\nreport written to {args.out}/ in {elapsed:.1f} s")
+    return 0
+
+
+def _demo_report(
+    model: Any,
+    neurons: Any,
+    stats: Any,
+    out: Path,
+    args: argparse.Namespace,
+    settings: _DemoPreset,
+    dtype: torch.dtype,
+    times: Mapping[str, float],
+) -> tuple[str, list[str], float]:
+    """Write the demo report's files into ``out``; return its summary, sections and time."""
+    from tl_lape.plots import plot_neurons_per_layer, plot_overlap
+
     stats.save(out / "stats.safetensors")
     neurons.save(out / "neurons.json")
     _save_figure(plot_neurons_per_layer(neurons), out / "neurons_per_layer.png")
@@ -571,7 +689,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     sections: list[str] = []
     if settings.evaluate:
         sections = _demo_evaluation(model, neurons, stats, out, files, args, settings)
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - times["started"]
     about = (
         "the embedded demo model"
         if args.model == "demo"
@@ -585,16 +703,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{summary}\n\n"
         + "".join(f"{section}\n" for section in sections)
         + f"Files: {', '.join(files)}.\n"
-        f"Wall time: {elapsed:.1f} s (model load {load_s:.1f} s, statistics {collect_s:.1f} s).\n"
+        f"Wall time: {elapsed:.1f} s (model load {times['load']:.1f} s, statistics "
+        f"{times['collect']:.1f} s).\n"
     )
     _atomic_write_text(out / "summary.md", text)
-    print()
-    print(summary)
-    for section in sections:
-        print()
-        print(section)
-    print(f"\nreport written to {out}/ in {elapsed:.1f} s")
-    return 0
+    return summary, sections, elapsed
 
 
 # The steering configuration of `tl-lape demo --model demo --evaluate`: `add` x10 at 5% of
@@ -671,13 +784,16 @@ def _steering_example(model: Any, neurons: Any, stats: Any, max_new_tokens: int)
     targets = [t for t in _EXAMPLE_TARGETS if t in neurons.languages and t in stats.languages]
     identifier = LanguageIdentifier(list(stats.languages))
     prompts = list(_EXAMPLE_PROMPTS)
-    outputs = {"-": generate_with_hooks(model, prompts, max_new_tokens=max_new_tokens)}
+    outputs: dict[str, list[str]] = {
+        "-": cast(list[str], generate_with_hooks(model, prompts, max_new_tokens=max_new_tokens))
+    }
     for target in targets:
         hooks = steering_hooks(
             neurons, stats, target, **_EXAMPLE_STEERING, positions="new", model=model
         )
-        outputs[target] = generate_with_hooks(
-            model, prompts, fwd_hooks=hooks, max_new_tokens=max_new_tokens
+        outputs[target] = cast(
+            list[str],
+            generate_with_hooks(model, prompts, fwd_hooks=hooks, max_new_tokens=max_new_tokens),
         )
     config = ", ".join(f"{k}={v!r}" for k, v in _EXAMPLE_STEERING.items())
     lines = [
@@ -761,7 +877,7 @@ def _load_corpus(
 ) -> Mapping[str, Any]:
     from tl_lape import corpora
 
-    langs = tuple(languages.split(",")) if languages else tuple(corpora.PAPER_LANGUAGES)
+    langs = _parse_languages(languages) if languages is not None else tuple(corpora.PAPER_LANGUAGES)
     if source == "handbook":
         return corpora.load_debian_handbook(languages=langs, split=split)
     if source.startswith("text:"):
@@ -791,32 +907,113 @@ def _check_at_least_one(args: argparse.Namespace, names: Sequence[str]) -> None:
             raise LapeError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
 
 
-def _check_writable_target(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise LapeError(f"cannot write {path}: {parent} is not a folder. Choose another path.")
+def _check_collect_sizes(args: argparse.Namespace) -> None:
+    """--seq-len, --batch-size and --max-tokens-per-language, checked before any loading."""
+    _check_at_least_one(args, ("seq_len", "batch_size"))
+    if args.max_tokens_per_language is not None:
+        _check_at_least_one(args, ("max_tokens_per_language",))
+
+
+def _check_report_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise LapeError(
+            f"cannot write the report folder {str(out)!r}: it is a file; remove it or give "
+            "another --out"
+        )
+    check_output_folder(out, f"the report folder {str(out)!r}")
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device torch does not know or this machine does not have, before any loading."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise LapeError(
+            f"--device {device!r} is not a torch device; give cpu, cuda, cuda:N or mps."
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LapeError(
+            f"--device {device!r} needs CUDA, which is not available on this machine (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu."
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LapeError(
+            f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "give cuda:0 or another existing index."
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LapeError(f"--device {device!r}: MPS is not available here; use --device cpu.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise LapeError(f"--device {device!r} is not supported; give cpu, cuda, cuda:N or mps.")
+
+
+def _check_model_source(name: str, device: str) -> None:
+    """Check --device and a local --model folder before the model is loaded.
+
+    A name that is clearly a path (absolute, starting with ``.`` or ``~``, or with more than
+    one ``/``) must be an existing folder, and a ``model.safetensors`` in it must be whole.
+    """
+    from tl_lape.models import MODEL_ALIASES
+
+    _check_device(device)
+    if name in MODEL_ALIASES:
+        return
+    path = Path(name).expanduser()
+    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+    if not path.exists():
+        if looks_like_path:
+            raise LapeError(
+                f"--model {name!r}: no such file or folder; give 'gemma-3-270m', 'demo', a "
+                ".gguf file, an existing folder saved with save_pretrained, or a Hugging Face "
+                "model name such as 'gpt2'."
+            )
+        return
+    if not path.is_dir():
+        if path.suffix == ".gguf":
+            return  # read and checked by tl_lape.load_model, before anything is cached
+        raise LapeError(
+            f"--model {name!r} is a file but not a .gguf file; give a .gguf file or the "
+            "folder that holds a model saved with save_pretrained (with config.json)."
+        )
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as err:
+            raise LapeError(
+                f"--model {name!r}: {str(weights)!r} is damaged or truncated "
+                f"({str(err)[:120]}); save the model again or download it again."
+            ) from None
+
+
+def _check_stats_cover(neurons: Any, neurons_path: Path, stats: Any, stats_path: Path) -> None:
+    """``evaluate --stats``: the statistics must be of the model and languages of the set."""
+    missing = [lang for lang in neurons.languages if lang not in stats.languages]
+    if missing:
+        raise LapeError(
+            f"--stats {str(stats_path)!r} has no statistics for languages {missing} of the "
+            f"neuron set {str(neurons_path)!r} (it has {list(stats.languages)}); give "
+            "statistics collected on the languages of the set, or leave --stats out."
+        )
+    if (stats.n_layers, stats.d_mlp) != (neurons.n_layers, neurons.d_mlp):
+        raise LapeError(
+            f"--stats {str(stats_path)!r} is of a model with n_layers={stats.n_layers}, "
+            f"d_mlp={stats.d_mlp}, but the neuron set {str(neurons_path)!r} has "
+            f"n_layers={neurons.n_layers}, d_mlp={neurons.d_mlp}; give statistics of its model."
+        )
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -247,7 +247,8 @@ def iter_window_batches(
                 raise LapeError(
                     f"corpus[{language!r}] has only {short.n_tokens} tokens, fewer than one "
                     f"window of {settings.content_len} corpus tokens (seq_len={settings.seq_len}); "
-                    "give more text, lower seq_len, or pass drop_last=False"
+                    "give more text or a lower seq_len (--seq-len on the command line); from "
+                    "Python, drop_last=False also keeps a window shorter than seq_len"
                 ) from None
             seen_any = True
             if window.numel() < settings.content_len:  # the short remainder (drop_last=False)

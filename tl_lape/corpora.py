@@ -493,7 +493,16 @@ def load_text_files(
         path = paths[lang]
         if not path.is_file():
             raise LapeError(f"The text file for language {lang!r} does not exist: {str(path)!r}.")
-        texts = _split_text(path.read_text(encoding=encoding), unit)
+        try:
+            raw = path.read_text(encoding=encoding)
+        except UnicodeDecodeError as err:
+            line = path.read_bytes()[: err.start].count(b"\n") + 1
+            raise LapeError(
+                f"The text file for language {lang!r} ({str(path)!r}) is not valid {encoding}: "
+                f"byte {err.start} (line {line}) cannot be decoded ({err.reason}); convert the "
+                f"file to {encoding} (e.g. with iconv) or pass the encoding it is written in."
+            ) from None
+        texts = _split_text(raw, unit)
         if not texts:
             raise LapeError(f"The text file for language {lang!r} ({str(path)!r}) is empty.")
         corpus[lang] = texts

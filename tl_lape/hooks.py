@@ -41,6 +41,7 @@ Example:
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args
 
@@ -424,6 +425,11 @@ def steering_hooks(
         raise LapeError(f"mode must be one of {_MODES}; received {mode!r}")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
         raise LapeError(f"strength must be a number; received {strength!r}")
+    if not math.isfinite(strength):
+        raise LapeError(
+            f"strength must be a finite number; received {strength!r}: a NaN or infinite "
+            "strength turns every activation it touches (and so every logit) into NaN"
+        )
     if not isinstance(target, str):
         raise LapeError(f"target must be one language code; received {target!r}")
     (target,) = _language_list([target], neurons, "target")

@@ -14,7 +14,9 @@ Files:
 * :meth:`LanguageNeurons.save` / :meth:`LanguageNeurons.load`: a JSON file a person can read,
   ``{"format": "tl_lape.LanguageNeurons", "version": 1, "languages": [...], "n_layers": ...,
   "d_mlp": ..., "neurons": {"zh": {"4": [6147, 9114, 9292], ...}, ...}, "metadata": {...}}``
-  (layers without neurons are left out of ``"neurons"``).
+  (layers without neurons are left out of ``"neurons"``), and ``"checksum": "sha256:..."`` of
+  the rest of the document, verified by :meth:`LanguageNeurons.load` (files written before the
+  checksum existed load without the check).
 * :meth:`LanguageNeurons.from_rucaibox` / :meth:`LanguageNeurons.to_rucaibox`: the format of the
   neuron sets released with the LAPE paper (Tang et al., ACL 2024), a ``torch.save``-d
   ``List[List[LongTensor]]`` indexed ``neurons[language][layer]``.
@@ -34,9 +36,11 @@ Example:
             [1, 1]])
 """
 
+import hashlib
 import json
 import os
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +57,9 @@ __all__ = ["LanguageNeurons"]
 
 _FORMAT = "tl_lape.LanguageNeurons"
 _VERSION = 1
+#: Most layers a neuron-set file may declare: no model comes near it, and it bounds what a
+#: small, hostile file can make :meth:`LanguageNeurons.load` allocate.
+_MAX_LAYERS = 4096
 
 
 def _check_languages(languages: Any, field_name: str = "languages") -> tuple[str, ...]:
@@ -72,6 +79,25 @@ def _check_languages(languages: Any, field_name: str = "languages") -> tuple[str
     if dupes:
         raise LapeError(f"{field_name} must be distinct; {dupes!r} repeated in {langs!r}")
     return langs
+
+
+#: What a language code read from a file may look like: letters or digits (of any script), ``-``
+#: and ``_``, so it can never name another path when it becomes a file name (``DIR/<lang>.txt``).
+_CODE = re.compile(r"[^\W_][\w-]{0,63}")
+
+
+def _check_language_codes(languages: Any, where: str) -> None:
+    """Refuse language codes that are not plain codes (path separators, dots, spaces...)."""
+    bad = [
+        lang
+        for lang in (languages if isinstance(languages, (list, tuple)) else [])
+        if not isinstance(lang, str) or not _CODE.fullmatch(lang)
+    ]
+    if bad:
+        raise LapeError(
+            f"{where} has invalid language codes {bad!r}: a code is 1-64 letters, digits, '-' "
+            "or '_' (such as 'en' or 'zh-Hans'), with no '/', '\\', '.' or spaces: never a path"
+        )
 
 
 def _check_positive_int(value: Any, field_name: str) -> int:
@@ -586,6 +612,8 @@ class LanguageNeurons:
         parts.append('  "neurons": {\n' + ",\n".join(blocks) + "\n  }")
         parts.append('  "metadata": ' + metadata.replace("\n", "\n  "))
         text = "{\n" + ",\n".join(parts) + "\n}\n"
+        checksum = _document_checksum(json.loads(text))
+        text = text[: -len("\n}\n")] + f',\n  "checksum": {json.dumps(checksum)}\n}}\n'
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
 
@@ -600,7 +628,9 @@ class LanguageNeurons:
         p = existing_file(path, "neuron set")
         advice = "re-create it with LanguageNeurons.save (or from_rucaibox for the paper's .pth)"
         try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
+            doc = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_no_repeated_keys)
+        except _RepeatedKey as err:
+            raise LapeError(f"{str(p)!r} has invalid content: {err}; {advice}") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise LapeError(
                 f"{str(p)!r} is not a valid LanguageNeurons JSON file (corrupted or truncated?): "
@@ -617,12 +647,36 @@ class LanguageNeurons:
                 f"{str(p)!r} has LanguageNeurons format version {doc.get('version')!r}; this "
                 f"tl_lape reads version {_VERSION}; upgrade tl_lape or {advice}"
             )
+        expected = doc.get("checksum")
+        if expected is not None:
+            found = _document_checksum(doc)
+            if found != expected:
+                raise LapeError(
+                    f"{str(p)!r} is damaged: the checksum of its content is {found}, but the "
+                    f"file records {expected}; restore it from a copy or {advice}"
+                )
         try:
             languages = doc["languages"]
             n_layers = doc["n_layers"]
+            d_mlp = doc["d_mlp"]
             neurons = doc["neurons"]
+            metadata = doc.get("metadata", {})
             if not isinstance(neurons, dict) or not isinstance(languages, list):
                 raise LapeError('"neurons" must be an object and "languages" a list')
+            if not isinstance(metadata, dict):
+                raise LapeError(
+                    f'"metadata" must be an object; received a {type(metadata).__name__}: '
+                    f"{str(metadata)[:60]!r}"
+                )
+            for name, value, most in (("n_layers", n_layers, _MAX_LAYERS), ("d_mlp", d_mlp, None)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise LapeError(f'"{name}" must be a positive integer; received {value!r}')
+                if most is not None and value > most:
+                    raise LapeError(f'"{name}" is {value}, more than the {most} this format allows')
+            dupes = sorted({k for k in languages if languages.count(k) > 1}, key=str)
+            if dupes:
+                raise LapeError(f'"languages" repeats {dupes!r}: {languages!r}')
+            _check_language_codes(languages, '"languages"')
             unknown = sorted(set(neurons) - set(languages))
             if unknown:
                 raise LapeError(f'"neurons" has languages {unknown!r} missing from "languages"')
@@ -633,17 +687,29 @@ class LanguageNeurons:
                     raise LapeError(f'"neurons"[{lang!r}] must be an object layer -> indices')
                 converted = {}
                 for key, value in per_layer.items():
-                    if not (isinstance(key, str) and key.isdigit()):
-                        raise LapeError(f'"neurons"[{lang!r}] has a non-integer layer key {key!r}')
+                    if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+                        raise LapeError(
+                            f'"neurons"[{lang!r}] has a layer key {key!r} that is not a whole '
+                            "number written in the digits 0-9"
+                        )
+                    if int(key) >= n_layers:
+                        raise LapeError(
+                            f'"neurons"[{lang!r}] has layer {key}, outside 0..{n_layers - 1} '
+                            f"(n_layers={n_layers})"
+                        )
                     if not isinstance(value, list) or not all(
                         isinstance(v, int) and not isinstance(v, bool) for v in value
                     ):
                         raise LapeError(f'"neurons"[{lang!r}][{key!r}] must be a list of ints')
+                    outside = [v for v in value if not 0 <= v < d_mlp]
+                    if outside:
+                        raise LapeError(
+                            f'"neurons"[{lang!r}][{key!r}] holds neuron index {outside[0]}, '
+                            f"outside 0..{d_mlp - 1} (d_mlp={d_mlp})"
+                        )
                     converted[int(key)] = value
                 indices[lang] = converted
-            return cls.from_indices(
-                indices, n_layers=n_layers, d_mlp=doc["d_mlp"], metadata=doc.get("metadata", {})
-            )
+            return cls.from_indices(indices, n_layers=n_layers, d_mlp=d_mlp, metadata=metadata)
         except KeyError as err:
             raise LapeError(f"{str(p)!r} lacks the field {err}; {advice}") from None
         except LapeError as err:
@@ -777,6 +843,27 @@ class LanguageNeurons:
         data = [[idx.clone() for idx in per_layer] for per_layer in self.neurons]
         with atomic_path(path) as tmp:
             torch.save(data, tmp)
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads` that refuses a key given twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(f"the key {key!r} appears twice in one JSON object")
+        out[key] = value
+    return out
+
+
+def _document_checksum(doc: Mapping[str, Any]) -> str:
+    """``"sha256:..."`` of a neuron-set document without its ``"checksum"``, in canonical JSON."""
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def _normalise_indices(idx: Any, d_mlp: int | None, where: str) -> Tensor:

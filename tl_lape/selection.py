@@ -158,11 +158,16 @@ def lap_scores(
     return _as_values(stats_or_probs, name="stats_or_probs", kind="probabilities")
 
 
+# A sensible value of each rate, quoted by the message for an invalid one (the paper's defaults).
+_RATE_EXAMPLES = {"top_rate": 0.01, "filter_rate": 0.95, "activation_bar_ratio": 0.95}
+
+
 def _check_rate(value: Any, name: str) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
     if not ok:
         raise LapeError(
-            f"{name} must be a number strictly between 0 and 1 (a fraction, e.g. 0.95); "
+            f"{name} must be a number strictly between 0 and 1 (a fraction, e.g. "
+            f"{_RATE_EXAMPLES.get(name, 0.5)}); "
             f"received {value!r}"
         )
     return float(value)

@@ -15,7 +15,9 @@ language), come in through :meth:`ActivationStats.from_counts`.
 File format (:meth:`ActivationStats.save`): one ``.safetensors`` file holding the three tensors
 ``active_counts`` (int64), ``activation_sums`` (float64) and ``n_tokens`` (int64); its header's
 ``__metadata__`` holds ``format`` (``"tl_lape.ActivationStats"``), ``version``, ``languages`` (a
-JSON list) and ``metadata`` (a JSON object). Inspect it without tl_lape with
+JSON list), ``metadata`` (a JSON object) and ``checksum`` (``"sha256:..."`` of the three tensors'
+names, dtypes, shapes and bytes), verified by :meth:`ActivationStats.load`; files written before
+the checksum existed load without the check. Inspect it without tl_lape with
 ``safetensors.safe_open(path, "pt").metadata()``.
 
 Example:
@@ -32,6 +34,7 @@ Example:
              [0.2500, 0.5000]]], dtype=torch.float64)
 """
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -46,7 +49,7 @@ from torch import Tensor
 
 from tl_lape._io import atomic_path, existing_file
 from tl_lape.errors import LapeError
-from tl_lape.neurons import _check_languages, _check_metadata
+from tl_lape.neurons import _check_language_codes, _check_languages, _check_metadata
 
 __all__ = ["ActivationStats"]
 
@@ -54,6 +57,9 @@ _FORMAT = "tl_lape.ActivationStats"
 _VERSION = "1"
 # metadata key set to False by from_counts when no activation sums were given.
 _HAS_SUMS = "has_activation_sums"
+
+# Counts given as floats must be finite and below this to convert to int64 without wrapping.
+_MAX_COUNT = 2.0**62
 
 CountsLike = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
 TokensLike = Tensor | Sequence[int] | Mapping[str, int]
@@ -330,6 +336,7 @@ class ActivationStats:
             "version": _VERSION,
             "languages": json.dumps(list(self.languages), ensure_ascii=False),
             "metadata": json.dumps(self.metadata, ensure_ascii=False, allow_nan=False),
+            "checksum": _checksum(tensors),
         }
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
@@ -366,6 +373,16 @@ class ActivationStats:
                 sums = f.get_tensor("activation_sums")
             languages = json.loads(header["languages"])
             metadata = json.loads(header.get("metadata", "{}"))
+            expected = header.get("checksum")
+            if expected is not None:
+                found = _checksum(
+                    {"n_tokens": tokens, "active_counts": counts, "activation_sums": sums}
+                )
+                if found != expected:
+                    raise LapeError(
+                        f"{str(p)!r} is damaged: the checksum of its tensors is {found}, but its "
+                        f"header records {expected}; restore it from a copy or {advice}"
+                    )
         except LapeError:
             raise
         except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
@@ -375,6 +392,12 @@ class ActivationStats:
             ) from None
         if not isinstance(languages, list):
             raise LapeError(f"{str(p)!r} has invalid languages {languages!r}; {advice}")
+        _check_language_codes(languages, repr(str(p)))
+        if not isinstance(metadata, dict):
+            raise LapeError(
+                f"{str(p)!r} has metadata of type {type(metadata).__name__}, not an object; "
+                f"{advice}"
+            )
         try:
             return cls(tuple(languages), tokens, counts, sums, metadata)
         except LapeError as err:
@@ -422,6 +445,7 @@ class ActivationStats:
         langs = _check_languages(languages)
         counts = _stack_per_language(active_counts, langs, "active_counts")
         if counts.is_floating_point():
+            _check_float_counts(counts, "active_counts")
             if not bool((counts == counts.round()).all()):
                 raise LapeError(
                     "active_counts must hold whole numbers (token counts); received a float "
@@ -504,6 +528,8 @@ def _tokens_vector(n_tokens: Any, langs: tuple[str, ...], device: torch.device) 
             f"n_tokens must hold one number per language ({len(langs)} for {langs!r}); "
             f"received {_describe(tokens)}"
         )
+    if tokens.is_floating_point():
+        _check_float_counts(tokens, "n_tokens")
     if (
         tokens.dtype == torch.bool
         or tokens.is_complex()
@@ -511,3 +537,24 @@ def _tokens_vector(n_tokens: Any, langs: tuple[str, ...], device: torch.device) 
     ):
         raise LapeError(f"n_tokens must be whole numbers; received {tokens.tolist()}")
     return tokens.to(device=device, dtype=torch.int64)
+
+
+def _check_float_counts(values: Tensor, name: str) -> None:
+    """Refuse float counts that int64 cannot hold (NaN, infinities, 1e30...), naming one."""
+    bad = ~torch.isfinite(values) | (values.abs() >= _MAX_COUNT)
+    if bool(bad.any()):
+        first = float(values[bad].flatten()[0])
+        raise LapeError(
+            f"{name} must be finite counts below 2**62; received {first!r}: pass the token "
+            "counts themselves (integers)"
+        )
+
+
+def _checksum(tensors: Mapping[str, Tensor]) -> str:
+    """``"sha256:..."`` of each tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()

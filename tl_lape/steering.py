@@ -1131,6 +1131,16 @@ def run_steering_sweep(
     missing = [m for m in modes if m not in strengths]
     if missing:
         raise LapeError(f"strengths gives no value for mode(s) {missing}; received {strengths}")
+    bad_strengths = {
+        m: [v for v in strengths[m] if not math.isfinite(v)]
+        for m in modes
+        if any(not math.isfinite(v) for v in strengths[m])
+    }
+    if bad_strengths:
+        raise LapeError(
+            f"strengths must be finite numbers; received {bad_strengths}: give numbers such as "
+            "add=5,10"
+        )
     prompt_sets = {s: tuple((prompts or {}).get(s, _PROMPT_SETS[s])) for s in settings}
     identifier = identifier or LanguageIdentifier(languages)
     reference = (

@@ -1,0 +1,593 @@
+"""Bad input never crashes, never lies, never leaves a report that contradicts itself.
+
+One test per row of the table in ``docs/howto/bad-inputs.md``; :data:`ROWS` holds, per row id,
+the fragment of the message that the row promises, and :func:`test_docs_table_matches_rows`
+checks that the table and these tests agree. The CLI tests run ``tl_lape.cli.main`` in-process
+on tiny local models and assert the message, the exit status and that nothing was written.
+"""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from models import SENTENCES
+from safetensors import safe_open
+
+import tl_lape
+from tl_lape.cli import main
+from tl_lape.errors import LapeError
+from tl_lape.hooks import steering_hooks
+from tl_lape.stats import ActivationStats
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "howto" / "bad-inputs.md"
+
+#: Row id -> a fragment of the message that row's input gets (quoted in the docs table).
+ROWS: dict[str, str] = {
+    "steer-nan-strength": "takes finite numbers",
+    "hooks-inf-strength": "strength must be a finite number",
+    "from-counts-inf": "must be finite counts below 2**62",
+    "neurons-repeated-language": '"languages" repeats',
+    "neurons-non-ascii-layer": "written in the digits 0-9",
+    "languages-empty": "needs at least one comma-separated language code",
+    "languages-spaces": "",
+    "languages-commas": "has an empty item",
+    "stats-checksum": "is damaged: the checksum of its tensors",
+    "neurons-checksum": "is damaged: the checksum of its content",
+    "identify-both-or-neither": "does not exist",
+    "report-interrupted": "interrupted; nothing was written",
+    "out-is-directory": "it is a directory",
+    "out-not-writable": "no file can be created in the folder",
+    "corpus-invalid-utf8": "is not valid utf-8",
+    "model-truncated": "is damaged or truncated",
+    "device-nonsense": "is not a torch device",
+    "device-cuda-missing": "needs CUDA, which is not available",
+    "neurons-huge-index": "outside 0..63",
+    "neurons-metadata-type": '"metadata" must be an object',
+    "ctrl-c": "interrupted; nothing was written",
+    "neurons-huge-n-layers": "more than the 4096 this format allows",
+    "language-code-path": "never a path",
+    "umask-mode": "",
+    "seq-len-before-model": "--seq-len must be at least 1",
+    "evaluate-stats-names-neurons": "has no statistics for languages",
+    "model-missing-folder": "no such file or folder",
+    "top-rate-example": "e.g. 0.01",
+    "short-corpus-advice": "--seq-len on the command line",
+    "collect-resume": "",
+}
+
+
+def _rows_in_docs() -> dict[str, str]:
+    """Row id -> the 'what it gets' cell of each row of the docs table."""
+    rows = {}
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[0] != "`id`":
+            rows[cells[0].strip("`")] = cells[2]
+    return rows
+
+
+def test_docs_table_matches_rows() -> None:
+    documented = _rows_in_docs()
+    assert sorted(documented) == sorted(ROWS)
+    for row_id, fragment in ROWS.items():
+        if fragment:
+            assert f"`{fragment}`" in documented[row_id].replace("\\|", "|"), row_id
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture()
+def text_corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for lang, sentences in SENTENCES.items():
+        (folder / f"{lang}.txt").write_text("\n".join(sentences * 3), encoding="utf-8")
+    return folder
+
+
+def _tiny_stats(languages: tuple[str, ...] = ("en", "fr"), seed: int = 0) -> ActivationStats:
+    """Statistics of the shape of the tiny test models (2 layers x 64 neurons)."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(languages)
+    counts = torch.randint(0, 50, (2, 64, n), generator=g)
+    sums = torch.rand(2, 64, n, generator=g, dtype=torch.float64) * counts
+    return ActivationStats.from_counts(
+        counts, [50] * n, list(languages), activation_sums=sums, metadata={"gated": True}
+    )
+
+
+@pytest.fixture()
+def stats_file(tmp_path: Path) -> Path:
+    path = tmp_path / "stats.safetensors"
+    _tiny_stats().save(path)
+    return path
+
+
+@pytest.fixture()
+def neurons_file(tmp_path: Path) -> Path:
+    path = tmp_path / "neurons.json"
+    tl_lape.identify_language_neurons(_tiny_stats(), top_rate=0.1).save(path)
+    return path
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _fails(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI; assert exit status 2 and one error line holding ``fragment``."""
+    capsys.readouterr()  # drop what fixtures printed (building a tiny model)
+    status = main(argv)
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    assert "Traceback" not in captured.err
+    # transformers may draw a progress bar while a model loads; the error is the last line
+    lines = [line for line in captured.err.splitlines() if line.startswith("tl-lape ")]
+    assert len(lines) == 1, captured.err
+    assert captured.err.rstrip().endswith(lines[0])
+    assert lines[0].startswith(f"tl-lape {argv[0]}: error: "), lines[0]
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _write_neurons_doc(path: Path, **fields: object) -> Path:
+    doc: dict[str, object] = {
+        "format": "tl_lape.LanguageNeurons",
+        "version": 1,
+        "languages": ["en", "fr"],
+        "n_layers": 2,
+        "d_mlp": 64,
+        "neurons": {"en": {"0": [1, 2]}, "fr": {"1": [3]}},
+        "metadata": {},
+    }
+    doc.update(fields)
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- silent wrong results
+
+
+def test_steer_nan_strength(tiny_model, stats_file: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "steer"
+    argv = ["steer", str(stats_file), "--model", str(tiny_model("llama").path)]
+    argv += ["--targets", "fr", "--modes", "add", "--strengths", "add=nan", "--top-rates", "0.05"]
+    argv += ["--settings", "english", "--max-new-tokens", "4", "--reference-corpus", "none"]
+    message = _fails([*argv, "--out", str(out)], ROWS["steer-nan-strength"], capsys)
+    assert "'nan'" in message
+    assert not out.exists()
+
+
+def test_hooks_inf_strength() -> None:
+    stats = _tiny_stats()
+    neurons = tl_lape.identify_language_neurons(stats, top_rate=0.1)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(LapeError, match=ROWS["hooks-inf-strength"]):
+            steering_hooks(neurons, stats, "fr", mode="add", strength=bad, gated=True)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), 1e30])
+def test_from_counts_inf(bad: float) -> None:
+    with pytest.raises(LapeError, match=r"n_tokens must be finite counts below 2\*\*62"):
+        ActivationStats.from_counts(torch.ones(1, 2, 2), torch.tensor([bad, 5.0]), ["en", "fr"])
+    with pytest.raises(LapeError, match=r"active_counts must be finite counts below 2\*\*62"):
+        ActivationStats.from_counts(torch.full((1, 2, 1), bad), [5], ["en"])
+
+
+def test_neurons_repeated_language(tmp_path: Path) -> None:
+    path = _write_neurons_doc(tmp_path / "n.json", languages=["en", "fr", "en"])
+    with pytest.raises(LapeError, match=ROWS["neurons-repeated-language"]) as info:
+        tl_lape.LanguageNeurons.load(path)
+    assert str(path) in str(info.value)
+    repeated_key = tmp_path / "k.json"
+    text = _write_neurons_doc(tmp_path / "k.json").read_text(encoding="utf-8")
+    repeated_key.write_text(
+        text.replace('"fr": {"1": [3]}', '"fr": {"1": [3]}, "en": {"1": [9]}'), encoding="utf-8"
+    )
+    with pytest.raises(LapeError, match="the key 'en' appears twice"):
+        tl_lape.LanguageNeurons.load(repeated_key)
+
+
+def test_neurons_non_ascii_layer(tmp_path: Path) -> None:
+    path = _write_neurons_doc(tmp_path / "n.json", neurons={"en": {"١": [1]}, "fr": {}})
+    with pytest.raises(LapeError, match=ROWS["neurons-non-ascii-layer"]) as info:
+        tl_lape.LanguageNeurons.load(path)
+    assert "'١'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "row"),
+    [("", "languages-empty"), (",,", "languages-empty"), ("en,,fr", "languages-commas")],
+)
+def test_languages_parsing_errors(
+    text_corpus: Path, tmp_path: Path, capsys, value: str, row: str
+) -> None:
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", "no-such-model", "--corpus", f"text:{text_corpus}"]
+    message = _fails([*argv, "--languages", value, "--out", str(out)], ROWS[row], capsys)
+    assert repr(value) in message
+    assert not out.exists()
+
+
+def test_languages_with_spaces(tiny_model, text_corpus: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", str(tiny_model("llama").path), "--corpus", f"text:{text_corpus}"]
+    argv += ["--languages", "en, fr", "--seq-len", "16", "--batch-size", "2", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert ActivationStats.load(out).languages == ("en", "fr")
+
+
+def _flip_low_bit(path: Path, tensor: str) -> None:
+    """Flip the lowest bit of the first byte of ``tensor``'s data in a safetensors file."""
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    start = 8 + header_len + header[tensor]["data_offsets"][0]
+    data[start] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_stats_checksum(stats_file: Path, tmp_path: Path, capsys) -> None:
+    before = ActivationStats.load(stats_file)
+    _flip_low_bit(stats_file, "activation_sums")
+    with pytest.raises(LapeError, match=ROWS["stats-checksum"]) as info:
+        ActivationStats.load(stats_file)
+    assert str(stats_file) in str(info.value)
+    out = tmp_path / "neurons.json"
+    message = _fails(["identify", str(stats_file), "--out", str(out)], "is damaged", capsys)
+    assert str(stats_file) in message
+    assert not out.exists()
+    # A file written before the checksum existed still loads.
+    old = tmp_path / "old.safetensors"
+    with safe_open(str(stats_file), framework="pt") as f:
+        header = {k: v for k, v in (f.metadata() or {}).items() if k != "checksum"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(old), metadata=header)
+    assert ActivationStats.load(old).languages == before.languages
+
+
+def test_neurons_checksum(neurons_file: Path, tmp_path: Path) -> None:
+    doc = json.loads(neurons_file.read_text(encoding="utf-8"))
+    assert doc["checksum"].startswith("sha256:")
+    indices = next(iter(doc["neurons"]["fr"].values()))
+    text = neurons_file.read_text(encoding="utf-8")
+    old, new = json.dumps(indices), json.dumps([indices[0] ^ 1, *indices[1:]])
+    assert old != new and text.count(old) == 1
+    neurons_file.write_text(text.replace(old, new), encoding="utf-8")
+    with pytest.raises(LapeError, match=ROWS["neurons-checksum"]) as info:
+        tl_lape.LanguageNeurons.load(neurons_file)
+    assert str(neurons_file) in str(info.value)
+    # Without a checksum (files written before it existed) the same content loads.
+    del doc["checksum"]
+    old_file = tmp_path / "old.json"
+    old_file.write_text(json.dumps(doc), encoding="utf-8")
+    assert tl_lape.LanguageNeurons.load(old_file).n_layers == 2
+
+
+# ----------------------------------------------------------------------------- half-written output
+
+
+def test_identify_both_or_neither(stats_file: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "f.json"
+    argv = ["identify", str(stats_file), "--out", str(out), "--rucaibox", "/nodir/x.pth"]
+    message = _fails(argv, ROWS["identify-both-or-neither"], capsys)
+    assert "/nodir" in message
+    assert not out.exists()
+    assert _listing(tmp_path) == ["stats.safetensors"]
+
+
+def test_report_interrupted_leaves_the_old_report(tmp_path: Path) -> None:
+    from tl_lape._io import atomic_dir
+
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "summary.md").write_text("old: 154 neurons", encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "stats.safetensors").write_bytes(b"new")
+        (tmp / "neurons.json").write_text("{}", encoding="utf-8")
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to this process
+        time.sleep(5)
+    assert _listing(target) == ["summary.md"]
+    assert (target / "summary.md").read_text(encoding="utf-8") == "old: 154 neurons"
+    assert _listing(tmp_path) == ["report", "report/summary.md"]
+    with atomic_dir(target) as tmp:
+        (tmp / "summary.md").write_text("new", encoding="utf-8")
+        (tmp / "neurons.json").write_text("{}", encoding="utf-8")
+    assert _listing(tmp_path) == ["report", "report/neurons.json", "report/summary.md"]
+    assert (target / "summary.md").read_text(encoding="utf-8") == "new"
+
+
+@pytest.mark.parametrize("command", ["collect", "identify", "evaluate"])
+def test_out_is_directory(
+    command: str, stats_file: Path, neurons_file: Path, text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("x", encoding="utf-8")
+    corpus = ["--corpus", f"text:{text_corpus}", "--languages", "en,fr"]
+    argv = {
+        "collect": ["collect", "--model", "no-such-model", *corpus, "--out", str(out)],
+        "identify": ["identify", str(stats_file), "--out", str(out)],
+        # evaluate's --out is a folder: a file in its place is refused
+        "evaluate": ["evaluate", str(neurons_file), "--model", "no-such-model", *corpus],
+    }[command]
+    if command == "evaluate":
+        argv += ["--out", str(out / "keep.txt")]
+        _fails(argv, "it is a file", capsys)
+    else:
+        _fails(argv, ROWS["out-is-directory"], capsys)
+    assert _listing(out) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("command", ["collect", "evaluate"])
+def test_out_not_writable(
+    command: str, neurons_file: Path, text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    # /proc refuses new files even to root, whatever its permission bits say.
+    corpus = ["--corpus", f"text:{text_corpus}", "--languages", "en,fr"]
+    argv = {
+        "collect": ["collect", "--model", "no-such-model", *corpus],
+        "evaluate": ["evaluate", str(neurons_file), "--model", "no-such-model", *corpus],
+    }[command]
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc")
+    _fails([*argv, "--out", "/proc/x"], ROWS["out-not-writable"], capsys)
+    missing = tmp_path / "no" / "such" / "folder"
+    if command == "collect":  # a file's folder must exist (a report folder is created)
+        _fails([*argv, "--out", str(missing / "x.safetensors")], "does not exist", capsys)
+    assert not (tmp_path / "no").exists()
+
+
+# ----------------------------------------------------------------------------- one-line errors
+
+
+def test_corpus_invalid_utf8(text_corpus: Path, tmp_path: Path, capsys) -> None:
+    (text_corpus / "fr.txt").write_bytes(b"bonjour\nle caf\xe9\n")
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", "no-such-model", "--corpus", f"text:{text_corpus}"]
+    message = _fails(
+        [*argv, "--languages", "en,fr", "--out", str(out)], ROWS["corpus-invalid-utf8"], capsys
+    )
+    assert "fr.txt" in message and "line 2" in message
+    assert not out.exists()
+
+
+def test_model_truncated(tiny_model, text_corpus: Path, tmp_path: Path, capsys) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model("llama").path, model_dir)
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", str(model_dir), "--corpus", f"text:{text_corpus}"]
+    message = _fails([*argv, "--out", str(out)], ROWS["model-truncated"], capsys)
+    assert "model.safetensors" in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["collect", "demo"])
+def test_device_nonsense(command: str, text_corpus: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = {
+        "collect": ["collect", "--model", "demo", "--corpus", f"text:{text_corpus}"],
+        "demo": ["demo"],
+    }[command]
+    message = _fails(
+        [*argv, "--device", "nonsense", "--out", str(out)], ROWS["device-nonsense"], capsys
+    )
+    assert "'nonsense'" in message
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_missing(text_corpus: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", "demo", "--corpus", f"text:{text_corpus}", "--device", "cuda"]
+    _fails([*argv, "--out", str(out)], ROWS["device-cuda-missing"], capsys)
+    assert not out.exists()
+
+
+def test_neurons_huge_index(text_corpus: Path, tmp_path: Path, capsys) -> None:
+    path = _write_neurons_doc(tmp_path / "n.json", neurons={"en": {"0": [10**30]}})
+    out = tmp_path / "report"
+    argv = ["evaluate", str(path), "--model", "no-such-model", "--corpus", f"text:{text_corpus}"]
+    message = _fails([*argv, "--out", str(out)], ROWS["neurons-huge-index"], capsys)
+    assert str(10**30) in message and str(path) in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("metadata", [[1, 2], "a string"])
+def test_neurons_metadata_type(tmp_path: Path, metadata: object) -> None:
+    path = _write_neurons_doc(tmp_path / "n.json", metadata=metadata)
+    with pytest.raises(LapeError, match=ROWS["neurons-metadata-type"]) as info:
+        tl_lape.LanguageNeurons.load(path)
+    assert type(metadata).__name__ in str(info.value)
+
+
+def test_ctrl_c(handbook_cache: Path, tmp_path: Path) -> None:
+    """A real SIGINT during `tl-lape demo` over an earlier report: one line, 130, nothing new."""
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "summary.md").write_text("an earlier report", encoding="utf-8")
+    env = {**os.environ, "TL_LAPE_CACHE": str(handbook_cache), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "tl_lape.cli", "demo", "--out", str(out), "--no-progress"]
+    argv += ["--max-tokens-per-language", "1000000", "--seq-len", "64"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait for the collection step, then press Ctrl-C
+        if line.startswith("[3/"):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    # (transformers draws a progress bar on stderr while the demo model loads)
+    assert [line for line in err.splitlines() if line.startswith("tl-lape")] == [
+        f"tl-lape demo: {ROWS['ctrl-c']}"
+    ]
+    assert err.rstrip().endswith(ROWS["ctrl-c"])
+    assert _listing(tmp_path) == ["report", "report/summary.md"]
+    assert (out / "summary.md").read_text(encoding="utf-8") == "an earlier report"
+
+
+# ----------------------------------------------------------------------------- resources and paths
+
+
+def test_neurons_huge_n_layers(tmp_path: Path) -> None:
+    path = _write_neurons_doc(tmp_path / "n.json", n_layers=1_000_000, neurons={})
+    assert path.stat().st_size < 250
+    started = time.perf_counter()
+    with pytest.raises(LapeError, match=ROWS["neurons-huge-n-layers"]):
+        tl_lape.LanguageNeurons.load(path)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_language_code_path(tiny_model, tmp_path: Path, capsys) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for tl_lape", encoding="utf-8")
+    corpus = tmp_path / "a" / "b"
+    corpus.mkdir(parents=True)
+    evil = ("en", "../../secret")
+    neurons = _write_neurons_doc(tmp_path / "n.json", languages=list(evil), neurons={})
+    with pytest.raises(LapeError, match=ROWS["language-code-path"]):
+        tl_lape.LanguageNeurons.load(neurons)
+    # A statistics file naming such a language is refused too (written with a valid name, then
+    # its header edited: the constructor would accept any non-empty string).
+    stats_path = tmp_path / "stats.safetensors"
+    _tiny_stats(("en", "xx")).save(stats_path)
+    with safe_open(str(stats_path), framework="pt") as f:
+        header = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    header["languages"] = json.dumps(list(evil))
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(stats_path), metadata=header)
+    out = tmp_path / "steer"
+    argv = ["steer", str(stats_path), "--model", str(tiny_model("llama").path)]
+    argv += ["--reference-corpus", f"text:{corpus}", "--out", str(out)]
+    message = _fails(argv, ROWS["language-code-path"], capsys)
+    assert "../../secret" in message
+    assert not out.exists()
+
+
+def test_umask_mode(stats_file: Path, tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "n.json"
+        pth = tmp_path / "n.pth"
+        assert main(["identify", str(stats_file), "--out", str(out), "--rucaibox", str(pth)]) == 0
+        fresh = tmp_path / "fresh.safetensors"
+        _tiny_stats().save(fresh)
+        for path in (out, pth, fresh):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        from tl_lape._io import atomic_dir
+
+        with atomic_dir(tmp_path / "report") as tmp:
+            (tmp / "x.md").write_text("x", encoding="utf-8")
+        assert stat.S_IMODE((tmp_path / "report").stat().st_mode) == 0o755
+    finally:
+        os.umask(previous)
+
+
+# ----------------------------------------------------------------------------- early, right blame
+
+
+@pytest.mark.parametrize(
+    "option", [("--seq-len", "0"), ("--batch-size", "0"), ("--max-tokens-per-language", "0")]
+)
+def test_seq_len_before_model(
+    option: tuple[str, str], text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    # The model name does not exist: an error about it would mean the model was tried first.
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", "no-such-model", "--corpus", f"text:{text_corpus}"]
+    message = _fails([*argv, *option, "--out", str(out)], f"{option[0]} must be at least 1", capsys)
+    assert "got 0" in message
+    assert not out.exists()
+
+
+def test_evaluate_stats_names_neurons(
+    neurons_file: Path, text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    other = tmp_path / "s2.safetensors"
+    _tiny_stats(("en", "zh")).save(other)
+    out = tmp_path / "report"
+    argv = ["evaluate", str(neurons_file), "--stats", str(other), "--model", "no-such-model"]
+    argv += ["--corpus", f"text:{text_corpus}", "--out", str(out)]
+    message = _fails(argv, ROWS["evaluate-stats-names-neurons"], capsys)
+    assert str(neurons_file) in message and "['fr']" in message
+    assert not out.exists()
+
+
+def test_model_missing_folder(text_corpus: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "stats.safetensors"
+    missing = tmp_path / "no" / "model"
+    argv = ["collect", "--model", str(missing), "--corpus", f"text:{text_corpus}"]
+    message = _fails([*argv, "--out", str(out)], ROWS["model-missing-folder"], capsys)
+    assert str(missing) in message and "Repo id" not in message
+    assert not out.exists()
+
+
+def test_top_rate_example(stats_file: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "n.json"
+    message = _fails(
+        ["identify", str(stats_file), "--top-rate", "1.5", "--out", str(out)],
+        ROWS["top-rate-example"],
+        capsys,
+    )
+    assert "0.95" not in message
+    assert not out.exists()
+
+
+def test_short_corpus_advice(tiny_model, tmp_path: Path, capsys) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "en.txt").write_text("a", encoding="utf-8")
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", str(tiny_model("llama").path), "--corpus", f"text:{corpus}"]
+    argv += ["--languages", "en", "--seq-len", "16", "--no-progress", "--out", str(out)]
+    message = _fails(argv, ROWS["short-corpus-advice"], capsys)
+    assert "pass drop_last=False" not in message
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_collect_resume(tiny_model, text_corpus: Path, tmp_path: Path, capsys) -> None:
+    model = str(tiny_model("llama").path)
+    argv = ["collect", "--model", model, "--corpus", f"text:{text_corpus}", "--languages", "en,fr"]
+    argv += ["--seq-len", "16", "--batch-size", "2", "--no-progress"]
+    plain, resumed = tmp_path / "plain.safetensors", tmp_path / "resumed.safetensors"
+    checkpoint = tmp_path / "run.ckpt"
+    assert main([*argv, "--out", str(plain)]) == 0
+    resume = ["--resume", str(checkpoint), "--checkpoint-every", "1"]
+    assert main([*argv, *resume, "--out", str(resumed)]) == 0
+    assert checkpoint.is_file()
+    a, b = ActivationStats.load(plain), ActivationStats.load(resumed)
+    assert torch.equal(a.active_counts, b.active_counts)
+    assert torch.equal(a.activation_sums, b.activation_sums)
+    assert torch.equal(a.n_tokens, b.n_tokens)
+    # Run again: the finished checkpoint gives the same statistics.
+    resumed.unlink()
+    assert main([*argv, *resume, "--out", str(resumed)]) == 0
+    assert torch.equal(ActivationStats.load(resumed).active_counts, a.active_counts)
+    capsys.readouterr()
+    _fails(
+        [*argv, "--resume", str(tmp_path), "--out", str(tmp_path / "x")],
+        "it is a directory",
+        capsys,
+    )
