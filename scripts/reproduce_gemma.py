@@ -74,27 +74,10 @@ def _ratio_table(report: Any) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="results folder")
-    parser.add_argument("--model", default="gemma-3-270m", help="model for tl_lape.load_model")
-    parser.add_argument("--tokens", type=int, default=8192, help="train tokens per language")
-    parser.add_argument("--eval-tokens", type=int, default=512, help="held-out tokens/language")
-    parser.add_argument("--n-random", type=int, default=3, help="matched random draws")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    model = tl_lape.load_model(args.model, device="cpu", dtype=getattr(torch, args.dtype))
-    timings["load_model_s"] = time.perf_counter() - t0
-    train = load_debian_handbook(split="train")
-    heldout = load_debian_handbook(split="heldout")
-
+def _collect_and_select(
+    model: Any, train: Any, args: argparse.Namespace, timings: dict[str, float]
+) -> tuple[tl_lape.ActivationStats, dict[str, Any]]:
+    """Steps 1 and 2: statistics as two halves, stability, and the selection at each budget."""
     # 1. statistics, as two halves
     t0 = time.perf_counter()
     halves = split_corpus(train, seed=0)
@@ -135,10 +118,8 @@ def main() -> None:
         ),
         "budgets": {},
     }
-    sets = {}
     for rate in BUDGETS:
         neurons = tl_lape.identify_language_neurons(stats, top_rate=rate)
-        sets[rate] = neurons
         tag = f"{round(rate * 100)}pct"
         neurons.save(args.out / f"neurons_{tag}.json")
         plot_neurons_per_layer(neurons).savefig(args.out / f"neurons_per_layer_{tag}.png", dpi=110)
@@ -147,9 +128,53 @@ def main() -> None:
         text += f"Per layer:\n\n{_layer_table(neurons)}\n"
         _write(args.out / f"selection_{tag}.md", text)
         summary["budgets"][tag] = {"counts": neurons.counts(), "union": int(neurons.union().sum())}
+    _write(args.out / "summary.json", json.dumps(summary, indent=1))
+    return stats, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="results folder")
+    parser.add_argument("--model", default="gemma-3-270m", help="model for tl_lape.load_model")
+    parser.add_argument("--tokens", type=int, default=8192, help="train tokens per language")
+    parser.add_argument("--eval-tokens", type=int, default=512, help="held-out tokens/language")
+    parser.add_argument("--n-random", type=int, default=3, help="matched random draws")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--evaluate-budgets",
+        default="0.01,0.02,0.05",
+        help="budgets to evaluate (comma-separated); with --resume, the others are kept",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse --out's stats.safetensors, stability.md and summary.json (steps 1-2) and "
+        "evaluate only --evaluate-budgets",
+    )
+    args = parser.parse_args()
+    evaluate_budgets = tuple(float(v) for v in args.evaluate_budgets.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    model = tl_lape.load_model(args.model, device="cpu", dtype=getattr(torch, args.dtype))
+    timings["load_model_s"] = time.perf_counter() - t0
+    train = load_debian_handbook(split="train")
+    heldout = load_debian_handbook(split="heldout")
+
+    if args.resume:
+        stats = tl_lape.ActivationStats.load(args.out / "stats.safetensors")
+        summary: dict[str, Any] = json.loads((args.out / "summary.json").read_text())
+        timings.update(summary.get("timings", {}))
+    else:
+        stats, summary = _collect_and_select(model, train, args, timings)
+    sets = {rate: tl_lape.identify_language_neurons(stats, top_rate=rate) for rate in BUDGETS}
 
     # 3. deactivation at every budget (LAP and LAVE at 1%)
-    for rate in BUDGETS:
+    for rate in evaluate_budgets:
         tag = f"{round(rate * 100)}pct"
         t0 = time.perf_counter()
         report = run_evaluation(
@@ -171,6 +196,8 @@ def main() -> None:
         text += f"### Perplexity ratio (deactivated / clean)\n\n{_ratio_table(report)}\n"
         _write(args.out / f"evaluation_{tag}.md", text)
         summary["budgets"][tag]["evaluation"] = report.summary()
+        summary["budgets"][tag]["n_random"] = args.n_random
+        summary["budgets"][tag]["eval_tokens_per_language"] = args.eval_tokens
         summary["heldout_nll"] = dict(
             zip(report.lape.languages, (float(x) for x in report.lape.baseline), strict=True)
         )
