@@ -36,6 +36,7 @@ ROWS: dict[str, str] = {
     "hooks-inf-strength": "strength must be a finite number",
     "hooks-fewer-layers": "but the model these hooks run in has n_layers=",
     "hooks-more-layers": "was made from a neuron set with n_layers=",
+    "positions-empty-slice": "selects no position of the first forward pass",
     "from-counts-inf": "must be finite counts below 2**62",
     "neurons-repeated-language": '"languages" repeats',
     "neurons-non-ascii-layer": "written in the digits 0-9",
@@ -250,6 +251,46 @@ def test_hooks_more_layers(tiny_model) -> None:
     early_only = deactivation_hooks(_set_of(4, range(2)), "fr")
     with pytest.raises(LapeError, match="but the model these hooks run in has n_layers=2"):
         bridge.run_with_hooks(tokens, fwd_hooks=early_only)
+    assert _attached_hooks(bridge) == 0
+
+
+def test_positions_empty_slice(tiny_model) -> None:
+    bridge = tiny_model("llama").bridge
+    tokens = bridge.to_tokens("The cat sat on the warm mat.")
+    n_pos = tokens.shape[1]
+    neurons = _set_of(2, range(2))
+    stats = _tiny_stats()
+    far = slice(10000, 20000)
+    for hooks in (
+        deactivation_hooks(neurons, "fr", positions=far),
+        steering_hooks(neurons, stats, "fr", mode="add", strength=2.0, positions=far, gated=True),
+    ):
+        with pytest.raises(LapeError, match=ROWS["positions-empty-slice"]) as info:
+            bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        assert "positions=slice(10000, 20000, None)" in str(info.value)
+        assert f"pos={n_pos}" in str(info.value)
+        assert _attached_hooks(bridge) == 0
+    # A slice starting just past the pass selects the positions a longer re-run adds: accepted.
+    from_end = deactivation_hooks(neurons, "fr", positions=slice(n_pos, None))
+    assert torch.equal(bridge.run_with_hooks(tokens, fwd_hooks=from_end), bridge(tokens))
+    # In generation the prompt is the first pass: checked there too.
+    with pytest.raises(LapeError, match=ROWS["positions-empty-slice"]):
+        generate_with_hooks(
+            bridge, ["The cat"], fwd_hooks=deactivation_hooks(neurons, "fr", positions=far)
+        )
+    # A slice that selects part of the prompt and nothing of a cached decoding step (one
+    # position) is legitimate: generation runs, and the prompt is changed.
+    skip_first = deactivation_hooks(neurons, "fr", positions=slice(1, None))
+    assert not torch.equal(bridge.run_with_hooks(tokens, fwd_hooks=skip_first), bridge(tokens))
+    texts = generate_with_hooks(
+        bridge, ["The cat", "Le chat dort"], fwd_hooks=skip_first, max_new_tokens=4, batch_size=1
+    )
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    with deactivated(bridge, neurons, "fr", positions=slice(1, None)):
+        out = bridge.generate(
+            "The cat", max_new_tokens=3, use_past_kv_cache=True, verbose=False, do_sample=False
+        )
+    assert isinstance(out, str)
     assert _attached_hooks(bridge) == 0
 
 

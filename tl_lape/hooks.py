@@ -23,7 +23,12 @@ is taken as the prompt; a later pass of one position (KV cache), or one longer b
 than the sequence so far (no cache), continues it. Such hooks follow one generation at a time:
 :func:`~tl_lape.steering.generate_with_hooks`, :func:`steered` and :func:`deactivated` start
 them afresh at every generation; with ``model.hooks(...)`` make fresh hooks for every
-``generate`` call, or call :func:`reset_positions` between calls.
+``generate`` call, or call :func:`reset_positions` between calls. A slice that selects no
+position of the first pass a hook sees (since it was made or reset: the prompt, when
+generating) raises a :class:`~tl_lape.errors.LapeError`, unless it starts just past that pass
+(``slice(n, None)`` on a pass of ``n`` positions: the positions a longer re-run of the sequence
+adds). A later pass may select nothing, as a cached decoding step (one position) does with
+``slice(1, None)``.
 
 The model: a neuron set applies only to the model it was selected on. With ``model=`` the
 factories check the set against the model when they build the hooks (:func:`deactivated` and
@@ -53,6 +58,7 @@ Example:
 import contextlib
 import functools
 import math
+import operator
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -96,6 +102,22 @@ def _pre_linear_name(layer: int) -> str:
 
 
 # --------------------------------------------------------------------------- positions
+
+
+def _starts_at_end(positions: slice, pos_len: int) -> bool:
+    """Whether ``positions`` starts just past the last of ``pos_len`` positions: ``slice(n, ...)``.
+
+    Such a slice selects the positions after the first ``pos_len``: none yet, but some in a
+    longer pass of the same sequence (a re-run with more tokens, as in generation without a
+    KV cache), so an empty selection is not an error.
+    """
+    if positions.step is not None and positions.step < 0:
+        return False
+    try:
+        start = 0 if positions.start is None else operator.index(positions.start)
+    except TypeError:
+        return False
+    return (start + pos_len if start < 0 else start) == pos_len
 
 
 class _PositionSelector:
@@ -157,7 +179,17 @@ class _PositionSelector:
         if self.kind == "all":
             return None
         if self.kind == "slice":
-            return torch.arange(pos_len)[self.slice]
+            chosen = torch.arange(pos_len)[self.slice]
+            if self.prompt_len is None:  # the first pass since made or reset: the prompt
+                self.prompt_len = self.total = pos_len
+                if pos_len and not chosen.numel() and not _starts_at_end(self.slice, pos_len):
+                    raise LapeError(
+                        f"positions={self.slice!r} selects no position of the first forward "
+                        f"pass at {hook_name!r}, which has pos={pos_len}; positions index the "
+                        f"positions of each pass (0..{pos_len - 1} here): give a slice that "
+                        "selects some of them, or positions=None for all"
+                    )
+            return chosen
         if self.kind == "mask":
             assert self.static is not None
             if self.static.shape[0] != pos_len:
