@@ -18,14 +18,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import SENTENCES
+from models import SENTENCES, build_toy_model
 from safetensors import safe_open
 
 import tl_lape
 from tl_lape.cli import main
 from tl_lape.errors import LapeError
-from tl_lape.hooks import steering_hooks
+from tl_lape.hooks import deactivated, deactivation_hooks, patching_hooks, steering_hooks
 from tl_lape.stats import ActivationStats
+from tl_lape.steering import generate_with_hooks
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "howto" / "bad-inputs.md"
 
@@ -33,6 +34,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "howto" / "bad-inputs.md"
 ROWS: dict[str, str] = {
     "steer-nan-strength": "takes finite numbers",
     "hooks-inf-strength": "strength must be a finite number",
+    "hooks-fewer-layers": "but the model these hooks run in has n_layers=",
+    "hooks-more-layers": "was made from a neuron set with n_layers=",
+    "positions-empty-slice": "selects no position of the first forward pass",
     "from-counts-inf": "must be finite counts below 2**62",
     "neurons-repeated-language": '"languages" repeats',
     "neurons-non-ascii-layer": "written in the digits 0-9",
@@ -173,6 +177,121 @@ def test_hooks_inf_strength() -> None:
     for bad in (float("inf"), float("nan")):
         with pytest.raises(LapeError, match=ROWS["hooks-inf-strength"]):
             steering_hooks(neurons, stats, "fr", mode="add", strength=bad, gated=True)
+
+
+def _attached_hooks(model) -> int:
+    """Forward hooks attached to ``model`` (hook_dict may list a hook point under two names)."""
+    points = {id(hp): hp for hp in model.hook_dict.values()}
+    return sum(len(hp.fwd_hooks) for hp in points.values())
+
+
+def _set_of(n_layers: int, layers: range, d_mlp: int = 64) -> tl_lape.LanguageNeurons:
+    """A neuron set of ``n_layers`` with French neurons on ``layers``."""
+    fr = {layer: [3, 5] for layer in layers}
+    return tl_lape.LanguageNeurons.from_indices({"fr": fr}, n_layers=n_layers, d_mlp=d_mlp)
+
+
+def test_hooks_fewer_layers(tiny_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge = tiny_model("llama").bridge  # 2 layers, d_mlp 64
+    tokens = bridge.to_tokens("The cat sat on the warm mat.")
+    one_layer = _set_of(1, range(1))
+    fwd_hooks = [
+        deactivation_hooks(one_layer, "fr"),
+        patching_hooks(one_layer, "fr", {"blocks.0.mlp.hook_post": torch.zeros(1, 1, 64)}),
+    ]
+    for hooks in fwd_hooks:  # built without model=: checked when they first fire
+        with pytest.raises(LapeError, match=ROWS["hooks-fewer-layers"]) as info:
+            bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        assert "n_layers=1, but" in str(info.value)
+        assert "has n_layers=2" in str(info.value)
+        assert "model=model" in str(info.value)
+        assert _attached_hooks(bridge) == 0
+    # The issue's case on a HookedRootModule: a 2-layer set on a 4-layer model.
+    toy = build_toy_model(n_layers=4, d_mlp=8)
+    hooks = deactivation_hooks(_set_of(2, range(2), d_mlp=8), "fr")
+    with pytest.raises(LapeError, match=ROWS["hooks-fewer-layers"]) as info:
+        toy.run_with_hooks(torch.tensor([[1, 2, 3]]), fwd_hooks=hooks)
+    assert "n_layers=2, but the model these hooks run in has n_layers=4" in str(info.value)
+    # A set that fits is looked up once, on its first pass, and then costs nothing.
+    from tl_lape import hooks as hooks_module
+
+    calls = []
+    real = hooks_module._running_model
+    monkeypatch.setattr(
+        hooks_module, "_running_model", lambda point: calls.append(point) or real(point)
+    )
+    fits = deactivation_hooks(_set_of(2, range(2)), "fr")
+    clean = bridge(tokens)
+    first = bridge.run_with_hooks(tokens, fwd_hooks=fits)
+    second = bridge.run_with_hooks(tokens, fwd_hooks=fits)
+    assert len(calls) == 1
+    assert torch.equal(first, second) and not torch.equal(first, clean)
+
+
+def test_hooks_more_layers(tiny_model) -> None:
+    bridge = tiny_model("llama").bridge  # 2 layers
+    tokens = bridge.to_tokens("The cat sat on the warm mat.")
+    four_layers = _set_of(4, range(4))
+    hooks = deactivation_hooks(four_layers, "fr")
+    # The helpers check the hooks before attaching them: a LapeError, not a KeyError.
+    with pytest.raises(LapeError, match=ROWS["hooks-more-layers"]) as info:
+        generate_with_hooks(bridge, ["The cat"], fwd_hooks=hooks, max_new_tokens=2)
+    assert "n_layers=4, but the model has n_layers=2" in str(info.value)
+    with pytest.raises(LapeError, match=ROWS["hooks-more-layers"]):
+        tl_lape.evaluation.window_nll(bridge, tokens, fwd_hooks=hooks)
+    with pytest.raises(LapeError, match="n_layers=4, but the model has n_layers=2"):
+        deactivated(bridge, four_layers, "fr").__enter__()
+    assert _attached_hooks(bridge) == 0
+    # A bare model.hooks(...) attaches hooks by name: TransformerLens' KeyError for the first
+    # layer the model lacks (documented), and nothing is left attached ...
+    with pytest.raises(KeyError, match=r"blocks\.2\.mlp\.hook_post"), bridge.hooks(fwd_hooks=hooks):
+        pass
+    assert _attached_hooks(bridge) == 0
+    # ... unless the set has no neurons there: then the hooks catch it when they fire.
+    early_only = deactivation_hooks(_set_of(4, range(2)), "fr")
+    with pytest.raises(LapeError, match="but the model these hooks run in has n_layers=2"):
+        bridge.run_with_hooks(tokens, fwd_hooks=early_only)
+    assert _attached_hooks(bridge) == 0
+
+
+def test_positions_empty_slice(tiny_model) -> None:
+    bridge = tiny_model("llama").bridge
+    tokens = bridge.to_tokens("The cat sat on the warm mat.")
+    n_pos = tokens.shape[1]
+    neurons = _set_of(2, range(2))
+    stats = _tiny_stats()
+    far = slice(10000, 20000)
+    for hooks in (
+        deactivation_hooks(neurons, "fr", positions=far),
+        steering_hooks(neurons, stats, "fr", mode="add", strength=2.0, positions=far, gated=True),
+    ):
+        with pytest.raises(LapeError, match=ROWS["positions-empty-slice"]) as info:
+            bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        assert "positions=slice(10000, 20000, None)" in str(info.value)
+        assert f"pos={n_pos}" in str(info.value)
+        assert _attached_hooks(bridge) == 0
+    # A slice starting just past the pass selects the positions a longer re-run adds: accepted.
+    from_end = deactivation_hooks(neurons, "fr", positions=slice(n_pos, None))
+    assert torch.equal(bridge.run_with_hooks(tokens, fwd_hooks=from_end), bridge(tokens))
+    # In generation the prompt is the first pass: checked there too.
+    with pytest.raises(LapeError, match=ROWS["positions-empty-slice"]):
+        generate_with_hooks(
+            bridge, ["The cat"], fwd_hooks=deactivation_hooks(neurons, "fr", positions=far)
+        )
+    # A slice that selects part of the prompt and nothing of a cached decoding step (one
+    # position) is legitimate: generation runs, and the prompt is changed.
+    skip_first = deactivation_hooks(neurons, "fr", positions=slice(1, None))
+    assert not torch.equal(bridge.run_with_hooks(tokens, fwd_hooks=skip_first), bridge(tokens))
+    texts = generate_with_hooks(
+        bridge, ["The cat", "Le chat dort"], fwd_hooks=skip_first, max_new_tokens=4, batch_size=1
+    )
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    with deactivated(bridge, neurons, "fr", positions=slice(1, None)):
+        out = bridge.generate(
+            "The cat", max_new_tokens=3, use_past_kv_cache=True, verbose=False, do_sample=False
+        )
+    assert isinstance(out, str)
+    assert _attached_hooks(bridge) == 0
 
 
 @pytest.mark.parametrize("bad", [float("inf"), 1e30])

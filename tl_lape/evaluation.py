@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from tl_lape._adapter import ModelAdapter, adapt
 from tl_lape.errors import LapeError
-from tl_lape.hooks import deactivation_hooks
+from tl_lape.hooks import _check_fwd_hooks, deactivation_hooks
 from tl_lape.neurons import LanguageNeurons
 
 __all__ = [
@@ -411,13 +411,15 @@ def window_nll(
     """
     _check_positive(batch_size, "batch_size")
     device = adapt(model, validate=False).device
+    fwd_hooks = list(fwd_hooks)
+    _check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
     total = torch.zeros((), dtype=torch.float64)
     count = 0
     starts = range(0, windows.shape[0], batch_size)
     with torch.inference_mode():
         for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
             batch = windows[start : start + batch_size].to(device)  # batch pos
-            logits = model.run_with_hooks(batch, fwd_hooks=list(fwd_hooks))  # batch pos d_vocab
+            logits = model.run_with_hooks(batch, fwd_hooks=fwd_hooks)  # batch pos d_vocab
             nll = next_token_nll(logits, batch)  # batch pos-1
             total += nll.to(torch.float64).sum().cpu()
             count += nll.numel()

@@ -23,7 +23,23 @@ is taken as the prompt; a later pass of one position (KV cache), or one longer b
 than the sequence so far (no cache), continues it. Such hooks follow one generation at a time:
 :func:`~tl_lape.steering.generate_with_hooks`, :func:`steered` and :func:`deactivated` start
 them afresh at every generation; with ``model.hooks(...)`` make fresh hooks for every
-``generate`` call, or call :func:`reset_positions` between calls.
+``generate`` call, or call :func:`reset_positions` between calls. A slice that selects no
+position of the first pass a hook sees (since it was made or reset: the prompt, when
+generating) raises a :class:`~tl_lape.errors.LapeError`, unless it starts just past that pass
+(``slice(n, None)`` on a pass of ``n`` positions: the positions a longer re-run of the sequence
+adds). A later pass may select nothing, as a cached decoding step (one position) does with
+``slice(1, None)``.
+
+The model: a neuron set applies only to the model it was selected on. With ``model=`` the
+factories check the set against the model when they build the hooks (:func:`deactivated` and
+:func:`steered` always do, and :func:`~tl_lape.steering.generate_with_hooks` and
+:func:`~tl_lape.evaluation.window_nll` check the hooks before attaching them). Hooks built
+without it check, the first time they fire at a hook point, that the model whose forward pass
+calls them (found up the call stack) has the set's layer count, and raise a ``LapeError``
+naming both counts otherwise; later passes cost one set lookup. With a bare
+``model.hooks(...)`` or ``run_with_hooks``, a set of more layers than the model has hooks for
+layers the model lacks, and TransformerLens raises its ``KeyError`` while attaching them, before
+any of these hooks runs: pass ``model=`` to get the ``LapeError`` when the hooks are built.
 
 For the common case, :func:`deactivated` and :func:`steered` are context managers that build the
 hooks, check them against the model and attach them for a ``with`` block, nesting with your own
@@ -42,7 +58,11 @@ Example:
 import contextlib
 import functools
 import math
+import operator
+import sys
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import FrameType
 from typing import Any, Literal, get_args
 
 import torch
@@ -82,6 +102,22 @@ def _pre_linear_name(layer: int) -> str:
 
 
 # --------------------------------------------------------------------------- positions
+
+
+def _starts_at_end(positions: slice, pos_len: int) -> bool:
+    """Whether ``positions`` starts just past the last of ``pos_len`` positions: ``slice(n, ...)``.
+
+    Such a slice selects the positions after the first ``pos_len``: none yet, but some in a
+    longer pass of the same sequence (a re-run with more tokens, as in generation without a
+    KV cache), so an empty selection is not an error.
+    """
+    if positions.step is not None and positions.step < 0:
+        return False
+    try:
+        start = 0 if positions.start is None else operator.index(positions.start)
+    except TypeError:
+        return False
+    return (start + pos_len if start < 0 else start) == pos_len
 
 
 class _PositionSelector:
@@ -143,7 +179,17 @@ class _PositionSelector:
         if self.kind == "all":
             return None
         if self.kind == "slice":
-            return torch.arange(pos_len)[self.slice]
+            chosen = torch.arange(pos_len)[self.slice]
+            if self.prompt_len is None:  # the first pass since made or reset: the prompt
+                self.prompt_len = self.total = pos_len
+                if pos_len and not chosen.numel() and not _starts_at_end(self.slice, pos_len):
+                    raise LapeError(
+                        f"positions={self.slice!r} selects no position of the first forward "
+                        f"pass at {hook_name!r}, which has pos={pos_len}; positions index the "
+                        f"positions of each pass (0..{pos_len - 1} here): give a slice that "
+                        "selects some of them, or positions=None for all"
+                    )
+            return chosen
         if self.kind == "mask":
             assert self.static is not None
             if self.static.shape[0] != pos_len:
@@ -193,18 +239,104 @@ class _DeviceCache:
         return copy
 
 
-def _width_of(neurons: LanguageNeurons) -> tuple[int | None, int]:
-    """``(d_mlp, largest index)``: what :func:`_check_act` checks an activation against."""
-    return neurons.d_mlp, neurons.max_index()
+#: How many frames up :func:`_running_model` looks for the model whose forward pass calls a hook.
+_MAX_FRAMES = 200
 
 
-def _check_act(act: Tensor, hook: Any, width: tuple[int | None, int], name: str) -> None:
+def _model_n_layers(model: Any) -> int:
+    """The layer count of ``model``: ``cfg.n_layers``, else its ``blocks.{l}.mlp.hook_post``."""
+    n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
+    if isinstance(n_layers, int) and not isinstance(n_layers, bool):
+        return n_layers
+    hook_dict = model.hook_dict
+    count = 0
+    while _post_name(count) in hook_dict:
+        count += 1
+    return count
+
+
+def _running_model(point: Any) -> Any:
+    """The TransformerLens model whose forward pass is calling the hook point ``point``, or None.
+
+    A hook point does not know its model, so this looks up the call stack for the nearest
+    ``self`` that is a TransformerLens model (``run_with_hooks`` and a ``hook_dict`` holding
+    ``point``). It runs once per hook point (see :class:`_Fit`), never on later passes.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if (
+            isinstance(owner, torch.nn.Module)
+            and owner is not point
+            and callable(getattr(type(owner), "run_with_hooks", None))
+        ):
+            try:
+                hook_dict = owner.hook_dict
+            except Exception:  # not a model we can read: look further up
+                hook_dict = None
+            if isinstance(hook_dict, Mapping) and any(p is point for p in hook_dict.values()):
+                return owner
+        frame = frame.f_back
+    return None
+
+
+class _Fit:
+    """What the hooks made from one neuron set check their activations and their model against.
+
+    Every pass: the activation's shape and width (``d_mlp``, or the largest index of a set of
+    unknown width). The first time a hook fires at a hook point, whether built with ``model=`` or
+    not: the layer count of the model running it (see :func:`_running_model`), which must equal
+    the set's. The hook points of a model that passed are remembered (weakly), so a later pass
+    costs one set lookup; where no model is found (not a TransformerLens model's forward pass),
+    only the width is checked.
+    """
+
+    def __init__(self, neurons: LanguageNeurons) -> None:
+        self.d_mlp = neurons.d_mlp
+        self.max_index = neurons.max_index()
+        self.n_layers = neurons.n_layers
+        self.model_name = neurons.metadata.get("model_name")
+        self._checked: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def check_model(self, hook: Any) -> None:
+        """Check, once per hook point, that the model ``hook`` belongs to has our layer count."""
+        if hook is None:
+            return
+        try:
+            if hook in self._checked:
+                return
+            point = getattr(hook, "_target", hook)  # TransformerLens' aliased view of a hook point
+            if point in self._checked:
+                return
+        except TypeError:  # not weak-referenceable: not a TransformerLens hook point
+            return
+        model = _running_model(point)
+        if model is None:
+            self._checked.add(point)
+            return
+        n_layers = _model_n_layers(model)
+        if n_layers != self.n_layers:
+            made_for = f" ({self.model_name})" if self.model_name else ""
+            raise LapeError(
+                f"the neuron set was made for a model{made_for} with n_layers={self.n_layers}, "
+                f"but the model these hooks run in has n_layers={n_layers}; a neuron set applies "
+                "only to the model it was selected on: use the set made for this model, and "
+                "build the hooks with model=model (or check the set first with "
+                "neurons.for_model(model)) to have this caught before anything runs"
+            )
+        self._checked.update(model.hook_dict.values())
+        self._checked.add(point)
+
+
+def _check_act(act: Tensor, hook: Any, fit: _Fit, name: str) -> None:
     if act.ndim != 3:
         raise LapeError(
             f"expected a [batch, pos, d_mlp] activation at {name!r}; received shape "
             f"{tuple(act.shape)} (remove_batch_dim is not supported)"
         )
-    d_mlp, max_index = width
+    d_mlp, max_index = fit.d_mlp, fit.max_index
     if d_mlp is not None and act.shape[-1] != d_mlp:
         raise LapeError(
             f"the activation at {name!r} has width {act.shape[-1]}, but the neuron set was made "
@@ -217,6 +349,7 @@ def _check_act(act: Tensor, hook: Any, width: tuple[int | None, int], name: str)
             f"neuron index {max_index}; the set was made for a wider model: use the set made "
             "for this model"
         )
+    fit.check_model(hook)
 
 
 def _language_list(
@@ -287,6 +420,39 @@ def _resettable(fn: HookFn, reset: Callable[[], None]) -> HookFn:
     return fn
 
 
+#: The attribute under which a hook function made here keeps the :class:`_Fit` of its set.
+_FIT = "_lape_fit"
+
+
+def _fitted(fn: HookFn, fit: _Fit) -> HookFn:
+    """Record on ``fn`` the :class:`_Fit` of its neuron set, for :func:`_check_fwd_hooks`."""
+    setattr(fn, _FIT, fit)
+    return fn
+
+
+def _check_fwd_hooks(model: Any, fwd_hooks: Sequence[tuple[Any, HookFn]]) -> None:
+    """Before attaching ``fwd_hooks`` to ``model``: the hooks made here must fit its layer count.
+
+    Raises a :class:`LapeError` naming both layer counts for a hook made here from a set of
+    another layer count, before TransformerLens would raise a ``KeyError`` for a layer the model
+    lacks (or the hooks would touch the first layers only). Your own hooks are left alone.
+    """
+    n_layers: int | None = None
+    for name, fn in fwd_hooks:
+        fit = getattr(fn, _FIT, None)
+        if not isinstance(fit, _Fit):
+            continue
+        if n_layers is None:
+            n_layers = _model_n_layers(model)
+        if fit.n_layers != n_layers:
+            raise LapeError(
+                f"the hook {name!r} was made from a neuron set with n_layers={fit.n_layers}, but "
+                f"the model has n_layers={n_layers}; a neuron set applies only to the model it "
+                "was selected on: use the set made for this model, and build the hooks with "
+                "model=model (or check the set first with neurons.for_model(model))"
+            )
+
+
 def reset_positions(fwd_hooks: Sequence[tuple[str, HookFn]]) -> None:
     """Make ``positions="new"``/``"prompt"`` hooks take their next forward pass as a new prompt.
 
@@ -345,28 +511,27 @@ def deactivation_hooks(
     neurons = _check_neurons(neurons)
     langs = _language_list(languages, neurons, "languages")
     _check_model(neurons, model)
+    fit = _Fit(neurons)
     hooks: FwdHooks = []
     for layer in range(neurons.n_layers):
         idx = _union_indices(neurons, langs, layer)
         if idx.numel():
-            hooks.append((_post_name(layer), _zero_hook(idx, _width_of(neurons), layer, positions)))
+            hooks.append((_post_name(layer), _zero_hook(idx, fit, layer, positions)))
     return hooks
 
 
-def _zero_hook(
-    idx: Tensor, width: tuple[int | None, int], layer: int, positions: Positions
-) -> HookFn:
+def _zero_hook(idx: Tensor, fit: _Fit, layer: int, positions: Positions) -> HookFn:
     indices = _DeviceCache(idx)
     selector = _PositionSelector(positions)
     name = _post_name(layer)
 
     def deactivate(act: Tensor, *, hook: Any) -> Tensor:
-        _check_act(act, hook, width, name)
+        _check_act(act, hook, fit, name)
         pos = _positions_on(selector.select(act.shape[1], name), act.device)
         i = indices.on(act.device)
         return _write(act, pos, i, torch.zeros((), dtype=act.dtype, device=act.device))
 
-    return _resettable(deactivate, selector.reset)
+    return _fitted(_resettable(deactivate, selector.reset), fit)
 
 
 # --------------------------------------------------------------------------- steering
@@ -458,6 +623,7 @@ def steering_hooks(
             "cannot tell whether the model's MLP is gated: pass model=model (or gated=True/False)"
         )
     means = stats.mean_activations[..., stats.languages.index(target)] if mode != "scale" else None
+    fit = _Fit(neurons)
     hooks: FwdHooks = []
     for layer in range(neurons.n_layers):
         idx = neurons.indices(target, layer)
@@ -476,7 +642,7 @@ def steering_hooks(
                 float(strength),
                 value,
                 bool(gated),
-                _width_of(neurons),
+                fit,
                 positions,
             )
         )
@@ -491,7 +657,7 @@ def _steer_layer_hooks(
     strength: float,
     value: Tensor | None,
     gated: bool,
-    width: tuple[int | None, int],
+    fit: _Fit,
     positions: Positions,
 ) -> FwdHooks:
     indices, zero_indices = _DeviceCache(idx), _DeviceCache(zero_idx)
@@ -502,11 +668,11 @@ def _steer_layer_hooks(
     stash: dict[str, Tensor] = {}
 
     def stash_up(act: Tensor, *, hook: Any) -> None:
-        _check_act(act, hook, width, _pre_linear_name(layer))
+        _check_act(act, hook, fit, _pre_linear_name(layer))
         stash["up"] = act[..., indices.on(act.device)]  # batch pos k
 
     def steer(act: Tensor, *, hook: Any) -> Tensor:
-        _check_act(act, hook, width, name)
+        _check_act(act, hook, fit, name)
         pos = _positions_on(selector.select(act.shape[1], name), act.device)
         out = act
         if zero_idx.numel():
@@ -540,8 +706,8 @@ def _steer_layer_hooks(
 
     hooks: FwdHooks = []
     if needs_up:
-        hooks.append((_pre_linear_name(layer), stash_up))
-    hooks.append((name, _resettable(steer, reset)))
+        hooks.append((_pre_linear_name(layer), _fitted(stash_up, fit)))
+    hooks.append((name, _fitted(_resettable(steer, reset), fit)))
     return hooks
 
 
@@ -584,6 +750,7 @@ def patching_hooks(
         raise LapeError(f"language must be one language code; received {language!r}")
     (language,) = _language_list([language], neurons, "language")
     _check_model(neurons, model)
+    fit = _Fit(neurons)
     hooks: FwdHooks = []
     for layer in range(neurons.n_layers):
         idx = neurons.indices(language, layer)
@@ -597,32 +764,29 @@ def patching_hooks(
                 f"source has no activation {name!r}; cache it with model.run_with_cache(tokens, "
                 "names_filter=lambda name: name.endswith('mlp.hook_post'))"
             ) from None
-        width = _width_of(neurons)
         if (
             not isinstance(src, Tensor)
             or src.ndim != 3
             or (neurons.d_mlp is not None and src.shape[-1] != neurons.d_mlp)
-            or src.shape[-1] <= width[1]
+            or src.shape[-1] <= fit.max_index
         ):
             got = tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__
-            want = neurons.d_mlp if neurons.d_mlp is not None else f"> {width[1]}"
+            want = neurons.d_mlp if neurons.d_mlp is not None else f"> {fit.max_index}"
             raise LapeError(
                 f"source[{name!r}] must be a [batch, pos, d_mlp={want}] tensor; received {got}"
             )
-        hooks.append((name, _patch_hook(idx, src, width, layer, positions)))
+        hooks.append((name, _patch_hook(idx, src, fit, layer, positions)))
     return hooks
 
 
-def _patch_hook(
-    idx: Tensor, src: Tensor, width: tuple[int | None, int], layer: int, positions: Positions
-) -> HookFn:
+def _patch_hook(idx: Tensor, src: Tensor, fit: _Fit, layer: int, positions: Positions) -> HookFn:
     indices = _DeviceCache(idx)
     sources = _DeviceCache(src.detach())
     selector = _PositionSelector(positions)
     name = _post_name(layer)
 
     def patch(act: Tensor, *, hook: Any) -> Tensor:
-        _check_act(act, hook, width, name)
+        _check_act(act, hook, fit, name)
         pos = selector.select(act.shape[1], name)
         pos_dev = _positions_on(pos, act.device)
         i = indices.on(act.device)
@@ -641,7 +805,7 @@ def _patch_hook(
             )
         return _write(act, pos_dev, i, values.expand(act.shape[0], -1, -1))
 
-    return _resettable(patch, selector.reset)
+    return _fitted(_resettable(patch, selector.reset), fit)
 
 
 # --------------------------------------------------------------------------- scoped interventions

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
 from tl_lape.evaluation import random_matched_neurons
-from tl_lape.hooks import reset_positions, steering_hooks
+from tl_lape.hooks import _check_fwd_hooks, reset_positions, steering_hooks
 from tl_lape.neurons import LanguageNeurons
 
 __all__ = [
@@ -173,6 +173,8 @@ def generate_with_hooks(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise LapeError(f"{name} must be a positive int; received {value!r}")
     adapter = adapt(model, validate=False)
+    fwd_hooks = list(fwd_hooks)
+    _check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
     tokenizer = adapter.tokenizer
     if prepend_bos is None:
         prepend_bos = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
@@ -204,7 +206,6 @@ def generate_with_hooks(
     texts: list[str] = [""] * len(prompts)
     new_tokens: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * len(prompts)
     device = adapter.device
-    fwd_hooks = list(fwd_hooks)
     with (
         torch.random.fork_rng(devices=[]),
         torch.inference_mode(),
