@@ -48,7 +48,11 @@ def test_prepend_bos_counts_only_corpus_tokens(tiny_model):
     bos = torch.full((3, 1), tm.bridge.tokenizer.bos_token_id)
     counts, sums = hf_count_by_hand(tm.hf_model(), torch.cat([bos, windows], 1), skip_positions=1)
     assert torch.equal(stats.active_counts[..., 0], counts)
-    torch.testing.assert_close(stats.activation_sums[..., 0], sums, rtol=1e-5, atol=1e-6)
+    # The bridge recomputes each block with its own modules: on an AVX2 CPU its float32
+    # pre-activations differ from the HF model's by up to 1.4e-6 (measured), so a neuron's sum
+    # over the 21 counted positions may differ by up to 21 x 1.4e-6 x max|silu'| (1.1), about
+    # 3.2e-5. The counts above are exact; the sums are held to that float32 bound.
+    torch.testing.assert_close(stats.activation_sums[..., 0], sums, rtol=1e-5, atol=3.2e-5)
 
 
 def test_text_is_packed_with_eos_between_documents(tiny_model):
