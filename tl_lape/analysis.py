@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import token_windows
 from tl_lape.neurons import LanguageNeurons
+from tl_lape.windows import token_windows
 
 __all__ = [
     "NeuronCard",

@@ -10,7 +10,8 @@ layer's up and down projections, the final norm and the unembedding (and the ``[
 d_vocab]`` logits). ``stop_at_layer`` cannot do this, as it stops before a block, and both
 ``HookedTransformer`` and ``TransformerBridge`` leave no state behind when a hook raises.
 
-How text becomes windows (the paper's recipe, made explicit):
+How text becomes windows (the paper's recipe, made explicit; the code is in
+:mod:`tl_lape.windows`, policy :data:`tl_lape.windows.COLLECTION`):
 
 1. Each language's documents are tokenized one by one without special tokens and concatenated
    into one token stream, with the tokenizer's EOS token between consecutive documents (no
@@ -30,7 +31,7 @@ batch of a language may be smaller; a short remainder window is a batch of its o
 
 import importlib.metadata
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 from tl_lape._adapter import ModelAdapter, adapt
 from tl_lape.errors import LapeError
 from tl_lape.stats import ActivationStats
+from tl_lape.windows import WindowBatch, WindowSettings, iter_window_batches
 
 __all__ = [
     "CollectionObserver",
@@ -62,237 +64,6 @@ DEFAULT_SEQ_LEN = 512
 
 CorpusSource = Iterable[str] | Tensor
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
-
-
-@dataclass(frozen=True)
-class WindowSettings:
-    """How a corpus is cut into windows; see the module docstring.
-
-    Attributes:
-        seq_len: Positions per window (including the BOS position if ``prepend_bos``).
-        batch_size: Windows per forward pass.
-        max_tokens_per_language: Counted tokens per language at most (None: all).
-        prepend_bos: Start every window with BOS (not counted).
-        drop_last: Drop a final window shorter than ``seq_len``.
-    """
-
-    seq_len: int
-    batch_size: int
-    max_tokens_per_language: int | None
-    prepend_bos: bool
-    drop_last: bool
-
-    def __post_init__(self) -> None:
-        for name in ("seq_len", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LapeError(f"{name} must be a positive int; received {value!r}")
-        if self.prepend_bos and self.seq_len < 2:
-            raise LapeError(
-                f"seq_len must be >= 2 with prepend_bos=True (BOS plus at least one token); "
-                f"received {self.seq_len}"
-            )
-        budget = self.max_tokens_per_language
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
-        ):
-            raise LapeError(
-                f"max_tokens_per_language must be a positive int or None; received {budget!r}"
-            )
-
-    @property
-    def content_len(self) -> int:
-        """Corpus tokens per full window (``seq_len`` minus the BOS position, if any)."""
-        return self.seq_len - 1 if self.prepend_bos else self.seq_len
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as a JSON-serialisable dict."""
-        return {
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "max_tokens_per_language": self.max_tokens_per_language,
-            "prepend_bos": self.prepend_bos,
-            "drop_last": self.drop_last,
-        }
-
-
-@dataclass(frozen=True)
-class WindowBatch:
-    """One forward pass worth of windows of one language.
-
-    Attributes:
-        index: Position of this batch in the deterministic enumeration (0, 1, 2, ...).
-        language: Language code.
-        lang_index: Index of the language in the corpus' order.
-        tokens: ``[batch, pos]`` token ids on the CPU (with the BOS column if ``prepend_bos``).
-        n_counted: Tokens that count towards the statistics (``batch * (pos - bos)``).
-    """
-
-    index: int
-    language: str
-    lang_index: int
-    tokens: Tensor
-    n_counted: int
-
-
-def _check_token_tensor(ids: Tensor, language: str, d_vocab: int | None) -> Tensor:
-    if ids.ndim != 1 or ids.dtype in (torch.bool,) or ids.is_floating_point() or ids.is_complex():
-        raise LapeError(
-            f"corpus[{language!r}] must be an iterable of strings or a 1-D integer tensor of token "
-            f"ids; received a {ids.dtype} tensor of shape {tuple(ids.shape)} (flatten windows "
-            "with .flatten())"
-        )
-    ids = ids.detach().to("cpu", torch.long)
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or (d_vocab is not None and hi >= d_vocab):
-            raise LapeError(
-                f"corpus[{language!r}] holds token ids in [{lo}, {hi}], outside the model's "
-                f"vocabulary [0, {d_vocab}); were they made with another tokenizer?"
-            )
-    return ids
-
-
-def _token_chunks(adapter: ModelAdapter, source: Any, language: str) -> Iterator[Tensor]:
-    """The language's token stream, as a sequence of 1-D CPU LongTensor chunks."""
-    d_vocab = getattr(getattr(adapter.model, "cfg", None), "d_vocab", None)
-    if isinstance(source, Tensor):
-        yield _check_token_tensor(source, language, d_vocab)
-        return
-    if isinstance(source, (str, bytes)):
-        raise LapeError(
-            f"corpus[{language!r}] is a single string; pass a list of documents, e.g. "
-            f"{{{language!r}: [text]}}"
-        )
-    if not isinstance(source, Iterable):
-        raise LapeError(
-            f"corpus[{language!r}] must be an iterable of strings or a 1-D tensor of token ids; "
-            f"received {type(source).__name__}"
-        )
-    eos = adapter.eos_token_id
-    separator = torch.tensor([eos], dtype=torch.long) if eos is not None else None
-    first = True
-    for i, doc in enumerate(source):
-        if not isinstance(doc, str):
-            raise LapeError(
-                f"corpus[{language!r}] must hold strings; item {i} is a {type(doc).__name__}"
-            )
-        ids = adapter.encode(doc)
-        if ids.numel() == 0:
-            continue
-        if not first and separator is not None:
-            yield separator
-        first = False
-        yield ids
-
-
-def _iter_windows(
-    chunks: Iterable[Tensor], settings: WindowSettings
-) -> Iterator[tuple[Tensor, int]]:
-    """Cut a token stream into windows; yields ``(content_tokens, tokens_taken_so_far)``.
-
-    Never copies more than one window at a time, so a 100M-token tensor is cut in O(n).
-    """
-    content_len = settings.content_len
-    budget = settings.max_tokens_per_language
-    pending: list[Tensor] = []
-    n_pending = 0
-    taken = 0
-    for chunk in chunks:
-        if budget is not None:
-            chunk = chunk[: budget - taken]
-        taken += chunk.numel()
-        start = 0
-        while start < chunk.numel():
-            piece = chunk[start : start + content_len - n_pending]
-            pending.append(piece)
-            n_pending += piece.numel()
-            start += piece.numel()
-            if n_pending == content_len:
-                yield torch.cat(pending), taken
-                pending, n_pending = [], 0
-        if budget is not None and taken >= budget:
-            break
-    if n_pending and not settings.drop_last:
-        yield torch.cat(pending), taken
-    elif n_pending and taken == n_pending:
-        # Not even one full window: say so instead of returning nothing.
-        raise _TooShort(taken)
-
-
-class _TooShort(Exception):
-    def __init__(self, n_tokens: int) -> None:
-        super().__init__(n_tokens)
-        self.n_tokens = n_tokens
-
-
-def iter_window_batches(
-    adapter: ModelAdapter,
-    corpus: Mapping[str, Any],
-    settings: WindowSettings,
-) -> Iterator[WindowBatch]:
-    """Enumerate the batches of windows of ``corpus`` deterministically (see module docstring).
-
-    The same corpus and settings always give the same batches with the same indices, so that
-    several processes can each take a disjoint share (``batch.index % world_size == rank``) and
-    an interrupted run can resume after a given batch index.
-    """
-    bos = adapter.bos_token_id if settings.prepend_bos else None
-    if settings.prepend_bos and bos is None:
-        raise LapeError(
-            f"prepend_bos=True but the tokenizer of {adapter.model_name!r} has no BOS (or EOS) "
-            "token; pass prepend_bos=False"
-        )
-    index = 0
-    for lang_index, (language, source) in enumerate(corpus.items()):
-        windows = _iter_windows(_token_chunks(adapter, source, language), settings)
-        group: list[Tensor] = []
-        seen_any = False
-        while True:
-            try:
-                window, _taken = next(windows)
-            except StopIteration:
-                break
-            except _TooShort as short:
-                raise LapeError(
-                    f"corpus[{language!r}] has only {short.n_tokens} tokens, fewer than one "
-                    f"window of {settings.content_len} corpus tokens (seq_len={settings.seq_len}); "
-                    "give more text or a lower seq_len (--seq-len on the command line); from "
-                    "Python, drop_last=False also keeps a window shorter than seq_len"
-                ) from None
-            seen_any = True
-            if window.numel() < settings.content_len:  # the short remainder (drop_last=False)
-                if group:
-                    yield _make_batch(index, language, lang_index, group, bos)
-                    index += 1
-                    group = []
-                yield _make_batch(index, language, lang_index, [window], bos)
-                index += 1
-                continue
-            group.append(window)
-            if len(group) == settings.batch_size:
-                yield _make_batch(index, language, lang_index, group, bos)
-                index += 1
-                group = []
-        if group:
-            yield _make_batch(index, language, lang_index, group, bos)
-            index += 1
-        if not seen_any:
-            raise LapeError(
-                f"corpus[{language!r}] is empty (no tokens); give every language some text or "
-                "leave the language out"
-            )
-
-
-def _make_batch(
-    index: int, language: str, lang_index: int, windows: list[Tensor], bos: int | None
-) -> WindowBatch:
-    tokens = torch.stack(windows)  # batch pos
-    n_counted = tokens.numel()
-    if bos is not None:
-        bos_column = torch.full((tokens.shape[0], 1), bos, dtype=torch.long)
-        tokens = torch.cat([bos_column, tokens], dim=1)  # batch pos+1
-    return WindowBatch(index, language, lang_index, tokens, n_counted)
 
 
 class _StopForward(Exception):
