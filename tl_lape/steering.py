@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import random_matched_neurons
+from tl_lape.evaluation import next_token_nll, random_matched_neurons
 from tl_lape.hooks import reset_positions, steering_hooks
 from tl_lape.neurons import LanguageNeurons
 
@@ -582,8 +582,7 @@ def sequence_nll(
                 tokens[r, : ids.numel()] = ids
                 valid[r, : ids.numel() - 1] = True
             logits = model(tokens.to(device))  # batch pos d_vocab
-            logprobs = torch.log_softmax(logits[:, :-1].to(torch.float32), dim=-1).cpu()
-            nll = -logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # batch pos-1
+            nll = next_token_nll(logits, tokens).cpu()  # batch pos-1, float32
             nll = (nll * valid).to(torch.float64).sum(-1) / valid.sum(-1)  # batch
             for r, (i, _) in enumerate(chunk):
                 out[i] = nll[r]
