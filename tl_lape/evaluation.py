@@ -39,6 +39,7 @@ from tl_lape._adapter import ModelAdapter, adapt
 from tl_lape.errors import LapeError
 from tl_lape.hooks import deactivation_hooks
 from tl_lape.neurons import LanguageNeurons
+from tl_lape.stats import ActivationStats
 from tl_lape.windows import token_windows
 
 __all__ = [
@@ -724,7 +725,7 @@ def run_evaluation(
     neurons: LanguageNeurons,
     corpus: Mapping[str, Iterable[str] | Tensor],
     *,
-    stats: Any = None,
+    stats: ActivationStats | None = None,
     n_random: int = 3,
     seed: int = 0,
     selectors: Sequence[str] = ("LAP", "LAVE"),
@@ -830,8 +831,8 @@ def _selection_kwargs(neurons: LanguageNeurons) -> dict[str, Any]:
     return out
 
 
-def _select_with(method: str) -> Callable[[Any, LanguageNeurons], LanguageNeurons]:
-    def select(stats: Any, neurons: LanguageNeurons) -> LanguageNeurons:
+def _select_with(method: str) -> Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]:
+    def select(stats: ActivationStats, neurons: LanguageNeurons) -> LanguageNeurons:
         from tl_lape.selection import identify_language_neurons
 
         return identify_language_neurons(stats, **_selection_kwargs(neurons), method=method)
@@ -839,7 +840,7 @@ def _select_with(method: str) -> Callable[[Any, LanguageNeurons], LanguageNeuron
     return select
 
 
-_SELECTORS: dict[str, Callable[[Any, LanguageNeurons], LanguageNeurons]] = {
+_SELECTORS: dict[str, Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]] = {
     "LAP": _select_with("lap"),
     "LAVE": _select_with("lave"),
 }

@@ -44,6 +44,7 @@ from tl_lape.errors import LapeError
 from tl_lape.evaluation import next_token_nll, random_matched_neurons
 from tl_lape.hooks import reset_positions, steering_hooks
 from tl_lape.neurons import LanguageNeurons
+from tl_lape.stats import ActivationStats
 
 __all__ = [
     "ENGLISH_PROMPTS",
@@ -113,12 +114,6 @@ _PROMPT_LANGUAGE: dict[str, str | None] = {"english": "en", "neutral": None}
 
 
 # ============================================================================ generation
-
-
-@dataclass(frozen=True)
-class _Generated:
-    texts: list[str]
-    tokens: list[Tensor]
 
 
 def generate_with_hooks(
@@ -705,7 +700,7 @@ def _judge(
 def steer(
     model: Any,
     neurons: LanguageNeurons,
-    stats: Any,
+    stats: ActivationStats,
     target: str,
     prompts: Sequence[str],
     *,
@@ -1049,7 +1044,7 @@ _DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
 
 def run_steering_sweep(
     model: Any,
-    stats: Any,
+    stats: ActivationStats,
     *,
     reference_corpus: Mapping[str, Sequence[str]] | None = None,
     targets: Sequence[str] | None = None,
