@@ -58,4 +58,4 @@ def test_collection_policy_gives_the_windows_collection_counts(bridge):
 
 def test_policy_checks_its_tokens():
     with pytest.raises(LapeError, match="separator tokens must be 'eos' or 'bos'; received 'pad'"):
-        WindowPolicy(separator=("eos", "pad"))  # type: ignore[arg-type]
+        WindowPolicy(separator=("eos", "pad"))

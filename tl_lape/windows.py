@@ -56,7 +56,8 @@ class WindowPolicy:
         prepend_bos: Start every window with the BOS token.
     """
 
-    separator: tuple[SpecialToken, ...] = ("eos",)
+    # str, not SpecialToken, so that a bad token meets the LapeError below, not a type checker.
+    separator: tuple[str, ...] = ("eos",)
     prepend_bos: bool = False
 
     def __post_init__(self) -> None:
