@@ -210,3 +210,20 @@ def test_bad_checkpoint_files_and_settings(tiny_model, tmp_path):
         collect_activation_stats_resumable(
             bridge, corpus, tmp_path / "no" / "dir" / "x.ckpt", seq_len=SEQ_LEN, progress=False
         )
+
+
+def test_unreadable_weights_leave_the_fingerprint_without_a_sample_and_say_so(caplog):
+    from tl_lape.checkpoint import _weights_sample
+
+    meta = torch.nn.Linear(4, 4, device="meta")
+    with caplog.at_level("WARNING", logger="tl_lape.checkpoint"):
+        assert _weights_sample(meta) == (None, None)
+        assert _weights_sample(object()) == (None, None)
+    assert "meta tensor" in caplog.text and "no readable parameters" in caplog.text
+    with pytest.raises(ZeroDivisionError):  # anything else is a bug, not a missing sample
+
+        class Broken(torch.nn.Module):
+            def parameters(self, recurse=True):
+                raise ZeroDivisionError
+
+        _weights_sample(Broken())

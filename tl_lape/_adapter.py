@@ -22,7 +22,7 @@ fires, and is ``d_mlp`` wide.
 import logging
 import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,18 +229,6 @@ class ModelAdapter:
                 )
             ids = [bos, *ids]
         return torch.tensor(ids, dtype=torch.long)
-
-    def to_tokens(
-        self, texts: str | Sequence[str], *, prepend_bos: bool | None = None
-    ) -> Int[Tensor, "batch pos"]:
-        """Token ids of a batch of prompts, padded as the model's own ``to_tokens`` pads them.
-
-        ``prepend_bos=None`` uses the model's default. Left-padded batches need an
-        ``attention_mask`` when run (see the model's ``to_tokens``/``generate``).
-        """
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        tokens: Tensor = self.model.to_tokens(texts, prepend_bos=prepend_bos)
-        return tokens
 
     def check_hooks_exist(self) -> None:
         """Raise a :class:`LapeError` naming the first MLP hook the model lacks."""

@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import token_windows
 from tl_lape.neurons import LanguageNeurons
+from tl_lape.stats import ActivationStats
+from tl_lape.windows import token_windows
 
 __all__ = [
     "NeuronCard",
@@ -298,7 +299,7 @@ def neuron_card(
     layer: int,
     neuron: int,
     *,
-    stats: Any = None,
+    stats: ActivationStats | None = None,
     neurons: LanguageNeurons | None = None,
     corpus: Mapping[str, Iterable[str] | Tensor] | None = None,
     k: int = 10,
@@ -351,7 +352,7 @@ def neuron_cards(
     model: Any,
     which: Sequence[tuple[int, int]],
     *,
-    stats: Any = None,
+    stats: ActivationStats | None = None,
     neurons: LanguageNeurons | None = None,
     corpus: Mapping[str, Iterable[str] | Tensor] | None = None,
     k: int = 10,

@@ -34,24 +34,28 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from tl_lape._adapter import ModelAdapter, adapt
 from tl_lape._io import atomic_path, existing_file
 from tl_lape.collect import (
     HookList,
+    ShareCounts,
+    WindowBatch,
     WindowSettings,
-    _Accumulator,
-    _check_corpus,
-    _resolve_seq_len,
-    _run_counting,
-    _stats_metadata,
-    iter_window_batches,
+    count_share,
+    make_settings,
+    stats_from_counts,
 )
 from tl_lape.errors import LapeError
 from tl_lape.stats import ActivationStats
 
-__all__ = ["CollectionCheckpoint", "collect_activation_stats_resumable"]
+__all__ = [
+    "CollectionCheckpoint",
+    "collect_activation_stats_resumable",
+    "collect_share",
+    "collection_fingerprint",
+    "fingerprint_differences",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +170,7 @@ class CollectionCheckpoint:
 
     def check_matches(self, fingerprint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
         """Raise :class:`LapeError` naming every field where ``fingerprint`` differs from ours."""
-        differences = _differences(self.fingerprint, dict(fingerprint))
+        differences = fingerprint_differences(self.fingerprint, dict(fingerprint))
         if differences:
             shown = "; ".join(
                 f"{key}: {mine!r} in the checkpoint, {theirs!r} now"
@@ -180,12 +184,17 @@ class CollectionCheckpoint:
             )
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """Leaf paths where two JSON-like values differ, as ``(path, a_value, b_value)``."""
+def fingerprint_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Leaf paths where two JSON-like values differ, as ``(path, a_value, b_value)``.
+
+    Example:
+        >>> fingerprint_differences({"model": {"name": "a", "d_mlp": 8}}, {"model": {"name": "b"}})
+        [('model.d_mlp', 8, None), ('model.name', 'a', 'b')]
+    """
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[tuple[str, Any, Any]] = []
         for key in sorted(set(a) | set(b)):
-            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+            out += fingerprint_differences(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return [] if a == b else [(prefix.rstrip("."), a, b)]
 
@@ -199,10 +208,24 @@ def _weights_sample(model: Any) -> tuple[str | None, str | None]:
     """``(dtype, sha256)`` of the first values of the model's first parameter, if readable."""
     try:
         param = next(iter(model.parameters()))
-        sample = param.detach().reshape(-1)[:_WEIGHT_SAMPLE].to("cpu", torch.float32)
-        return str(param.dtype), hashlib.sha256(sample.numpy().data).hexdigest()
-    except Exception:  # offloaded (meta) weights or a model without parameters()
+    except (AttributeError, TypeError, StopIteration) as err:  # no parameters() / none at all
+        logger.warning(
+            "the collection fingerprint records no weight sample: the model has no readable "
+            "parameters (%s: %s); a checkpoint of other weights of the same shape is not refused",
+            type(err).__name__,
+            err,
+        )
         return None, None
+    try:
+        sample = param.detach().reshape(-1)[:_WEIGHT_SAMPLE].to("cpu", torch.float32)
+    except NotImplementedError as err:  # offloaded (meta) weights: "Cannot copy out of meta"
+        logger.warning(
+            "the collection fingerprint records no weight sample: the first parameter is not "
+            "readable (%s); a checkpoint of other weights of the same shape is not refused",
+            err,
+        )
+        return None, None  # as before: old checkpoints of such models still match
+    return str(param.dtype), hashlib.sha256(sample.numpy().data).hexdigest()
 
 
 def collection_fingerprint(
@@ -246,14 +269,82 @@ def collection_fingerprint(
     }
 
 
-@dataclass
-class _Progress:
-    """Counts of one process's share, as ``[n_layers, d_mlp, lang]`` / ``[lang]`` CPU tensors."""
+#: Counts of one process's share (the former private name; see :class:`ShareCounts`).
+_Progress = ShareCounts
 
-    active_counts: Tensor
-    activation_sums: Tensor
-    n_tokens: Tensor
-    n_windows: Tensor
+
+class _Checkpointer:
+    """The :class:`~tl_lape.collect.CollectionObserver` that hashes, verifies and checkpoints.
+
+    It hashes the token ids of every enumerated batch (all processes' shares) and, once the run
+    reaches the checkpoint's ``start`` batch, compares the hash of batches ``0 .. start - 1``
+    with the checkpoint's; every ``every`` counted windows, and at the end, it writes a new
+    checkpoint.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fingerprint: dict[str, Any],
+        every: int,
+        start: int,
+        expected_sha: str | None,
+    ) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self.every = every
+        self.start = start
+        self.expected_sha = expected_sha
+        self.verified = expected_sha is None
+        self.digest = hashlib.sha256()
+        self.since_checkpoint = 0
+
+    def before_batch(self, batch: WindowBatch) -> None:
+        if batch.index >= self.start and not self.verified:
+            self._verify()
+
+    def after_batch(
+        self,
+        batch: WindowBatch,
+        *,
+        counted: bool,
+        next_batch: int,
+        snapshot: Callable[[], ShareCounts],
+    ) -> None:
+        if counted:
+            self.since_checkpoint += batch.tokens.shape[0]
+        self.digest.update(batch.tokens.contiguous().numpy().data)
+        if self.since_checkpoint >= self.every:
+            self._write(next_batch, snapshot(), finished=False)
+            self.since_checkpoint = 0
+
+    def end_of_corpus(self) -> None:
+        if not self.verified:  # the corpus ended before the checkpoint's batch
+            self._verify()
+
+    def finish(self, next_batch: int, counts: ShareCounts) -> None:
+        self._write(next_batch, counts, finished=True)
+
+    def _verify(self) -> None:
+        if self.digest.hexdigest() != self.expected_sha:
+            raise LapeError(
+                f"checkpoint {str(self.path)!r} belongs to another corpus: the token ids "
+                f"of its first {self.start} batches differ from those of the corpus given now. "
+                "Resume with the original corpus, or delete the checkpoint to start afresh"
+            )
+        self.verified = True
+
+    def _write(self, next_batch: int, counts: ShareCounts, *, finished: bool) -> None:
+        CollectionCheckpoint(
+            fingerprint=self.fingerprint,
+            next_batch=next_batch,
+            tokens_sha256=self.digest.copy().hexdigest(),
+            finished=finished,
+            n_tokens=counts.n_tokens,
+            n_windows=counts.n_windows,
+            active_counts=counts.active_counts,
+            activation_sums=counts.activation_sums,
+        ).save(self.path)
 
 
 def collect_share(
@@ -267,161 +358,65 @@ def collect_share(
     progress: bool = True,
     checkpoint_path: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 1000,
-) -> _Progress:
+) -> ShareCounts:
     """Count the batches whose ``index % world_size == rank``, checkpointing if asked.
 
-    Shared by :func:`collect_activation_stats_resumable` and
+    :func:`tl_lape.collect.count_share` with a checkpoint: it resumes from ``checkpoint_path``
+    if that file exists (after checking that it belongs to this run) and writes it every
+    ``checkpoint_every`` counted windows. A finished checkpoint of a token-id corpus answers
+    without enumerating the corpus (its fingerprint already holds the SHA-256 of every token
+    tensor); a text corpus is tokenised again, to check that it still gives the same batches.
+    Used by :func:`collect_activation_stats_resumable` and
     :func:`tl_lape.distributed.collect_activation_stats_distributed`.
     """
-    languages = tuple(corpus)
-    n_lang = len(languages)
-    shape = (adapter.n_layers, adapter.d_mlp, n_lang)
-    base = _Progress(
-        torch.zeros(shape, dtype=torch.int64),
-        torch.zeros(shape, dtype=torch.float64),
-        torch.zeros(n_lang, dtype=torch.int64),
-        torch.zeros(n_lang, dtype=torch.int64),
-    )
-    start, expected_sha = 0, None
-    fingerprint = None
-    if checkpoint_path is not None:
-        fingerprint = collection_fingerprint(
-            adapter, corpus, settings, rank=rank, world_size=world_size, fwd_hooks=fwd_hooks
+    if checkpoint_path is None:
+        return count_share(
+            adapter,
+            corpus,
+            settings,
+            rank=rank,
+            world_size=world_size,
+            fwd_hooks=fwd_hooks,
+            progress=progress,
         )
-        if Path(checkpoint_path).exists():
-            previous = CollectionCheckpoint.load(checkpoint_path)
-            previous.check_matches(fingerprint, checkpoint_path)
-            base = _Progress(
-                previous.active_counts,
-                previous.activation_sums,
-                previous.n_tokens,
-                previous.n_windows,
-            )
-            start, expected_sha = previous.next_batch, previous.tokens_sha256
-            logger.info("resuming %s at batch %d", checkpoint_path, start)
-
-    accumulator = _Accumulator(adapter, n_lang, skip_positions=int(settings.prepend_bos))
-    # Resumed counters continue from the checkpoint's values inside the accumulator, so that
-    # the float64 sums are added in exactly the order of an uninterrupted run.
-    hooks = [
-        (name, _seeded(accumulator, layer, base, fn))
-        for layer, (name, fn) in enumerate(accumulator.hooks())
-    ]
-    n_tokens, n_windows = base.n_tokens.clone(), base.n_windows.clone()
-    digest = hashlib.sha256()
-    verified = expected_sha is None
-    since_checkpoint = 0
-    next_batch = start
-
-    def snapshot() -> _Progress:
-        counts, sums = accumulator.result()  # [n_layers, d_mlp, lang] each, on the CPU
-        for layer, seen in enumerate(accumulator.counts):
-            if seen is None:  # no batch reached this layer in this session
-                counts[layer], sums[layer] = base.active_counts[layer], base.activation_sums[layer]
-        return _Progress(counts, sums, n_tokens.clone(), n_windows.clone())
-
-    def write(finished: bool) -> None:
-        if checkpoint_path is None or fingerprint is None:
-            return
-        now = snapshot()
-        CollectionCheckpoint(
-            fingerprint=fingerprint,
-            next_batch=next_batch,
-            tokens_sha256=digest.copy().hexdigest(),
-            finished=finished,
-            n_tokens=now.n_tokens,
-            n_windows=now.n_windows,
-            active_counts=now.active_counts,
-            activation_sums=now.activation_sums,
-        ).save(checkpoint_path)
-
-    def verify() -> None:
-        if digest.hexdigest() != expected_sha:
-            raise LapeError(
-                f"checkpoint {str(checkpoint_path)!r} belongs to another corpus: the token ids "
-                f"of its first {start} batches differ from those of the corpus given now. "
-                "Resume with the original corpus, or delete the checkpoint to start afresh"
-            )
-
-    total = None
-    if settings.max_tokens_per_language is not None:
-        total = settings.max_tokens_per_language * n_lang // world_size
-    with (
-        tqdm(
-            total=total,
-            initial=int(n_tokens.sum()),
-            unit="tok",
-            unit_scale=True,
-            disable=not progress,
-            desc="LAPE" if world_size == 1 else f"LAPE rank {rank}",
-        ) as bar,
-        torch.inference_mode(),
-    ):
-        for batch in iter_window_batches(adapter, corpus, settings):
-            if batch.index >= start and not verified:
-                verify()
-                verified = True
-            if batch.index >= start and batch.index % world_size == rank:
-                accumulator.lang_index = batch.lang_index
-                _run_counting(adapter, batch.tokens.to(adapter.device), hooks, fwd_hooks)
-                n_tokens[batch.lang_index] += batch.n_counted
-                n_windows[batch.lang_index] += batch.tokens.shape[0]
-                since_checkpoint += batch.tokens.shape[0]
-                bar.set_postfix_str(batch.language, refresh=False)
-                bar.update(batch.n_counted)
-            if checkpoint_path is not None:
-                digest.update(batch.tokens.contiguous().numpy().data)
-            next_batch = max(next_batch, batch.index + 1)
-            if since_checkpoint >= checkpoint_every:
-                write(finished=False)
-                since_checkpoint = 0
-        if not verified:  # the corpus ended before the checkpoint's batch
-            verify()
-    write(finished=True)
-    return snapshot()
-
-
-def _seeded(
-    accumulator: _Accumulator, layer: int, base: _Progress, count_hook: Callable[..., None]
-) -> Callable[..., None]:
-    """Wrap a counting hook so that its layer's counters start at the checkpoint's values.
-
-    The counters are created on the device where the layer's activations arrive (a model split
-    over several devices has its layers on different devices).
-    """
-
-    def hook_fn(act: Tensor, hook: Any) -> None:
-        if accumulator.counts[layer] is None:
-            # [n_layers, d_mlp, lang] -> this layer's [lang, d_mlp] on the activation's device
-            accumulator.counts[layer] = base.active_counts[layer].T.contiguous().to(act.device)
-            accumulator.sums[layer] = base.activation_sums[layer].T.contiguous().to(act.device)
-        count_hook(act, hook=hook)
-
-    return hook_fn
-
-
-def make_settings(
-    adapter: ModelAdapter,
-    corpus: Any,
-    *,
-    seq_len: int | None,
-    batch_size: int,
-    max_tokens_per_language: int | None,
-    prepend_bos: bool,
-    drop_last: bool,
-) -> WindowSettings:
-    """Check the corpus and build the window settings exactly as collect_activation_stats does."""
-    _check_corpus(corpus)
-    return WindowSettings(
-        seq_len=_resolve_seq_len(adapter, seq_len),
-        batch_size=batch_size,
-        max_tokens_per_language=max_tokens_per_language,
-        prepend_bos=prepend_bos,
-        drop_last=drop_last,
+    fingerprint = collection_fingerprint(
+        adapter, corpus, settings, rank=rank, world_size=world_size, fwd_hooks=fwd_hooks
+    )
+    start: ShareCounts | None = None
+    start_batch, expected_sha = 0, None
+    if Path(checkpoint_path).exists():
+        previous = CollectionCheckpoint.load(checkpoint_path)
+        previous.check_matches(fingerprint, checkpoint_path)
+        start = ShareCounts(
+            previous.active_counts,
+            previous.activation_sums,
+            previous.n_tokens,
+            previous.n_windows,
+        )
+        if previous.finished and all(isinstance(src, Tensor) for src in corpus.values()):
+            logger.info("%s is a finished checkpoint of this run; not collecting", checkpoint_path)
+            return start
+        start_batch, expected_sha = previous.next_batch, previous.tokens_sha256
+        logger.info("resuming %s at batch %d", checkpoint_path, start_batch)
+    observer = _Checkpointer(
+        checkpoint_path, fingerprint, checkpoint_every, start_batch, expected_sha
+    )
+    return count_share(
+        adapter,
+        corpus,
+        settings,
+        rank=rank,
+        world_size=world_size,
+        fwd_hooks=fwd_hooks,
+        progress=progress,
+        start=start,
+        start_batch=start_batch,
+        observer=observer,
     )
 
 
-def _check_every(checkpoint_every: Any) -> int:
+def check_checkpoint_every(checkpoint_every: Any) -> int:
+    """``checkpoint_every`` if it is a positive int, else a :class:`LapeError` naming it."""
     if (
         isinstance(checkpoint_every, bool)
         or not isinstance(checkpoint_every, int)
@@ -502,13 +497,6 @@ def collect_activation_stats_resumable(
         fwd_hooks=fwd_hooks,
         progress=progress,
         checkpoint_path=checkpoint_path,
-        checkpoint_every=_check_every(checkpoint_every),
+        checkpoint_every=check_checkpoint_every(checkpoint_every),
     )
-    languages = tuple(corpus)
-    return ActivationStats(
-        languages=languages,
-        n_tokens=done.n_tokens,
-        active_counts=done.active_counts,
-        activation_sums=done.activation_sums,
-        metadata=_stats_metadata(adapter, settings, languages, done.n_windows.tolist()),
-    )
+    return stats_from_counts(adapter, corpus, settings, done)

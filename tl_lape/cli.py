@@ -481,7 +481,7 @@ def _split_list(value: str, option: str) -> tuple[str, ...]:
 
 def _parse_languages(value: str, option: str = "--languages") -> tuple[str, ...]:
     """``"en, fr"`` -> ``("en", "fr")``; refuses empty lists, empty items, repeats and non-codes."""
-    from tl_lape.neurons import _check_language_codes
+    from tl_lape.neurons import check_language_codes
 
     items = tuple(v.strip() for v in value.split(","))
     if not any(items):
@@ -497,7 +497,7 @@ def _parse_languages(value: str, option: str = "--languages") -> tuple[str, ...]
     repeated = sorted({v for v in items if items.count(v) > 1})
     if repeated:
         raise LapeError(f"{option} repeats {repeated} in {value!r}; give each language once.")
-    _check_language_codes(list(items), option)
+    check_language_codes(list(items), option)
     return items
 
 

@@ -10,7 +10,8 @@ layer's up and down projections, the final norm and the unembedding (and the ``[
 d_vocab]`` logits). ``stop_at_layer`` cannot do this, as it stops before a block, and both
 ``HookedTransformer`` and ``TransformerBridge`` leave no state behind when a hook raises.
 
-How text becomes windows (the paper's recipe, made explicit):
+How text becomes windows (the paper's recipe, made explicit; the code is in
+:mod:`tl_lape.windows`, policy :data:`tl_lape.windows.COLLECTION`):
 
 1. Each language's documents are tokenized one by one without special tokens and concatenated
    into one token stream, with the tokenizer's EOS token between consecutive documents (no
@@ -30,20 +31,31 @@ batch of a language may be smaller; a short remainder window is a batch of its o
 
 import importlib.metadata
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_lape._adapter import ModelAdapter, adapt
 from tl_lape.errors import LapeError
 from tl_lape.stats import ActivationStats
+from tl_lape.windows import WindowBatch, WindowSettings, iter_window_batches
 
-__all__ = ["collect_activation_stats"]
+__all__ = [
+    "CollectionObserver",
+    "ShareCounts",
+    "WindowBatch",
+    "WindowSettings",
+    "collect_activation_stats",
+    "count_share",
+    "iter_window_batches",
+    "make_settings",
+    "stats_from_counts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,248 +66,29 @@ CorpusSource = Iterable[str] | Tensor
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
 
 
-@dataclass(frozen=True)
-class WindowSettings:
-    """How a corpus is cut into windows; see the module docstring.
-
-    Attributes:
-        seq_len: Positions per window (including the BOS position if ``prepend_bos``).
-        batch_size: Windows per forward pass.
-        max_tokens_per_language: Counted tokens per language at most (None: all).
-        prepend_bos: Start every window with BOS (not counted).
-        drop_last: Drop a final window shorter than ``seq_len``.
-    """
-
-    seq_len: int
-    batch_size: int
-    max_tokens_per_language: int | None
-    prepend_bos: bool
-    drop_last: bool
-
-    def __post_init__(self) -> None:
-        for name in ("seq_len", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LapeError(f"{name} must be a positive int; received {value!r}")
-        if self.prepend_bos and self.seq_len < 2:
-            raise LapeError(
-                f"seq_len must be >= 2 with prepend_bos=True (BOS plus at least one token); "
-                f"received {self.seq_len}"
-            )
-        budget = self.max_tokens_per_language
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
-        ):
-            raise LapeError(
-                f"max_tokens_per_language must be a positive int or None; received {budget!r}"
-            )
-
-    @property
-    def content_len(self) -> int:
-        """Corpus tokens per full window (``seq_len`` minus the BOS position, if any)."""
-        return self.seq_len - 1 if self.prepend_bos else self.seq_len
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as a JSON-serialisable dict."""
-        return {
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "max_tokens_per_language": self.max_tokens_per_language,
-            "prepend_bos": self.prepend_bos,
-            "drop_last": self.drop_last,
-        }
-
-
-@dataclass(frozen=True)
-class WindowBatch:
-    """One forward pass worth of windows of one language.
-
-    Attributes:
-        index: Position of this batch in the deterministic enumeration (0, 1, 2, ...).
-        language: Language code.
-        lang_index: Index of the language in the corpus' order.
-        tokens: ``[batch, pos]`` token ids on the CPU (with the BOS column if ``prepend_bos``).
-        n_counted: Tokens that count towards the statistics (``batch * (pos - bos)``).
-    """
-
-    index: int
-    language: str
-    lang_index: int
-    tokens: Tensor
-    n_counted: int
-
-
-def _check_token_tensor(ids: Tensor, language: str, d_vocab: int | None) -> Tensor:
-    if ids.ndim != 1 or ids.dtype in (torch.bool,) or ids.is_floating_point() or ids.is_complex():
-        raise LapeError(
-            f"corpus[{language!r}] must be an iterable of strings or a 1-D integer tensor of token "
-            f"ids; received a {ids.dtype} tensor of shape {tuple(ids.shape)} (flatten windows "
-            "with .flatten())"
-        )
-    ids = ids.detach().to("cpu", torch.long)
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or (d_vocab is not None and hi >= d_vocab):
-            raise LapeError(
-                f"corpus[{language!r}] holds token ids in [{lo}, {hi}], outside the model's "
-                f"vocabulary [0, {d_vocab}); were they made with another tokenizer?"
-            )
-    return ids
-
-
-def _token_chunks(adapter: ModelAdapter, source: Any, language: str) -> Iterator[Tensor]:
-    """The language's token stream, as a sequence of 1-D CPU LongTensor chunks."""
-    d_vocab = getattr(getattr(adapter.model, "cfg", None), "d_vocab", None)
-    if isinstance(source, Tensor):
-        yield _check_token_tensor(source, language, d_vocab)
-        return
-    if isinstance(source, (str, bytes)):
-        raise LapeError(
-            f"corpus[{language!r}] is a single string; pass a list of documents, e.g. "
-            f"{{{language!r}: [text]}}"
-        )
-    if not isinstance(source, Iterable):
-        raise LapeError(
-            f"corpus[{language!r}] must be an iterable of strings or a 1-D tensor of token ids; "
-            f"received {type(source).__name__}"
-        )
-    eos = adapter.eos_token_id
-    separator = torch.tensor([eos], dtype=torch.long) if eos is not None else None
-    first = True
-    for i, doc in enumerate(source):
-        if not isinstance(doc, str):
-            raise LapeError(
-                f"corpus[{language!r}] must hold strings; item {i} is a {type(doc).__name__}"
-            )
-        ids = adapter.encode(doc)
-        if ids.numel() == 0:
-            continue
-        if not first and separator is not None:
-            yield separator
-        first = False
-        yield ids
-
-
-def _iter_windows(
-    chunks: Iterable[Tensor], settings: WindowSettings
-) -> Iterator[tuple[Tensor, int]]:
-    """Cut a token stream into windows; yields ``(content_tokens, tokens_taken_so_far)``.
-
-    Never copies more than one window at a time, so a 100M-token tensor is cut in O(n).
-    """
-    content_len = settings.content_len
-    budget = settings.max_tokens_per_language
-    pending: list[Tensor] = []
-    n_pending = 0
-    taken = 0
-    for chunk in chunks:
-        if budget is not None:
-            chunk = chunk[: budget - taken]
-        taken += chunk.numel()
-        start = 0
-        while start < chunk.numel():
-            piece = chunk[start : start + content_len - n_pending]
-            pending.append(piece)
-            n_pending += piece.numel()
-            start += piece.numel()
-            if n_pending == content_len:
-                yield torch.cat(pending), taken
-                pending, n_pending = [], 0
-        if budget is not None and taken >= budget:
-            break
-    if n_pending and not settings.drop_last:
-        yield torch.cat(pending), taken
-    elif n_pending and taken == n_pending:
-        # Not even one full window: say so instead of returning nothing.
-        raise _TooShort(taken)
-
-
-class _TooShort(Exception):
-    def __init__(self, n_tokens: int) -> None:
-        super().__init__(n_tokens)
-        self.n_tokens = n_tokens
-
-
-def iter_window_batches(
-    adapter: ModelAdapter,
-    corpus: Mapping[str, Any],
-    settings: WindowSettings,
-) -> Iterator[WindowBatch]:
-    """Enumerate the batches of windows of ``corpus`` deterministically (see module docstring).
-
-    The same corpus and settings always give the same batches with the same indices, so that
-    several processes can each take a disjoint share (``batch.index % world_size == rank``) and
-    an interrupted run can resume after a given batch index.
-    """
-    bos = adapter.bos_token_id if settings.prepend_bos else None
-    if settings.prepend_bos and bos is None:
-        raise LapeError(
-            f"prepend_bos=True but the tokenizer of {adapter.model_name!r} has no BOS (or EOS) "
-            "token; pass prepend_bos=False"
-        )
-    index = 0
-    for lang_index, (language, source) in enumerate(corpus.items()):
-        windows = _iter_windows(_token_chunks(adapter, source, language), settings)
-        group: list[Tensor] = []
-        seen_any = False
-        while True:
-            try:
-                window, _taken = next(windows)
-            except StopIteration:
-                break
-            except _TooShort as short:
-                raise LapeError(
-                    f"corpus[{language!r}] has only {short.n_tokens} tokens, fewer than one "
-                    f"window of {settings.content_len} corpus tokens (seq_len={settings.seq_len}); "
-                    "give more text or a lower seq_len (--seq-len on the command line); from "
-                    "Python, drop_last=False also keeps a window shorter than seq_len"
-                ) from None
-            seen_any = True
-            if window.numel() < settings.content_len:  # the short remainder (drop_last=False)
-                if group:
-                    yield _make_batch(index, language, lang_index, group, bos)
-                    index += 1
-                    group = []
-                yield _make_batch(index, language, lang_index, [window], bos)
-                index += 1
-                continue
-            group.append(window)
-            if len(group) == settings.batch_size:
-                yield _make_batch(index, language, lang_index, group, bos)
-                index += 1
-                group = []
-        if group:
-            yield _make_batch(index, language, lang_index, group, bos)
-            index += 1
-        if not seen_any:
-            raise LapeError(
-                f"corpus[{language!r}] is empty (no tokens); give every language some text or "
-                "leave the language out"
-            )
-
-
-def _make_batch(
-    index: int, language: str, lang_index: int, windows: list[Tensor], bos: int | None
-) -> WindowBatch:
-    tokens = torch.stack(windows)  # batch pos
-    n_counted = tokens.numel()
-    if bos is not None:
-        bos_column = torch.full((tokens.shape[0], 1), bos, dtype=torch.long)
-        tokens = torch.cat([bos_column, tokens], dim=1)  # batch pos+1
-    return WindowBatch(index, language, lang_index, tokens, n_counted)
-
-
 class _StopForward(Exception):
     """Raised by the last layer's counting hook: nothing after it is needed."""
 
 
 class _Accumulator:
-    """Per-layer counters living on the device where each layer's activations arrive."""
+    """Per-layer counters living on the device where each layer's activations arrive.
 
-    def __init__(self, adapter: ModelAdapter, n_languages: int, skip_positions: int) -> None:
+    With ``start`` the counters of each layer begin at those counts (a resumed run), created on
+    the device of the layer's first activation, so that the float64 sums are added in exactly
+    the order of an uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        n_languages: int,
+        skip_positions: int,
+        start: "ShareCounts | None" = None,
+    ) -> None:
         self.adapter = adapter
         self.n_languages = n_languages
         self.skip = skip_positions
+        self.start = start
         self.lang_index = 0
         # counts[layer]: [lang, d_mlp] int64; sums[layer]: [lang, d_mlp] float64.
         self.counts: list[Tensor | None] = [None] * adapter.n_layers
@@ -315,11 +108,7 @@ class _Accumulator:
             pre = act[:, self.skip :] if self.skip else act  # batch pos d_mlp
             counts, sums = self.counts[layer], self.sums[layer]
             if counts is None or sums is None:
-                shape = (self.n_languages, pre.shape[-1])
-                counts = self.counts[layer] = torch.zeros(
-                    shape, dtype=torch.int64, device=pre.device
-                )
-                sums = self.sums[layer] = torch.zeros(shape, dtype=torch.float64, device=pre.device)
+                counts, sums = self._first_counters(layer, pre.shape[-1], pre.device)
             counts[self.lang_index] += (pre > 0).sum(dim=(0, 1))  # d_mlp
             sums[self.lang_index] += act_fn(pre).sum(dim=(0, 1), dtype=torch.float64)  # d_mlp
             if stop:
@@ -327,16 +116,37 @@ class _Accumulator:
 
         return count_hook
 
+    def _first_counters(
+        self, layer: int, d_mlp: int, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        if self.start is None:
+            shape = (self.n_languages, d_mlp)
+            counts = torch.zeros(shape, dtype=torch.int64, device=device)
+            sums = torch.zeros(shape, dtype=torch.float64, device=device)
+        else:
+            # [n_layers, d_mlp, lang] -> this layer's [lang, d_mlp] on the activation's device
+            counts = self.start.active_counts[layer].T.contiguous().to(device)
+            sums = self.start.activation_sums[layer].T.contiguous().to(device)
+        self.counts[layer], self.sums[layer] = counts, sums
+        return counts, sums
+
     def result(self) -> tuple[Tensor, Tensor]:
-        """``(active_counts, activation_sums)`` as ``[n_layers, d_mlp, lang]`` CPU tensors."""
-        d_mlp = self.adapter.d_mlp
-        shape = (self.n_languages, d_mlp)
-        counts = [
-            c.cpu() if c is not None else torch.zeros(shape, dtype=torch.int64) for c in self.counts
-        ]
-        sums = [
-            s.cpu() if s is not None else torch.zeros(shape, dtype=torch.float64) for s in self.sums
-        ]
+        """``(active_counts, activation_sums)`` as ``[n_layers, d_mlp, lang]`` CPU tensors.
+
+        A layer no batch reached keeps its starting counts (zeros without ``start``).
+        """
+        shape = (self.n_languages, self.adapter.d_mlp)
+        counts, sums = [], []
+        for layer, (c, s) in enumerate(zip(self.counts, self.sums, strict=True)):
+            if c is not None and s is not None:
+                counts.append(c.cpu())
+                sums.append(s.cpu())
+            elif self.start is not None:
+                counts.append(self.start.active_counts[layer].T)
+                sums.append(self.start.activation_sums[layer].T)
+            else:
+                counts.append(torch.zeros(shape, dtype=torch.int64))
+                sums.append(torch.zeros(shape, dtype=torch.float64))
         # n_layers lang d_mlp -> n_layers d_mlp lang
         return (
             torch.stack(counts).permute(0, 2, 1).contiguous(),
@@ -449,41 +259,178 @@ def collect_activation_stats(
         torch.Size([2, 64, 2])
     """
     adapter = adapt(model)
+    settings = make_settings(
+        adapter,
+        corpus,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_tokens_per_language=max_tokens_per_language,
+        prepend_bos=prepend_bos,
+        drop_last=drop_last,
+    )
+    counts = count_share(adapter, corpus, settings, fwd_hooks=fwd_hooks, progress=progress)
+    return stats_from_counts(adapter, corpus, settings, counts)
+
+
+def make_settings(
+    adapter: ModelAdapter,
+    corpus: Any,
+    *,
+    seq_len: int | None,
+    batch_size: int,
+    max_tokens_per_language: int | None,
+    prepend_bos: bool,
+    drop_last: bool,
+) -> WindowSettings:
+    """Check the corpus and build the window settings of a collection run.
+
+    The one place where the arguments of every ``collect_activation_stats*`` function become
+    :class:`WindowSettings` (``seq_len=None``: 512, or the context length if shorter).
+
+    Raises:
+        LapeError: A corpus that is not a non-empty mapping of languages to texts, or bad
+            settings (naming the argument and the value received).
+    """
     _check_corpus(corpus)
-    settings = WindowSettings(
+    return WindowSettings(
         seq_len=_resolve_seq_len(adapter, seq_len),
         batch_size=batch_size,
         max_tokens_per_language=max_tokens_per_language,
         prepend_bos=prepend_bos,
         drop_last=drop_last,
     )
-    languages = tuple(corpus)
-    accumulator = _Accumulator(adapter, len(languages), skip_positions=int(prepend_bos))
+
+
+@dataclass
+class ShareCounts:
+    """Counts of one process's share of a collection run, on the CPU.
+
+    Attributes:
+        active_counts: ``hook_pre > 0`` counts, ``[n_layers, d_mlp, lang]`` int64.
+        activation_sums: Sums of ``act_fn(hook_pre)``, ``[n_layers, d_mlp, lang]`` float64.
+        n_tokens: Counted tokens per language, ``[lang]`` int64.
+        n_windows: Windows per language, ``[lang]`` int64.
+    """
+
+    active_counts: Int[Tensor, "n_layers d_mlp lang"]
+    activation_sums: Float[Tensor, "n_layers d_mlp lang"]
+    n_tokens: Int[Tensor, " lang"]
+    n_windows: Int[Tensor, " lang"]
+
+
+@runtime_checkable
+class CollectionObserver(Protocol):
+    """What :func:`count_share` tells an observer (a checkpoint writer) while it runs."""
+
+    def before_batch(self, batch: WindowBatch) -> None:
+        """Called for every enumerated batch, before it is counted (may raise to stop)."""
+
+    def after_batch(
+        self,
+        batch: WindowBatch,
+        *,
+        counted: bool,
+        next_batch: int,
+        snapshot: Callable[[], ShareCounts],
+    ) -> None:
+        """Called after every enumerated batch; ``counted``: it was this process's to count."""
+
+    def end_of_corpus(self) -> None:
+        """Called once the enumeration is exhausted (may raise)."""
+
+    def finish(self, next_batch: int, counts: ShareCounts) -> None:
+        """Called with the final counts, outside inference mode."""
+
+
+def count_share(
+    adapter: ModelAdapter,
+    corpus: Mapping[str, Any],
+    settings: WindowSettings,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    fwd_hooks: HookList = (),
+    progress: bool = True,
+    start: ShareCounts | None = None,
+    start_batch: int = 0,
+    observer: CollectionObserver | None = None,
+) -> ShareCounts:
+    """The collection loop shared by plain, resumable and distributed collection.
+
+    Enumerates the batches of ``corpus`` (:func:`iter_window_batches`) and counts those whose
+    ``index >= start_batch`` and ``index % world_size == rank``, continuing from the counts
+    ``start`` (a checkpoint's) if given. ``observer`` sees every batch (see
+    :class:`CollectionObserver`); :mod:`tl_lape.checkpoint` uses it to hash and checkpoint.
+
+    Returns:
+        The counts of this process's share (plus ``start``), on the CPU.
+    """
+    n_lang = len(corpus)
+    accumulator = _Accumulator(adapter, n_lang, int(settings.prepend_bos), start=start)
     hooks = accumulator.hooks()
-    n_tokens = [0] * len(languages)
-    n_windows = [0] * len(languages)
+    if start is None:
+        n_tokens = torch.zeros(n_lang, dtype=torch.int64)
+        n_windows = torch.zeros(n_lang, dtype=torch.int64)
+    else:
+        n_tokens, n_windows = start.n_tokens.clone(), start.n_windows.clone()
+    next_batch = start_batch
+
+    def snapshot() -> ShareCounts:
+        counts, sums = accumulator.result()  # [n_layers, d_mlp, lang] each, on the CPU
+        return ShareCounts(counts, sums, n_tokens.clone(), n_windows.clone())
+
     total = None
-    if max_tokens_per_language is not None:
-        total = max_tokens_per_language * len(languages)
+    if settings.max_tokens_per_language is not None:
+        total = settings.max_tokens_per_language * n_lang // world_size
     with (
-        tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, desc="LAPE") as bar,
+        tqdm(
+            total=total,
+            initial=int(n_tokens.sum()),
+            unit="tok",
+            unit_scale=True,
+            disable=not progress,
+            desc="LAPE" if world_size == 1 else f"LAPE rank {rank}",
+        ) as bar,
         torch.inference_mode(),
     ):
         for batch in iter_window_batches(adapter, corpus, settings):
-            accumulator.lang_index = batch.lang_index
-            _run_counting(adapter, batch.tokens.to(adapter.device), hooks, fwd_hooks)
-            n_tokens[batch.lang_index] += batch.n_counted
-            n_windows[batch.lang_index] += batch.tokens.shape[0]
-            bar.set_postfix_str(batch.language, refresh=False)
-            bar.update(batch.n_counted)
-    active_counts, activation_sums = accumulator.result()
-    metadata = _stats_metadata(adapter, settings, languages, n_windows)
+            if observer is not None:
+                observer.before_batch(batch)
+            counted = batch.index >= start_batch and batch.index % world_size == rank
+            if counted:
+                accumulator.lang_index = batch.lang_index
+                _run_counting(adapter, batch.tokens.to(adapter.device), hooks, fwd_hooks)
+                n_tokens[batch.lang_index] += batch.n_counted
+                n_windows[batch.lang_index] += batch.tokens.shape[0]
+                bar.set_postfix_str(batch.language, refresh=False)
+                bar.update(batch.n_counted)
+            next_batch = max(next_batch, batch.index + 1)
+            if observer is not None:
+                observer.after_batch(
+                    batch, counted=counted, next_batch=next_batch, snapshot=snapshot
+                )
+        if observer is not None:
+            observer.end_of_corpus()
+    counts = snapshot()  # outside inference mode: ordinary tensors
+    if observer is not None:
+        observer.finish(next_batch, counts)
+    return counts
+
+
+def stats_from_counts(
+    adapter: ModelAdapter,
+    corpus: Mapping[str, Any],
+    settings: WindowSettings,
+    counts: ShareCounts,
+) -> ActivationStats:
+    """The :class:`~tl_lape.ActivationStats` of a finished run, with its provenance metadata."""
+    languages = tuple(corpus)
     return ActivationStats(
         languages=languages,
-        n_tokens=torch.tensor(n_tokens, dtype=torch.int64),
-        active_counts=active_counts,
-        activation_sums=activation_sums,
-        metadata=metadata,
+        n_tokens=counts.n_tokens,
+        active_counts=counts.active_counts,
+        activation_sums=counts.activation_sums,
+        metadata=_stats_metadata(adapter, settings, languages, counts.n_windows.tolist()),
     )
 
 

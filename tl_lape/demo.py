@@ -25,7 +25,7 @@ import torch
 
 from tl_lape.errors import LapeError
 
-__all__ = ["demo_model_path", "demo_training_log", "load_demo_model"]
+__all__ = ["demo_model_path", "demo_training_log", "hub_offline", "load_demo_model"]
 
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -66,8 +66,14 @@ def demo_training_log() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    """Make Hugging Face libraries stay off the network for the duration of the block."""
+def hub_offline() -> Iterator[None]:
+    """Make Hugging Face libraries stay off the network for the duration of the block.
+
+    Example:
+        >>> with hub_offline():
+        ...     os.environ["HF_HUB_OFFLINE"]
+        '1'
+    """
     saved = {key: os.environ.get(key) for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({key: "1" for key in saved})
     hub_constants: Any = None
@@ -113,7 +119,7 @@ def load_demo_model(device: str | torch.device = "cpu", dtype: torch.dtype = tor
     path = _checked_path()
     from transformer_lens.model_bridge import TransformerBridge
 
-    with _offline():
+    with hub_offline():
         model = TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype)
     model.eval()
     return model

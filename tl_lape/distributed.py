@@ -42,13 +42,12 @@ from torch import Tensor
 
 from tl_lape._adapter import adapt
 from tl_lape.checkpoint import (
-    _check_every,
-    _differences,
+    check_checkpoint_every,
     collect_share,
     collection_fingerprint,
-    make_settings,
+    fingerprint_differences,
 )
-from tl_lape.collect import HookList, _stats_metadata
+from tl_lape.collect import HookList, ShareCounts, make_settings, stats_from_counts
 from tl_lape.errors import LapeError
 from tl_lape.stats import ActivationStats
 
@@ -158,7 +157,7 @@ def collect_activation_stats_distributed(
         fwd_hooks=fwd_hooks,
         progress=progress,
         checkpoint_path=path,
-        checkpoint_every=_check_every(checkpoint_every),
+        checkpoint_every=check_checkpoint_every(checkpoint_every),
     )
     device = _reduce_device(group)
     totals = []
@@ -166,15 +165,7 @@ def collect_activation_stats_distributed(
         tensor = tensor.to(device)
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
         totals.append(tensor.cpu())
-    active_counts, activation_sums, n_tokens, n_windows = totals
-    languages = tuple(corpus)
-    return ActivationStats(
-        languages=languages,
-        n_tokens=n_tokens,
-        active_counts=active_counts,
-        activation_sums=activation_sums,
-        metadata=_stats_metadata(adapter, settings, languages, n_windows.tolist()),
-    )
+    return stats_from_counts(adapter, corpus, settings, ShareCounts(*totals))
 
 
 def _check_same_run(
@@ -188,7 +179,7 @@ def _check_same_run(
     dist.all_gather_object(gathered, json.dumps(mine, sort_keys=True), group=group)
     for other_rank, other in enumerate(gathered):
         if other != gathered[0]:
-            diffs = _differences(json.loads(gathered[0]), json.loads(other))
+            diffs = fingerprint_differences(json.loads(gathered[0]), json.loads(other))
             shown = "; ".join(f"{key}: {a!r} vs {b!r}" for key, a, b in diffs[:4])
             raise LapeError(
                 f"process {other_rank} of {world} was given another run than process 0 "

@@ -37,8 +37,10 @@ from tqdm.auto import tqdm
 
 from tl_lape._adapter import ModelAdapter, adapt
 from tl_lape.errors import LapeError
-from tl_lape.hooks import _check_fwd_hooks, deactivation_hooks
+from tl_lape.hooks import check_fwd_hooks, deactivation_hooks
 from tl_lape.neurons import LanguageNeurons
+from tl_lape.stats import ActivationStats
+from tl_lape.windows import token_windows
 
 __all__ = [
     "NO_INTERVENTION",
@@ -295,92 +297,7 @@ def random_matched_neurons(
     return LanguageNeurons.from_masks(masks, neurons.languages, metadata)
 
 
-# ============================================================================ token windows
-
-
-def token_windows(
-    model: Any,
-    texts: Iterable[str] | Tensor,
-    *,
-    seq_len: int = 256,
-    max_tokens: int | None = None,
-    prepend_bos: bool | None = None,
-) -> Int[Tensor, "batch pos"]:
-    """Pack a language's text into windows of ``seq_len`` tokens for evaluation.
-
-    Texts are tokenized without special tokens and joined into one stream, separated by
-    ``EOS BOS`` (the demo model's training format; just ``BOS`` or nothing when the tokenizer
-    lacks those). Each window is ``BOS`` followed by ``seq_len - 1`` stream tokens (or
-    ``seq_len`` stream tokens when ``prepend_bos`` is false); a partial last window is dropped.
-    A 1-D tensor of token ids is used as the stream directly.
-
-    Args:
-        model: A TransformerLens model with a tokenizer.
-        texts: The texts, or a 1-D tensor of token ids.
-        seq_len: Tokens per window, the BOS included.
-        max_tokens: Keep at most this many windows' worth of stream tokens (default: all).
-        prepend_bos: Start windows with BOS (default: the model's ``cfg.default_prepend_bos``).
-
-    Returns:
-        An int64 tensor ``[n_windows, seq_len]`` on the CPU.
-
-    Raises:
-        LapeError: If the text holds less than one window.
-    """
-    adapter = adapt(model, validate=False)
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-        raise LapeError(f"seq_len must be an int >= 2; received {seq_len!r}")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise LapeError(f"max_tokens must be a positive int or None; received {max_tokens!r}")
-    if prepend_bos is None:
-        prepend_bos = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
-    bos = adapter.bos_token_id if prepend_bos else None
-    body = seq_len - 1 if bos is not None else seq_len
-    limit = None if max_tokens is None else max(body, max_tokens)
-    if isinstance(texts, Tensor):
-        if texts.ndim != 1 or texts.is_floating_point():
-            raise LapeError(
-                f"a token-id corpus must be a 1-D integer tensor; received a {texts.dtype} "
-                f"tensor of shape {tuple(texts.shape)}"
-            )
-        stream = texts.to(torch.long).cpu()
-        if limit is not None:
-            stream = stream[:limit]
-    else:
-        if isinstance(texts, str):
-            raise LapeError(
-                "texts must be an iterable of strings (e.g. a list of paragraphs), not one "
-                "string; wrap it in a list"
-            )
-        separator = [i for i in (adapter.eos_token_id, bos) if i is not None]
-        pieces: list[Tensor] = []
-        total = 0
-        for text in texts:
-            ids = adapter.encode(text)
-            if ids.numel() == 0:
-                continue
-            if pieces and separator:
-                pieces.append(torch.tensor(separator, dtype=torch.long))
-                total += len(separator)
-            pieces.append(ids)
-            total += ids.numel()
-            if limit is not None and total >= limit:
-                break
-        stream = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
-        if limit is not None:
-            stream = stream[:limit]
-    n_windows = stream.numel() // body
-    if n_windows == 0:
-        raise LapeError(
-            f"the text has {stream.numel()} tokens, less than one window of {body} tokens "
-            f"(seq_len={seq_len}); pass more text or a smaller seq_len"
-        )
-    windows = stream[: n_windows * body].reshape(n_windows, body)  # batch pos
-    if bos is not None:
-        windows = torch.cat([torch.full((n_windows, 1), bos, dtype=torch.long), windows], dim=1)
-    return windows
+# ============================================================================ NLL
 
 
 def window_nll(
@@ -412,7 +329,7 @@ def window_nll(
     _check_positive(batch_size, "batch_size")
     device = adapt(model, validate=False).device
     fwd_hooks = list(fwd_hooks)
-    _check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
+    check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
     total = torch.zeros((), dtype=torch.float64)
     count = 0
     starts = range(0, windows.shape[0], batch_size)
@@ -810,7 +727,7 @@ def run_evaluation(
     neurons: LanguageNeurons,
     corpus: Mapping[str, Iterable[str] | Tensor],
     *,
-    stats: Any = None,
+    stats: ActivationStats | None = None,
     n_random: int = 3,
     seed: int = 0,
     selectors: Sequence[str] = ("LAP", "LAVE"),
@@ -916,8 +833,8 @@ def _selection_kwargs(neurons: LanguageNeurons) -> dict[str, Any]:
     return out
 
 
-def _select_with(method: str) -> Callable[[Any, LanguageNeurons], LanguageNeurons]:
-    def select(stats: Any, neurons: LanguageNeurons) -> LanguageNeurons:
+def _select_with(method: str) -> Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]:
+    def select(stats: ActivationStats, neurons: LanguageNeurons) -> LanguageNeurons:
         from tl_lape.selection import identify_language_neurons
 
         return identify_language_neurons(stats, **_selection_kwargs(neurons), method=method)
@@ -925,7 +842,7 @@ def _select_with(method: str) -> Callable[[Any, LanguageNeurons], LanguageNeuron
     return select
 
 
-_SELECTORS: dict[str, Callable[[Any, LanguageNeurons], LanguageNeurons]] = {
+_SELECTORS: dict[str, Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]] = {
     "LAP": _select_with("lap"),
     "LAVE": _select_with("lave"),
 }

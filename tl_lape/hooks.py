@@ -425,12 +425,12 @@ _FIT = "_lape_fit"
 
 
 def _fitted(fn: HookFn, fit: _Fit) -> HookFn:
-    """Record on ``fn`` the :class:`_Fit` of its neuron set, for :func:`_check_fwd_hooks`."""
+    """Record on ``fn`` the :class:`_Fit` of its neuron set, for :func:`check_fwd_hooks`."""
     setattr(fn, _FIT, fit)
     return fn
 
 
-def _check_fwd_hooks(model: Any, fwd_hooks: Sequence[tuple[Any, HookFn]]) -> None:
+def check_fwd_hooks(model: Any, fwd_hooks: Sequence[tuple[Any, HookFn]]) -> None:
     """Before attaching ``fwd_hooks`` to ``model``: the hooks made here must fit its layer count.
 
     Raises a :class:`LapeError` naming both layer counts for a hook made here from a set of

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import torch
 
+from tl_lape.demo import hub_offline
 from tl_lape.errors import LapeError
 
 __all__ = [
@@ -313,9 +314,8 @@ def _wrap(hf: Any, tok: Any, label: str, dev: torch.device, dt: torch.dtype, bac
     hf = hf.to(device=dev, dtype=dt).eval()
     _check_supported(type(hf).__name__, label)
     hf.config.architectures = [type(hf).__name__]
-    from tl_lape.demo import _offline
 
-    with _offline():
+    with hub_offline():
         model = TransformerBridge.boot_transformers(label, hf_model=hf, tokenizer=tok, device=dev)
     model.eval()
     return model
@@ -326,10 +326,9 @@ def _hooked_from_hf(hf: Any, tok: Any, label: str, dev: torch.device, dt: torch.
     from transformer_lens import HookedTransformer
 
     tl_name = _GEMMA_HF_NAME if label == _GEMMA_HF_NAME else getattr(hf.config, "_name_or_path", "")
-    from tl_lape.demo import _offline
 
     try:
-        with _offline():
+        with hub_offline():
             model = HookedTransformer.from_pretrained_no_processing(
                 tl_name or label,
                 hf_model=hf,
@@ -359,10 +358,8 @@ def _wrap_folder(folder: Path, label: str, dev: torch.device, dt: torch.dtype, b
         return _hooked_from_hf(hf, tok, label, dev, dt)
     from transformer_lens.model_bridge import TransformerBridge
 
-    from tl_lape.demo import _offline
-
     try:
-        with _offline():
+        with hub_offline():
             model = TransformerBridge.boot_transformers(str(folder), device=dev, dtype=dt)
     except (OSError, ValueError, KeyError) as error:
         raise LapeError(f"could not load the model folder {label!r} ({error}).") from None
@@ -426,11 +423,9 @@ def _dequantise(path: Path) -> tuple[Any, Any]:
         ) from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tl_lape.demo import _offline
-
     logger.info("tl_lape: dequantising %s (cached after the first load)", path)
     try:
-        with _offline():
+        with hub_offline():
             hf = AutoModelForCausalLM.from_pretrained(
                 str(path.parent), gguf_file=path.name, dtype=torch.float32
             )
@@ -456,9 +451,7 @@ def _dequantise(path: Path) -> tuple[Any, Any]:
 def _load_hf_folder(folder: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tl_lape.demo import _offline
-
-    with _offline():
+    with hub_offline():
         hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(folder))
     hf.eval()

@@ -62,7 +62,7 @@ _VERSION = 1
 _MAX_LAYERS = 4096
 
 
-def _check_languages(languages: Any, field_name: str = "languages") -> tuple[str, ...]:
+def check_languages(languages: Any, field_name: str = "languages") -> tuple[str, ...]:
     """Validate a sequence of distinct, non-empty language codes and return it as a tuple."""
     if isinstance(languages, str) or not isinstance(languages, Sequence):
         raise LapeError(
@@ -86,7 +86,7 @@ def _check_languages(languages: Any, field_name: str = "languages") -> tuple[str
 _CODE = re.compile(r"[^\W_][\w-]{0,63}")
 
 
-def _check_language_codes(languages: Any, where: str) -> None:
+def check_language_codes(languages: Any, where: str) -> None:
     """Refuse language codes that are not plain codes (path separators, dots, spaces...)."""
     bad = [
         lang
@@ -106,7 +106,7 @@ def _check_positive_int(value: Any, field_name: str) -> int:
     return value
 
 
-def _check_metadata(metadata: Any) -> dict[str, Any]:
+def check_metadata(metadata: Any) -> dict[str, Any]:
     if not isinstance(metadata, Mapping):
         raise LapeError(f"metadata must be a dict; received {type(metadata).__name__}")
     try:
@@ -158,7 +158,7 @@ class LanguageNeurons:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        langs = _check_languages(self.languages)
+        langs = check_languages(self.languages)
         n_layers = _check_positive_int(self.n_layers, "n_layers")
         d_mlp = None if self.d_mlp is None else _check_positive_int(self.d_mlp, "d_mlp")
         if not isinstance(self.neurons, Sequence) or len(self.neurons) != len(langs):
@@ -183,7 +183,7 @@ class LanguageNeurons:
             )
         object.__setattr__(self, "languages", langs)
         object.__setattr__(self, "neurons", tuple(normalised))
-        object.__setattr__(self, "metadata", _check_metadata(self.metadata))
+        object.__setattr__(self, "metadata", check_metadata(self.metadata))
 
     # ------------------------------------------------------------------ construction
 
@@ -203,7 +203,7 @@ class LanguageNeurons:
             >>> LanguageNeurons.from_masks(m, ["vi"]).indices("vi", 1)
             tensor([3])
         """
-        langs = _check_languages(languages)
+        langs = check_languages(languages)
         if not isinstance(masks, Tensor) or masks.dtype != torch.bool or masks.ndim != 3:
             got = (
                 f"a {masks.dtype} tensor of shape {tuple(masks.shape)}"
@@ -249,7 +249,7 @@ class LanguageNeurons:
                 f"{type(indices).__name__}"
             )
         n_layers = _check_positive_int(n_layers, "n_layers")
-        langs = _check_languages(list(indices))
+        langs = check_languages(list(indices))
         neurons = []
         for lang in langs:
             per_layer = indices[lang]
@@ -448,7 +448,7 @@ class LanguageNeurons:
             >>> ln.select(["b", "a"]).languages
             ('b', 'a')
         """
-        langs = _check_languages(languages)
+        langs = check_languages(languages)
         order = [self._lang_index(lang) for lang in langs]
         return LanguageNeurons(
             langs,
@@ -676,7 +676,7 @@ class LanguageNeurons:
             dupes = sorted({k for k in languages if languages.count(k) > 1}, key=str)
             if dupes:
                 raise LapeError(f'"languages" repeats {dupes!r}: {languages!r}')
-            _check_language_codes(languages, '"languages"')
+            check_language_codes(languages, '"languages"')
             unknown = sorted(set(neurons) - set(languages))
             if unknown:
                 raise LapeError(f'"neurons" has languages {unknown!r} missing from "languages"')
@@ -754,7 +754,7 @@ class LanguageNeurons:
             LanguageNeurons(n_layers=2, d_mlp=8, en=1)
         """
         p = existing_file(path, "neuron file")
-        langs = _check_languages(languages)
+        langs = check_languages(languages)
         if d_mlp is not None:
             d_mlp = _check_positive_int(d_mlp, "d_mlp")
         if model is not None:

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from tl_lape._io import atomic_path, existing_file
 from tl_lape.errors import LapeError
-from tl_lape.neurons import _check_language_codes, _check_languages, _check_metadata
+from tl_lape.neurons import check_language_codes, check_languages, check_metadata
 
 __all__ = ["ActivationStats"]
 
@@ -105,7 +105,7 @@ class ActivationStats:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        langs = _check_languages(self.languages)
+        langs = check_languages(self.languages)
         n_lang = len(langs)
         counts, sums, tokens = self.active_counts, self.activation_sums, self.n_tokens
         for name, value, ndim, dtype in (
@@ -160,7 +160,7 @@ class ActivationStats:
         if not bool(torch.isfinite(sums).all()):
             raise LapeError("activation_sums must be finite; received NaN or infinite values")
         object.__setattr__(self, "languages", langs)
-        object.__setattr__(self, "metadata", _check_metadata(self.metadata))
+        object.__setattr__(self, "metadata", check_metadata(self.metadata))
 
     # ------------------------------------------------------------------ properties
 
@@ -288,7 +288,7 @@ class ActivationStats:
             >>> s.select_languages(["fr"]).n_tokens
             tensor([2])
         """
-        langs = _check_languages(languages)
+        langs = check_languages(languages)
         unknown = [k for k in langs if k not in self.languages]
         if unknown:
             raise LapeError(
@@ -392,7 +392,7 @@ class ActivationStats:
             ) from None
         if not isinstance(languages, list):
             raise LapeError(f"{str(p)!r} has invalid languages {languages!r}; {advice}")
-        _check_language_codes(languages, repr(str(p)))
+        check_language_codes(languages, repr(str(p)))
         if not isinstance(metadata, dict):
             raise LapeError(
                 f"{str(p)!r} has metadata of type {type(metadata).__name__}, not an object; "
@@ -442,7 +442,7 @@ class ActivationStats:
                     "languages is required unless active_counts is a mapping language -> counts"
                 )
             languages = list(active_counts)
-        langs = _check_languages(languages)
+        langs = check_languages(languages)
         counts = _stack_per_language(active_counts, langs, "active_counts")
         if counts.is_floating_point():
             _check_float_counts(counts, "active_counts")

@@ -41,9 +41,10 @@ from tqdm.auto import tqdm
 
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import random_matched_neurons
-from tl_lape.hooks import _check_fwd_hooks, reset_positions, steering_hooks
+from tl_lape.evaluation import next_token_nll, random_matched_neurons
+from tl_lape.hooks import check_fwd_hooks, reset_positions, steering_hooks
 from tl_lape.neurons import LanguageNeurons
+from tl_lape.stats import ActivationStats
 
 __all__ = [
     "ENGLISH_PROMPTS",
@@ -115,12 +116,6 @@ _PROMPT_LANGUAGE: dict[str, str | None] = {"english": "en", "neutral": None}
 # ============================================================================ generation
 
 
-@dataclass(frozen=True)
-class _Generated:
-    texts: list[str]
-    tokens: list[Tensor]
-
-
 def generate_with_hooks(
     model: Any,
     prompts: Sequence[str],
@@ -174,7 +169,7 @@ def generate_with_hooks(
             raise LapeError(f"{name} must be a positive int; received {value!r}")
     adapter = adapt(model, validate=False)
     fwd_hooks = list(fwd_hooks)
-    _check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
+    check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
     tokenizer = adapter.tokenizer
     if prepend_bos is None:
         prepend_bos = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
@@ -583,8 +578,7 @@ def sequence_nll(
                 tokens[r, : ids.numel()] = ids
                 valid[r, : ids.numel() - 1] = True
             logits = model(tokens.to(device))  # batch pos d_vocab
-            logprobs = torch.log_softmax(logits[:, :-1].to(torch.float32), dim=-1).cpu()
-            nll = -logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # batch pos-1
+            nll = next_token_nll(logits, tokens).cpu()  # batch pos-1, float32
             nll = (nll * valid).to(torch.float64).sum(-1) / valid.sum(-1)  # batch
             for r, (i, _) in enumerate(chunk):
                 out[i] = nll[r]
@@ -707,7 +701,7 @@ def _judge(
 def steer(
     model: Any,
     neurons: LanguageNeurons,
-    stats: Any,
+    stats: ActivationStats,
     target: str,
     prompts: Sequence[str],
     *,
@@ -1051,7 +1045,7 @@ _DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
 
 def run_steering_sweep(
     model: Any,
-    stats: Any,
+    stats: ActivationStats,
     *,
     reference_corpus: Mapping[str, Sequence[str]] | None = None,
     targets: Sequence[str] | None = None,
