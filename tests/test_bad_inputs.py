@@ -499,7 +499,7 @@ def test_device_nonsense(command: str, text_corpus: Path, tmp_path: Path, capsys
     out = tmp_path / "out"
     argv = {
         "collect": ["collect", "--model", "demo", "--corpus", f"text:{text_corpus}"],
-        "demo": ["demo"],
+        "demo": ["demo", "--model", "demo"],
     }[command]
     message = _fails(
         [*argv, "--device", "nonsense", "--out", str(out)], ROWS["device-nonsense"], capsys
@@ -539,7 +539,8 @@ def test_ctrl_c(handbook_cache: Path, tmp_path: Path) -> None:
     out.mkdir()
     (out / "summary.md").write_text("an earlier report", encoding="utf-8")
     env = {**os.environ, "TL_LAPE_CACHE": str(handbook_cache), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "tl_lape.cli", "demo", "--out", str(out), "--no-progress"]
+    argv = [sys.executable, "-m", "tl_lape.cli", "demo", "--model", "demo", "--out", str(out)]
+    argv += ["--no-progress"]
     argv += ["--max-tokens-per-language", "1000000", "--seq-len", "64"]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

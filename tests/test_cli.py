@@ -125,6 +125,8 @@ def test_demo_writes_a_complete_report(tmp_path: Path, capsys) -> None:
     status = main(
         [
             "demo",
+            "--model",
+            "demo",
             "--out",
             str(out),
             "--max-tokens-per-language",
@@ -241,7 +243,8 @@ def test_steer_rejects_bad_options_and_writes_nothing(
 
 def test_demo_evaluate_adds_evaluation_and_steering(tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
-    argv = ["demo", "--out", str(out), "--max-tokens-per-language", "2048", "--seq-len", "128"]
+    argv = ["demo", "--model", "demo", "--out", str(out), "--max-tokens-per-language", "2048"]
+    argv += ["--seq-len", "128"]
     argv += ["--evaluate", "--eval-tokens-per-language", "256", "--eval-random", "1"]
     assert main([*argv, "--steer-new-tokens", "4", "--no-progress"]) == 0
     summary = (out / "summary.md").read_text(encoding="utf-8")
