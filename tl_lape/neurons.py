@@ -669,6 +669,8 @@ class LanguageNeurons:
                     f"{str(metadata)[:60]!r}"
                 )
             for name, value, most in (("n_layers", n_layers, _MAX_LAYERS), ("d_mlp", d_mlp, None)):
+                if name == "d_mlp" and value is None:  # a set of unknown width (from_rucaibox)
+                    continue
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise LapeError(f'"{name}" must be a positive integer; received {value!r}')
                 if most is not None and value > most:
@@ -701,11 +703,15 @@ class LanguageNeurons:
                         isinstance(v, int) and not isinstance(v, bool) for v in value
                     ):
                         raise LapeError(f'"neurons"[{lang!r}][{key!r}] must be a list of ints')
-                    outside = [v for v in value if not 0 <= v < d_mlp]
+                    outside = [v for v in value if v < 0 or (d_mlp is not None and v >= d_mlp)]
                     if outside:
                         raise LapeError(
                             f'"neurons"[{lang!r}][{key!r}] holds neuron index {outside[0]}, '
-                            f"outside 0..{d_mlp - 1} (d_mlp={d_mlp})"
+                            + (
+                                f"outside 0..{d_mlp - 1} (d_mlp={d_mlp})"
+                                if d_mlp is not None
+                                else "below 0"
+                            )
                         )
                     converted[int(key)] = value
                 indices[lang] = converted
