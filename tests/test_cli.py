@@ -260,3 +260,22 @@ def test_demo_evaluate_adds_evaluation_and_steering(tmp_path: Path, capsys) -> N
     for name in ("evaluation.json", "steering.json", "steering_english.png"):
         assert name in summary
     assert "[6/6]" in capsys.readouterr().out
+
+
+def test_demo_on_a_real_model_folder_evaluates_and_steers_by_default(tmp_path: Path) -> None:
+    """Any model but 'demo' gets the real-model preset: evaluation and the steering example."""
+    from tl_lape.demo import demo_model_path
+
+    out = tmp_path / "report"
+    argv = ["demo", "--model", str(demo_model_path()), "--out", str(out), "--no-progress"]
+    argv += ["--max-tokens-per-language", "1000", "--steer-new-tokens", "4"]
+    assert main(argv) == 0
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "### Steering example" in summary
+    assert "(1,000 tokens per language at most)" in summary
+    evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert len(evaluation["random"]) == 1  # the real-model preset's one matched random set
+    assert evaluation["baselines"] == {}  # no LAP/LAVE at this budget
+    example = (out / "steering_example.md").read_text(encoding="utf-8")
+    for target in ("fr", "es", "zh"):
+        assert f"| {target} |" in example
