@@ -369,38 +369,31 @@ def collect_share(
     Used by :func:`collect_activation_stats_resumable` and
     :func:`tl_lape.distributed.collect_activation_stats_distributed`.
     """
-    if checkpoint_path is None:
-        return count_share(
-            adapter,
-            corpus,
-            settings,
-            rank=rank,
-            world_size=world_size,
-            fwd_hooks=fwd_hooks,
-            progress=progress,
-        )
-    fingerprint = collection_fingerprint(
-        adapter, corpus, settings, rank=rank, world_size=world_size, fwd_hooks=fwd_hooks
-    )
     start: ShareCounts | None = None
-    start_batch, expected_sha = 0, None
-    if Path(checkpoint_path).exists():
-        previous = CollectionCheckpoint.load(checkpoint_path)
-        previous.check_matches(fingerprint, checkpoint_path)
-        start = ShareCounts(
-            previous.active_counts,
-            previous.activation_sums,
-            previous.n_tokens,
-            previous.n_windows,
+    start_batch = 0
+    observer: _Checkpointer | None = None
+    if checkpoint_path is not None:
+        fingerprint = collection_fingerprint(
+            adapter, corpus, settings, rank=rank, world_size=world_size, fwd_hooks=fwd_hooks
         )
-        if previous.finished and all(isinstance(src, Tensor) for src in corpus.values()):
-            logger.info("%s is a finished checkpoint of this run; not collecting", checkpoint_path)
-            return start
-        start_batch, expected_sha = previous.next_batch, previous.tokens_sha256
-        logger.info("resuming %s at batch %d", checkpoint_path, start_batch)
-    observer = _Checkpointer(
-        checkpoint_path, fingerprint, checkpoint_every, start_batch, expected_sha
-    )
+        expected_sha = None
+        if Path(checkpoint_path).exists():
+            previous = CollectionCheckpoint.load(checkpoint_path)
+            previous.check_matches(fingerprint, checkpoint_path)
+            start = ShareCounts(
+                previous.active_counts,
+                previous.activation_sums,
+                previous.n_tokens,
+                previous.n_windows,
+            )
+            if previous.finished and all(isinstance(src, Tensor) for src in corpus.values()):
+                logger.info("%s is a finished checkpoint; not collecting", checkpoint_path)
+                return start
+            start_batch, expected_sha = previous.next_batch, previous.tokens_sha256
+            logger.info("resuming %s at batch %d", checkpoint_path, start_batch)
+        observer = _Checkpointer(
+            checkpoint_path, fingerprint, checkpoint_every, start_batch, expected_sha
+        )
     return count_share(
         adapter,
         corpus,
