@@ -47,6 +47,7 @@ __all__ = [
     "find_debian_handbook",
     "handbook_locale",
     "load_debian_handbook",
+    "load_handbook_parallel",
     "load_hf_dataset",
     "load_text_files",
     "tl_lape_cache_dir",
@@ -335,6 +336,50 @@ def _load_cache(path: Path, version: str) -> dict[str, Any]:
     return payload
 
 
+def _check_split(split: str) -> None:
+    if split not in ("train", "heldout", "all"):
+        raise LapeError(f"split must be 'train', 'heldout' or 'all', got {split!r}.")
+
+
+def _check_languages(languages: Iterable[str]) -> dict[str, str]:
+    """``{language as given: handbook locale}``, checked (non-empty, no repeats, known)."""
+    if isinstance(languages, str):
+        languages = [languages]
+    languages = list(languages)
+    if not languages:
+        raise LapeError("languages is empty; pass at least one language code such as 'fr'.")
+    if len(set(languages)) != len(languages):
+        raise LapeError(f"languages must not repeat, got {languages!r}.")
+    return {lang: handbook_locale(lang) for lang in languages}
+
+
+def _load_editions(
+    locales: Mapping[str, str], *, download: bool, cache_dir: str | Path | None
+) -> dict[str, dict[str, list[str]]]:
+    """All paragraphs of English and the ``locales``' editions, by chapter file (cached)."""
+    doc_dir = find_debian_handbook(download=download, cache_dir=cache_dir)
+    html_dir = doc_dir / "html"
+    available = sorted(p.name for p in html_dir.iterdir() if (p / "index.html").is_file())
+    for lang, locale in locales.items():
+        if locale not in available:
+            raise LapeError(
+                f"The handbook in {html_dir} has no edition {locale!r} (for language "
+                f"{lang!r}); available: {available}."
+            )
+    version = _handbook_version(doc_dir)
+    cache = Path(cache_dir) if cache_dir is not None else tl_lape_cache_dir()
+    cache_path = cache / f"debian-handbook-{version}.json"
+    payload = _load_cache(cache_path, version)
+    editions: dict[str, dict[str, list[str]]] = payload["editions"]
+    missing = sorted({_ENGLISH_LOCALE, *locales.values()} - set(editions))
+    for locale in missing:
+        logger.info("Parsing the %s edition of the handbook", locale)
+        editions[locale] = _parse_edition(html_dir / locale)
+    if missing:
+        _atomic_write_json(cache_path, payload)
+    return editions
+
+
 def load_debian_handbook(
     languages: Iterable[str] = PAPER_LANGUAGES,
     split: str = "train",
@@ -375,40 +420,11 @@ def load_debian_handbook(
         >>> all(len(texts) > 0 for texts in corpus.values())  # doctest: +SKIP
         True
     """
-    if split not in ("train", "heldout", "all"):
-        raise LapeError(f"split must be 'train', 'heldout' or 'all', got {split!r}.")
+    _check_split(split)
     if untranslated not in ("aligned", "exact"):
         raise LapeError(f"untranslated must be 'aligned' or 'exact', got {untranslated!r}.")
-    if isinstance(languages, str):
-        languages = [languages]
-    languages = list(languages)
-    if not languages:
-        raise LapeError("languages is empty; pass at least one language code such as 'fr'.")
-    if len(set(languages)) != len(languages):
-        raise LapeError(f"languages must not repeat, got {languages!r}.")
-    locales = {lang: handbook_locale(lang) for lang in languages}
-
-    doc_dir = find_debian_handbook(download=download, cache_dir=cache_dir)
-    html_dir = doc_dir / "html"
-    available = sorted(p.name for p in html_dir.iterdir() if (p / "index.html").is_file())
-    for lang, locale in locales.items():
-        if locale not in available:
-            raise LapeError(
-                f"The handbook in {html_dir} has no edition {locale!r} (for language "
-                f"{lang!r}); available: {available}."
-            )
-
-    version = _handbook_version(doc_dir)
-    cache = Path(cache_dir) if cache_dir is not None else tl_lape_cache_dir()
-    cache_path = cache / f"debian-handbook-{version}.json"
-    payload = _load_cache(cache_path, version)
-    editions: dict[str, dict[str, list[str]]] = payload["editions"]  # all paragraphs
-    missing = sorted({_ENGLISH_LOCALE, *locales.values()} - set(editions))
-    for locale in missing:
-        logger.info("Parsing the %s edition of the handbook", locale)
-        editions[locale] = _parse_edition(html_dir / locale)
-    if missing:
-        _atomic_write_json(cache_path, payload)
+    locales = _check_languages(languages)
+    editions = _load_editions(locales, download=download, cache_dir=cache_dir)
 
     english = editions[_ENGLISH_LOCALE]
     corpus: dict[str, list[str]] = {}
@@ -423,6 +439,68 @@ def load_debian_handbook(
             for paragraph in paragraphs
         ]
     return corpus
+
+
+def load_handbook_parallel(
+    languages: Iterable[str] = PAPER_LANGUAGES,
+    split: str = "heldout",
+    *,
+    min_chars: int = 200,
+    download: bool = True,
+    cache_dir: str | Path | None = None,
+) -> list[dict[str, str]]:
+    """Paragraphs of the handbook aligned across languages: the same paragraph in each.
+
+    A chapter file contributes only when every requested edition has exactly as many
+    paragraphs as the English one (then the editions are aligned paragraph by paragraph), and
+    a paragraph only when, in every non-English edition, it is translated (not identical to an
+    English paragraph and at most 70% made of the English paragraph's words) and every version
+    the English version has at least ``min_chars`` characters (Chinese and Japanese
+    translations are about a third as long in characters). The held-out chapter files are those of
+    :func:`load_debian_handbook`.
+
+    Args:
+        languages: Language codes or handbook locales (the keys of each returned item).
+        split: ``"train"``, ``"heldout"`` (the default) or ``"all"``.
+        min_chars: Shortest English paragraph kept, in characters.
+        download: Fetch the package with ``apt-get download`` if it is not installed.
+        cache_dir: Where the parsed book is kept.
+
+    Returns:
+        ``[{language: paragraph}, ...]`` in book order.
+
+    Example:
+        >>> items = load_handbook_parallel(["en", "fr"])  # doctest: +SKIP
+        >>> sorted(items[0])  # doctest: +SKIP
+        ['en', 'fr']
+    """
+    _check_split(split)
+    if not isinstance(min_chars, int) or min_chars < 0:
+        raise LapeError(f"min_chars must be a non-negative integer; received {min_chars!r}")
+    locales = _check_languages(languages)
+    editions = _load_editions(locales, download=download, cache_dir=cache_dir)
+    english = editions[_ENGLISH_LOCALE]
+    english_set = {p for paragraphs in english.values() for p in paragraphs}
+    items: list[dict[str, str]] = []
+    for name, source in english.items():
+        if split != "all" and (split == "heldout") != _is_heldout(name):
+            continue
+        versions = {lang: editions[loc].get(name, []) for lang, loc in locales.items()}
+        if any(len(v) != len(source) for v in versions.values()):
+            continue
+        for i, paragraph in enumerate(source):
+            item = {lang: v[i] for lang, v in versions.items()}
+            translated = all(
+                locales[lang] == _ENGLISH_LOCALE
+                or (
+                    text not in english_set
+                    and _english_share(text, paragraph) < _ALIGNED_ENGLISH_SHARE
+                )
+                for lang, text in item.items()
+            )
+            if translated and len(paragraph) >= min_chars and all(t.strip() for t in item.values()):
+                items.append(item)
+    return items
 
 
 # --------------------------------------------------------------------------------------------
