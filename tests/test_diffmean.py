@@ -1,0 +1,175 @@
+"""Residual means collected with the firing counts, and DiffMean hooks, on tiny models."""
+
+import pytest
+import torch
+
+from tl_lape import LapeError
+from tl_lape.collect import collect_activation_stats
+from tl_lape.diffmean import (
+    ResidualMeans,
+    collect_stats_and_residual_means,
+    diffmean_hooks,
+    resid_hook_name,
+)
+from tl_lape.steering import generate_with_hook_sets, generate_with_hooks
+
+SEQ_LEN = 8
+
+
+def token_corpus(bridge, sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    out = {}
+    for seed, (lang, n) in enumerate(sizes.items()):
+        gen = torch.Generator().manual_seed(seed)
+        out[lang] = torch.randint(3, bridge.cfg.d_vocab, (n,), generator=gen)
+    return out
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model):
+    return tiny_model("llama").bridge
+
+
+@pytest.fixture(scope="module")
+def corpus(llama):
+    return token_corpus(llama, {"en": 43, "fr": 24, "zh": 32})
+
+
+@pytest.fixture(scope="module")
+def collected(llama, corpus):
+    return collect_stats_and_residual_means(
+        llama, corpus, seq_len=SEQ_LEN, batch_size=2, progress=False
+    )
+
+
+def hand_means(model, corpus, *, prepend_bos: bool = False) -> torch.Tensor:
+    """Mean ``hook_resid_pre`` per layer and language from ``run_with_cache`` on the windows."""
+    n_layers = model.cfg.n_layers
+    width = SEQ_LEN - int(prepend_bos)
+    names = [resid_hook_name(layer) for layer in range(n_layers)]
+    columns = []
+    for ids in corpus.values():
+        n = ids.numel() // width * width
+        windows = ids[:n].reshape(-1, width)
+        if prepend_bos:
+            bos = torch.full((windows.shape[0], 1), model.tokenizer.bos_token_id)
+            windows = torch.cat([bos, windows], 1)
+        _, cache = model.run_with_cache(windows, names_filter=names)
+        skip = int(prepend_bos)
+        columns.append(
+            torch.stack(
+                [cache[name][:, skip:].double().reshape(-1, model.cfg.d_model) for name in names]
+            ).mean(1)
+        )
+    return torch.stack(columns, -1)
+
+
+def test_stats_are_those_of_collect_activation_stats(llama, corpus, collected):
+    stats, _ = collected
+    plain = collect_activation_stats(llama, corpus, seq_len=SEQ_LEN, batch_size=2, progress=False)
+    assert torch.equal(stats.active_counts, plain.active_counts)
+    assert torch.equal(stats.n_tokens, plain.n_tokens)
+    torch.testing.assert_close(stats.activation_sums, plain.activation_sums, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prepend_bos", [False, True])
+def test_means_equal_hand_computation(llama, corpus, prepend_bos):
+    stats, means = collect_stats_and_residual_means(
+        llama, corpus, seq_len=SEQ_LEN, batch_size=2, prepend_bos=prepend_bos, progress=False
+    )
+    assert means.languages == ("en", "fr", "zh")
+    assert means.sums.shape == (llama.cfg.n_layers, llama.cfg.d_model, 3)
+    assert torch.equal(means.n_tokens, stats.n_tokens)
+    expected = hand_means(llama, corpus, prepend_bos=prepend_bos)
+    torch.testing.assert_close(means.means(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_direction(collected):
+    _, means = collected
+    m = means.means()
+    torch.testing.assert_close(means.direction("fr", "en"), m[..., 1] - m[..., 0])
+    torch.testing.assert_close(means.direction("fr"), m[..., 1] - (m[..., 0] + m[..., 2]) / 2)
+    torch.testing.assert_close(means.direction("fr", ["en", "zh"]), means.direction("fr"))
+
+
+def test_hooks_equal_hand_computed_residual_edit(llama, collected, corpus):
+    _, means = collected
+    tokens = corpus["en"][:SEQ_LEN][None]
+    layer, strength = 1, 3.0
+    vector = (means.means()[layer, :, 1] - means.means()[layer, :, 0]).float() * strength
+
+    def by_hand(resid, hook):
+        return resid + vector
+
+    expected = llama.run_with_hooks(tokens, fwd_hooks=[(resid_hook_name(layer), by_hand)])
+    hooks = diffmean_hooks(means, "fr", source="en", layer=layer, strength=strength, model=llama)
+    got = llama.run_with_hooks(tokens, fwd_hooks=hooks)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    clean = llama(tokens)
+    assert (got - clean).abs().max() > 1e-3  # the edit changes the logits
+    zero = diffmean_hooks(means, "fr", source="en", layer=layer, strength=0.0)
+    torch.testing.assert_close(llama.run_with_hooks(tokens, fwd_hooks=zero), clean)
+
+
+def test_hooks_at_new_positions_leave_the_prompt_alone(llama, collected, corpus):
+    _, means = collected
+    tokens = corpus["fr"][:SEQ_LEN][None]
+    seen = []
+
+    def spy(resid, hook):
+        seen.append(resid.clone())
+
+    hooks = diffmean_hooks(means, "zh", layer=1, strength=5.0, positions=slice(4, None))
+    name = "blocks.1.hook_resid_post"
+    llama.run_with_hooks(tokens, fwd_hooks=[(name, spy)])
+    llama.run_with_hooks(tokens, fwd_hooks=[*hooks, (name, spy)])
+    clean, edited = seen
+    torch.testing.assert_close(edited[:, :4], clean[:, :4])
+    assert (edited[:, 4:] - clean[:, 4:]).abs().max() > 1e-3
+
+
+def test_batched_generation_with_diffmean_hooks_equals_one_prompt_at_a_time(llama, collected):
+    _, means = collected
+    prompts = ["The cat", "Le chat dort sur", "猫", "/etc/"]
+    sets = [
+        diffmean_hooks(means, "fr", source="en", layer=1, strength=4.0, positions="new"),
+        diffmean_hooks(means, "zh", layer=[0, 1], strength=2.0),
+    ]
+    together = generate_with_hook_sets(llama, prompts, sets, max_new_tokens=6)
+    for hooks, (texts, _) in zip(sets, together, strict=True):
+        one_by_one = [
+            generate_with_hooks(llama, [p], fwd_hooks=hooks, max_new_tokens=6)[0] for p in prompts
+        ]
+        assert texts == one_by_one
+    assert together[0][0] != generate_with_hooks(llama, prompts, max_new_tokens=6)
+
+
+def test_save_load_round_trip(collected, tmp_path):
+    _, means = collected
+    path = tmp_path / "means.safetensors"
+    means.save(path)
+    back = ResidualMeans.load(path)
+    assert back.languages == means.languages
+    assert torch.equal(back.sums, means.sums) and torch.equal(back.n_tokens, means.n_tokens)
+    assert back.metadata == means.metadata
+    assert [p.name for p in tmp_path.iterdir()] == ["means.safetensors"]
+
+
+def test_bad_input(llama, collected, tmp_path):
+    _, means = collected
+    with pytest.raises(LapeError, match="unknown language 'xx'"):
+        diffmean_hooks(means, "xx", layer=0)
+    with pytest.raises(LapeError, match=r"layer must be an int .* in 0\.\.1; received 5"):
+        diffmean_hooks(means, "fr", layer=5)
+    with pytest.raises(LapeError, match="strength must be finite; received nan"):
+        diffmean_hooks(means, "fr", layer=0, strength=float("nan"))
+    with pytest.raises(LapeError, match="source language other than the target"):
+        means.direction("fr", [])
+    with pytest.raises(LapeError, match="no residual-means file"):
+        ResidualMeans.load(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(LapeError, match="is not a residual-means file"):
+        ResidualMeans.load(bad)
+    (_, hook), *_ = diffmean_hooks(means, "fr", layer=0)
+    with pytest.raises(LapeError, match=r"received shape \(1, 3, 5\)"):
+        hook(torch.zeros(1, 3, 5))
