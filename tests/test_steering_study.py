@@ -1,0 +1,229 @@
+"""The steering study's judges on known texts, and the study end to end on the demo model."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from tl_lape import LapeError
+from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook, load_handbook_parallel
+from tl_lape.demo import load_demo_model
+from tl_lape.diffmean import collect_stats_and_residual_means
+from tl_lape.steering import LanguageIdentifier, language_id_accuracy, sequence_nll
+from tl_lape.steering_study import (
+    FRESH_ENGLISH_PROMPTS,
+    FRESH_NEUTRAL_PROMPTS,
+    SteeringStudy,
+    chrf,
+    content_gain,
+    content_prompts,
+    harmonic_mean,
+    run_steering_study,
+)
+
+pytest.importorskip("sacrebleu", reason="optional: pip install 'tl-lape[steer]'")
+
+
+@pytest.fixture(scope="module")
+def heldout(handbook_cache: Path) -> dict[str, list[str]]:
+    return load_debian_handbook(PAPER_LANGUAGES, split="heldout", cache_dir=handbook_cache)
+
+
+@pytest.fixture(scope="module")
+def parallel(handbook_cache: Path) -> list[dict[str, str]]:
+    return load_handbook_parallel(PAPER_LANGUAGES, split="heldout", cache_dir=handbook_cache)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo_model()
+
+
+def test_chrf_of_identical_and_unrelated_texts():
+    text = "Le serveur de messagerie est configuré par le paquet exim4-config."
+    assert chrf(text, text) == 100.0
+    assert chrf("Der Hund bellt laut im Garten.", text) < 20.0
+    assert chrf(text[:30], text) > chrf("Der Hund bellt laut im Garten.", text)
+    assert harmonic_mean(0.0, 0.0) == 0.0
+    assert harmonic_mean(0.5, 1.0) == pytest.approx(2 / 3)
+
+
+def test_parallel_items_are_aligned_translations(parallel):
+    assert len(parallel) >= 24  # enough for 12 development and 12 fresh content prompts
+    assert all(sorted(item) == sorted(PAPER_LANGUAGES) for item in parallel)
+    # Aligned: each paragraph shares more with its own translation (names, paths, numbers)
+    # than with the other paragraphs' translations.
+    for lang in ("fr", "es", "id"):  # (Vietnamese diacritics share fewer n-grams: 23 of 28)
+        column = [item[lang] for item in parallel]
+        gains = [
+            content_gain(item["en"], column[i], column[:i] + column[i + 1 :])
+            for i, item in enumerate(parallel)
+        ]
+        assert sum(g > 0 for g in gains) / len(gains) >= 0.9, lang
+    prompts = content_prompts(parallel[:3], n_words=5)
+    assert all(
+        len(p.split()) == 5 and item["en"].startswith(p.split()[0])
+        for p, item in zip(prompts, parallel[:3], strict=True)
+    )
+
+
+def test_content_gain_is_positive_for_the_own_translation(parallel):
+    column = [item["fr"] for item in parallel[:10]]
+    for i, own in enumerate(column):
+        half = own[len(own) // 2 :]  # a continuation of the paragraph's own content
+        assert content_gain(half, own, column[:i] + column[i + 1 :]) > 10.0
+    with pytest.raises(LapeError, match="at least one other paragraph"):
+        content_gain("x", "y", [])
+
+
+@pytest.mark.parametrize("backend", ["py3langid", "lingua"])
+def test_language_identification_of_labelled_handbook_paragraphs(heldout, backend):
+    if backend == "lingua":
+        pytest.importorskip("lingua", reason="optional: pip install lingua-language-detector")
+    lid = LanguageIdentifier(PAPER_LANGUAGES, backend=backend)
+    accuracy = language_id_accuracy(lid, heldout, max_texts_per_language=60, min_chars=80)
+    assert accuracy["overall"] >= 0.95, accuracy
+    assert min(v for k, v in accuracy.items() if k != "overall") >= 0.85, accuracy
+
+
+def test_fluency_of_natural_text_beats_shuffled_text(demo, heldout):
+    """The fluency judge (the unsteered model's NLL) prefers natural text to its own tokens
+    in a shuffled order, in every language."""
+    rng = random.Random(0)
+    for lang in PAPER_LANGUAGES:
+        texts = [t for t in heldout[lang] if len(t) >= 100][:6]
+        ids = [
+            torch.tensor(demo.tokenizer(t[:200], add_special_tokens=False)["input_ids"])
+            for t in texts
+        ]
+        shuffled = []
+        for seq in ids:
+            order = list(range(seq.numel()))
+            rng.shuffle(order)
+            shuffled.append(seq[order])
+        natural_nll = sequence_nll(demo, ids)
+        shuffled_nll = sequence_nll(demo, shuffled)
+        assert bool((natural_nll + 1.0 < shuffled_nll).all()), (lang, natural_nll, shuffled_nll)
+
+
+STRENGTHS = {"replace": (1.0, 2.0), "add": (2.0,)}
+
+
+@pytest.fixture(scope="module")
+def study(demo, heldout, parallel, handbook_cache) -> SteeringStudy:
+    train = load_debian_handbook(PAPER_LANGUAGES, split="train", cache_dir=handbook_cache)
+    stats, means = collect_stats_and_residual_means(
+        demo, train, max_tokens_per_language=2048, progress=False
+    )
+    prompts = {"english": FRESH_ENGLISH_PROMPTS[:3], "neutral": FRESH_NEUTRAL_PROMPTS[:3]}
+    return run_steering_study(
+        demo,
+        stats,
+        means,
+        reference_corpus=heldout,
+        parallel=parallel,
+        targets=["fr", "zh"],
+        dev_prompts={"english": ("The server", "To install"), "neutral": ("1.", "/etc/")},
+        fresh_prompts=prompts,
+        n_content=2,
+        top_rates=(0.01, 0.02),
+        strengths=STRENGTHS,
+        deactivate=("others",),
+        diffmean_layers=(1, 2),
+        diffmean_strengths=(1.0,),
+        n_random=2,
+        max_new_tokens=6,
+        progress=False,
+    )
+
+
+def test_study_sweeps_chooses_on_dev_and_reports_on_fresh(study):
+    dev = study.select(phase="dev")
+    lape_dev = [r for r in dev if r["method"] == "lape"]
+    # 2 budgets x 3 (mode, strength) x 1 deactivation, x 2 targets x 3 settings
+    assert len(lape_dev) == 2 * 3 * 2 * 3
+    assert len([r for r in dev if r["method"] == "diffmean"]) == 2 * 2 * 3
+    for r in study.rows:
+        for key in ("target_rate", "lingua_rate", "agreement", "fluent_rate", "success_rate"):
+            assert 0.0 <= r[key] <= 1.0
+        assert r["success_rate"] <= min(r["target_rate"], r["fluent_rate"])
+        assert ("combined" in r) == (r["setting"] == "content")
+    # The chosen LAPE configuration has the best development score of all LAPE configurations.
+    chosen = study.chosen["lape"]
+    labels = {r["config"] for r in lape_dev}
+    assert chosen["label"] in labels
+
+    def score(label):
+        rows = [r for r in dev if r["config"] == label]
+        vals = [r["combined"] if r["setting"] == "content" else r["success_rate"] for r in rows]
+        return (sum(v >= 0.5 for v in vals), round(sum(vals) / len(vals), 4))
+
+    assert list(score(chosen["label"])) == chosen["score"]
+    assert all(score(label) <= score(chosen["label"]) for label in labels)
+    # The random control curve on dev: the chosen mode, budget and deactivation, every strength.
+    control = study.select(phase="dev", method="random")
+    assert {r["strength"] for r in control} == set(STRENGTHS[chosen["mode"]])
+    assert {(r["mode"], r["top_rate"], r["seed"]) for r in control} == {
+        (chosen["mode"], chosen["top_rate"], 0)
+    }
+    fresh = study.select(phase="fresh")
+    assert {r["method"] for r in fresh} == {"none", "prompt", "lape", "random", "diffmean"}
+    assert {r["seed"] for r in fresh if r["method"] == "random"} == {0, 1}
+    assert {r["setting"] for r in fresh} == {"english", "neutral", "content"}
+    assert all(r["n"] == 3 for r in fresh if r["setting"] != "content")
+    assert {r["config"] for r in fresh if r["method"] == "lape"} == {chosen["label"]}
+    reached = study.targets_reached("english", "lape")
+    assert set(reached) <= {"fr", "zh"}
+    assert study.throughput["ratio"] > 0
+
+
+def test_study_report_files(study, tmp_path):
+    folder = study.save(tmp_path / "report")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        "steering_study_content.png",
+        "steering_study_english.png",
+        "steering_study_neutral.png",
+        "study.json",
+        "study.md",
+    ]
+    data = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+    assert len(data["rows"]) == len(study.rows) and data["chosen"] == study.chosen
+    text = (folder / "study.md").read_text(encoding="utf-8")
+    for heading in ("Fresh prompts: english", "Fresh prompts: neutral", "Fresh prompts: content"):
+        assert heading in text
+    assert study.chosen["lape"]["label"] in text and "Throughput" in text
+    assert all(isinstance(f, Figure) for f in study.figures().values())
+
+
+def test_study_bad_input(demo, study, heldout, parallel, handbook_cache):
+    train = load_debian_handbook(["en", "fr"], split="train", cache_dir=handbook_cache)
+    stats, means = collect_stats_and_residual_means(
+        demo, train, max_tokens_per_language=256, seq_len=64, progress=False
+    )
+    kwargs = {"reference_corpus": heldout, "progress": False}
+    with pytest.raises(LapeError, match=r"unknown language\(s\) \['xx'\]"):
+        run_steering_study(demo, stats, means, targets=["xx"], **kwargs)
+    with pytest.raises(LapeError, match="deactivate must be among"):
+        run_steering_study(demo, stats, means, deactivate=("all",), **kwargs)
+    with pytest.raises(LapeError, match="parallel has 3 items; the content setting needs"):
+        run_steering_study(demo, stats, means, parallel=parallel[:3], n_content=2, **kwargs)
+    full_stats = load_debian_handbook(PAPER_LANGUAGES[:3], split="train", cache_dir=handbook_cache)
+    other, _ = collect_stats_and_residual_means(
+        demo, full_stats, max_tokens_per_language=256, seq_len=64, progress=False
+    )
+    with pytest.raises(LapeError, match="the residual means have languages"):
+        run_steering_study(demo, other, means, **kwargs)
+
+
+def test_parallel_bad_input(handbook_cache):
+    with pytest.raises(LapeError, match="min_chars must be a non-negative integer; received -1"):
+        load_handbook_parallel(["en", "fr"], min_chars=-1, cache_dir=handbook_cache)
+    with pytest.raises(LapeError, match="split must be"):
+        load_handbook_parallel(["en", "fr"], split="test", cache_dir=handbook_cache)
+    train = load_handbook_parallel(["en", "fr"], split="train", cache_dir=handbook_cache)
+    heldout = load_handbook_parallel(["en", "fr"], split="heldout", cache_dir=handbook_cache)
+    assert not {i["en"] for i in train} & {i["en"] for i in heldout}
