@@ -9,6 +9,7 @@ from models import SENTENCES
 
 import tl_lape
 from tl_lape.cli import format_summary, main
+from tl_lape.diffmean import ResidualMeans
 
 
 @pytest.fixture()
@@ -239,6 +240,84 @@ def test_steer_rejects_bad_options_and_writes_nothing(
     err = capsys.readouterr().err
     assert message in err and value.split("=")[-1] in err
     assert not out.exists()
+
+
+def _collect_with_means(model_dir: str, corpus: Path, tmp_path: Path) -> tuple[Path, Path]:
+    stats_path, means_path = tmp_path / "stats.safetensors", tmp_path / "means.safetensors"
+    argv = ["collect", "--model", model_dir, "--corpus", f"text:{corpus}"]
+    argv += ["--languages", "en,fr,zh,ru", "--seq-len", "16", "--no-progress"]
+    argv += ["--residual-means", str(means_path), "--out", str(stats_path)]
+    assert main(argv) == 0
+    return stats_path, means_path
+
+
+def test_steer_study_writes_the_study_report(
+    tiny_model, text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    model_dir = str(tiny_model("llama").path)
+    stats_path, means_path = _collect_with_means(model_dir, text_corpus, tmp_path)
+    means = ResidualMeans.load(means_path)
+    assert means.languages == tl_lape.ActivationStats.load(stats_path).languages
+    out = tmp_path / "study"
+    argv = ["steer", str(stats_path), "--model", model_dir, "--study", "--means", str(means_path)]
+    argv += ["--reference-corpus", f"text:{text_corpus}", "--targets", "fr,zh"]
+    argv += ["--modes", "add", "--strengths", "add=2", "--top-rates", "0.1"]
+    argv += ["--diffmean-layers", "1", "--diffmean-strengths", "1", "--n-random", "2"]
+    argv += ["--max-new-tokens", "3", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    study = json.loads((out / "study.json").read_text(encoding="utf-8"))
+    assert set(study["chosen"]) == {"lape", "diffmean"}
+    fresh = [r for r in study["rows"] if r["phase"] == "fresh"]
+    assert {r["method"] for r in fresh} == {"none", "prompt", "lape", "random", "diffmean"}
+    assert {r["setting"] for r in fresh} == {"english", "neutral"}  # no handbook: no content
+    assert {r["deactivate"] for r in study["rows"] if r["method"] == "lape"} == {"none", "others"}
+    assert sorted(p.name for p in out.iterdir()) == [
+        "steering_study_english.png",
+        "steering_study_neutral.png",
+        "study.json",
+        "study.md",
+    ]
+    assert "report written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--deactivate", "source"], "'source' is for the sweep only"),
+        (["--reference-corpus", "none"], "not 'none'"),
+        (["--modes", "add", "--strengths", "scale=2"], "that --modes ['add'] omits"),
+        (["--targets", "xx"], "--targets ['xx'] are not among"),
+        (["--n-random", "0"], "at least 1"),
+        (["--diffmean-strengths", "x"], "comma-separated numbers"),
+    ],
+)
+def test_steer_study_rejects_bad_options_before_loading_the_model(
+    tiny_model, text_corpus: Path, tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    model_dir = str(tiny_model("llama").path)
+    stats_path, means_path = _collect_with_means(model_dir, text_corpus, tmp_path)
+    capsys.readouterr()
+    out = tmp_path / "study"
+    argv = ["steer", str(stats_path), "--model", model_dir, "--study", "--means", str(means_path)]
+    argv += ["--reference-corpus", f"text:{text_corpus}", *extra, "--out", str(out)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_study_options_need_study_and_means_need_a_plain_collection(
+    tiny_model, text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    model_dir = str(tiny_model("llama").path)
+    stats_path, means_path = _collect_with_means(model_dir, text_corpus, tmp_path)
+    argv = ["steer", str(stats_path), "--model", model_dir, "--means", str(means_path)]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "--means only apply with --study" in capsys.readouterr().err
+    argv = ["collect", "--model", model_dir, "--corpus", f"text:{text_corpus}"]
+    argv += ["--resume", str(tmp_path / "ck"), "--residual-means", str(tmp_path / "m2")]
+    assert main([*argv, "--out", str(tmp_path / "s2")]) == 2
+    assert "--residual-means does not work with --resume" in capsys.readouterr().err
+    assert not (tmp_path / "s2").exists() and not (tmp_path / "m2").exists()
 
 
 def test_demo_evaluate_adds_evaluation_and_steering(tmp_path: Path, capsys) -> None:

@@ -18,10 +18,12 @@ from tl_lape.corpora import (
     PAPER_LANGUAGES,
     filter_language,
     load_debian_handbook,
+    load_handbook_parallel,
     load_hf_dataset,
     load_text_files,
 )
 from tl_lape.demo import demo_model_path, load_demo_model
+from tl_lape.diffmean import ResidualMeans, collect_stats_and_residual_means, diffmean_hooks
 from tl_lape.distributed import collect_activation_stats_distributed
 from tl_lape.errors import LapeError
 from tl_lape.evaluation import (
@@ -51,6 +53,7 @@ from tl_lape.steering import (
     run_steering_sweep,
     steer,
 )
+from tl_lape.steering_study import SteeringStudy, run_steering_study
 
 __version__ = "0.1.0"
 
@@ -63,15 +66,19 @@ __all__ = [
     "LapeError",
     "NeuronCard",
     "PerplexityMatrix",
+    "ResidualMeans",
     "StabilityReport",
     "SteeringReport",
+    "SteeringStudy",
     "__version__",
     "collect_activation_stats",
     "collect_activation_stats_distributed",
     "collect_activation_stats_resumable",
+    "collect_stats_and_residual_means",
     "deactivated",
     "deactivation_hooks",
     "demo_model_path",
+    "diffmean_hooks",
     "filter_language",
     "generate_with_hook_sets",
     "generate_with_hooks",
@@ -81,6 +88,7 @@ __all__ = [
     "lave_scores",
     "load_debian_handbook",
     "load_demo_model",
+    "load_handbook_parallel",
     "load_hf_dataset",
     "load_model",
     "load_text_files",
@@ -90,6 +98,7 @@ __all__ = [
     "perplexity_matrix",
     "random_matched_neurons",
     "run_evaluation",
+    "run_steering_study",
     "run_steering_sweep",
     "selectivity",
     "split_half_stability",

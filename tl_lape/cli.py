@@ -112,6 +112,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="windows between checkpoints with --resume (default: 1000)",
     )
+    collect.add_argument(
+        "--residual-means",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the per-language residual-stream means (for DiffMean steering, "
+        "`steer --study --means FILE`), collected in the same pass",
+    )
     collect.set_defaults(func=_cmd_collect)
 
     identify = sub.add_parser("identify", help="select language neurons from statistics")
@@ -158,6 +166,35 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     steer.add_argument(
         "--hf-config", default="{lang}", help="dataset config per language, with {lang}"
+    )
+    study = steer.add_argument_group(
+        "study",
+        "--study runs the steering study instead of the sweep: LAPE against random sets, "
+        "DiffMean and prompting, chosen on development prompts and reported on fresh ones, "
+        "judged by two language identifiers, fluency and (on the handbook) content",
+    )
+    study.add_argument("--study", action="store_true", help="run the steering study")
+    study.add_argument(
+        "--means",
+        type=Path,
+        default=None,
+        help="residual-means file (`collect --residual-means`) for the DiffMean baseline "
+        "(default: no DiffMean)",
+    )
+    study.add_argument(
+        "--n-random", type=int, default=3, help="random draws on the fresh prompts (default: 3)"
+    )
+    study.add_argument(
+        "--n-content",
+        type=int,
+        default=8,
+        help="handbook content prompts per phase (default: 8; 0: no content setting)",
+    )
+    study.add_argument(
+        "--diffmean-layers", default=None, help="comma-separated layers (default: n/4, n/2, 3n/4)"
+    )
+    study.add_argument(
+        "--diffmean-strengths", default="0.5,1,2", help="comma-separated DiffMean strengths"
     )
     steer.add_argument("--no-progress", action="store_true", help="hide progress bars")
     steer.add_argument("--out", required=True, type=Path, help="report folder")
@@ -299,9 +336,10 @@ def _add_steer_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--deactivate",
-        default="none",
+        default=None,
         choices=("none", "others", "source"),
-        help="other languages' neurons switched off in the same pass",
+        help="other languages' neurons switched off in the same pass (default: none; the "
+        "study sweeps none and others)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random control sets")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per output")
@@ -335,6 +373,13 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     if args.resume is not None:
         check_output_file(args.resume, "checkpoint")
         _check_at_least_one(args, ("checkpoint_every",))
+    if args.residual_means is not None:
+        check_output_file(args.residual_means, "residual-means file")
+        if args.resume is not None:
+            raise LapeError(
+                "--residual-means does not work with --resume (a checkpoint keeps the firing "
+                "counts only); drop one of them"
+            )
     _check_model_source(args.model, args.device)
     corpus = _load_corpus(args.corpus, args.languages, args.split, args.hf_config)
     model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
@@ -348,6 +393,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         stats = collect_activation_stats_resumable(
             model, corpus, args.resume, checkpoint_every=args.checkpoint_every, **window_kwargs
         )
+    elif args.residual_means is not None:
+        from tl_lape.diffmean import collect_stats_and_residual_means
+
+        stats, means = collect_stats_and_residual_means(model, corpus, **window_kwargs)
+        means.save(args.residual_means)
     else:
         stats = collect_activation_stats(model, corpus, **window_kwargs)
     stats.save(args.out)
@@ -426,6 +476,21 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from tl_lape.stats import ActivationStats
 
     _check_report_folder(args.out)
+    if args.study:
+        return _cmd_steer_study(args)
+    study_only = [
+        opt
+        for opt, value, default in (
+            ("--means", args.means, None),
+            ("--n-random", args.n_random, 3),
+            ("--n-content", args.n_content, 8),
+            ("--diffmean-layers", args.diffmean_layers, None),
+            ("--diffmean-strengths", args.diffmean_strengths, "0.5,1,2"),
+        )
+        if value != default
+    ]
+    if study_only:
+        raise LapeError(f"{', '.join(study_only)} only apply with --study; add --study")
     sweep_kwargs = _steer_kwargs(args)
     _check_model_source(args.model, args.device)
     stats = ActivationStats.load(args.stats)
@@ -439,6 +504,103 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     with atomic_dir(args.out) as tmp:
         text = _write_report(report, tmp, "steering")
     print(text)
+    print(f"\nreport written to {args.out}/")
+    return 0
+
+
+def _cmd_steer_study(args: argparse.Namespace) -> int:
+    """``steer --study``: :func:`~tl_lape.steering_study.run_steering_study`, its report folder."""
+    from tl_lape.diffmean import ResidualMeans
+    from tl_lape.stats import ActivationStats
+    from tl_lape.steering_study import DEFAULT_STRENGTHS, run_steering_study
+
+    sweep = _steer_kwargs(args)
+    if args.deactivate == "source":
+        raise LapeError(
+            "--study sweeps --deactivate none and others; 'source' is for the sweep only"
+        )
+    if args.reference_corpus == "none":
+        raise LapeError(
+            "--study needs held-out text for its fluency judge; give --reference-corpus "
+            "(handbook, text:DIR or hf:DATASET), not 'none'"
+        )
+    _check_at_least_one(args, ("n_random",))
+    if args.n_content < 0:
+        raise LapeError(f"--n-content must be 0 or more, got {args.n_content}.")
+    layers = (
+        tuple(
+            int(v)
+            for v in _floats(
+                _split_list(args.diffmean_layers, "--diffmean-layers"), "--diffmean-layers"
+            )
+        )
+        if args.diffmean_layers is not None
+        else None
+    )
+    diff_strengths = _floats(
+        _split_list(args.diffmean_strengths, "--diffmean-strengths"), "--diffmean-strengths"
+    )
+    modes = sweep["modes"]
+    unknown = [m for m in modes if m not in DEFAULT_STRENGTHS]
+    if unknown:
+        raise LapeError(f"--modes must be among {list(DEFAULT_STRENGTHS)}, got {unknown}.")
+    given = sweep.get("strengths", {})
+    missing = [m for m in given if m not in modes]
+    if missing:
+        raise LapeError(f"--strengths names mode(s) {missing} that --modes {list(modes)} omits.")
+    strengths = {m: given.get(m, DEFAULT_STRENGTHS[m]) for m in modes}
+    _check_model_source(args.model, args.device)
+    stats = ActivationStats.load(args.stats)
+    means = ResidualMeans.load(args.means) if args.means is not None else None
+    if means is not None and tuple(means.languages) != tuple(stats.languages):
+        raise LapeError(
+            f"{str(args.means)!r} has languages {list(means.languages)}, {str(args.stats)!r} "
+            f"{list(stats.languages)}: write both with one `tl-lape collect --residual-means`"
+        )
+    reference = _load_corpus(
+        args.reference_corpus, ",".join(stats.languages), "heldout", args.hf_config
+    )
+    unknown_targets = [t for t in sweep.get("targets", ()) if t not in stats.languages]
+    if unknown_targets:
+        raise LapeError(
+            f"--targets {unknown_targets} are not among the statistics' languages "
+            f"{list(stats.languages)}"
+        )
+    parallel: list[dict[str, str]] = []
+    if args.reference_corpus == "handbook" and args.n_content > 0:
+        from tl_lape.corpora import load_handbook_parallel
+
+        parallel = load_handbook_parallel(stats.languages, split="heldout")
+        if len(parallel) < 2 * args.n_content:
+            raise LapeError(
+                f"the handbook has {len(parallel)} held-out parallel paragraphs; --n-content "
+                f"{args.n_content} needs {2 * args.n_content}: give a smaller --n-content"
+            )
+    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
+    options: dict[str, Any] = {
+        "parallel": parallel,
+        "targets": sweep.get("targets"),
+        "n_content": max(1, args.n_content),
+        "top_rates": sweep["top_rates"],
+        "deactivate": (args.deactivate,) if args.deactivate else ("none", "others"),
+        "diffmean_strengths": diff_strengths,
+        "n_random": args.n_random,
+        "max_new_tokens": sweep["max_new_tokens"],
+        "batch_size": sweep["batch_size"],
+        "progress": not args.no_progress,
+    }
+    options["strengths"] = strengths
+    if layers is not None:
+        options["diffmean_layers"] = layers
+    study = run_steering_study(
+        model,
+        stats,
+        means,
+        reference_corpus={lang: list(texts) for lang, texts in reference.items()},
+        **options,
+    )
+    study.save(args.out)
+    print(study.to_markdown())
     print(f"\nreport written to {args.out}/")
     return 0
 
@@ -522,7 +684,7 @@ def _steer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "modes": _split_list(args.modes, "--modes"),
         "top_rates": _floats(_split_list(args.top_rates, "--top-rates"), "--top-rates"),
         "settings": _split_list(args.settings, "--settings"),
-        "deactivate": args.deactivate,
+        "deactivate": args.deactivate or "none",
         "random_seed": args.seed,
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.generation_batch_size,

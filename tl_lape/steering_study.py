@@ -63,6 +63,7 @@ from tl_lape.steering import (
 )
 
 __all__ = [
+    "DEFAULT_STRENGTHS",
     "FRESH_ENGLISH_PROMPTS",
     "FRESH_NEUTRAL_PROMPTS",
     "LANGUAGE_CUES",
@@ -117,6 +118,14 @@ LANGUAGE_CUES: dict[str, str] = {
     "vi": "Bằng tiếng Việt: ",
     "id": "Dalam bahasa Indonesia: ",
     "ja": "日本語で：",
+}
+
+
+#: The strengths swept per LAPE mode by default.
+DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
+    "replace": (1.0, 2.0, 3.0),
+    "add": (1.0, 2.0, 4.0),
+    "scale": (2.0, 4.0),
 }
 
 
@@ -459,8 +468,8 @@ def run_steering_study(
         dev_prompts, fresh_prompts: ``{"english": [...], "neutral": [...]}`` overrides.
         n_content: Content items per phase.
         top_rates: LAPE budgets swept.
-        strengths: Per LAPE mode, the strengths swept (default: replace 1, 2, 3; add 1, 2, 4;
-            scale 2, 4).
+        strengths: Per LAPE mode, the strengths swept (default :data:`DEFAULT_STRENGTHS`:
+            replace 1, 2, 3; add 1, 2, 4; scale 2, 4).
         deactivate: ``"none"`` and/or ``"others"``: whether the other languages' neurons are
             switched off while steering.
         diffmean_layers: Layers of the DiffMean sweep (default: about a quarter, half and three
@@ -483,15 +492,7 @@ def run_steering_study(
     unknown = [t for t in (*targets, source) if t not in languages]
     if unknown:
         raise LapeError(f"unknown language(s) {unknown}: the statistics have {list(languages)}")
-    strengths = (
-        dict(strengths)
-        if strengths is not None
-        else {
-            "replace": (1.0, 2.0, 3.0),
-            "add": (1.0, 2.0, 4.0),
-            "scale": (2.0, 4.0),
-        }
-    )
+    strengths = dict(strengths) if strengths is not None else dict(DEFAULT_STRENGTHS)
     for mode in strengths:
         _mode(mode)
     bad = [d for d in deactivate if d not in ("none", "others")]
