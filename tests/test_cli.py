@@ -245,9 +245,12 @@ def test_steer_rejects_bad_options_and_writes_nothing(
 def _collect_with_means(model_dir: str, corpus: Path, tmp_path: Path) -> tuple[Path, Path]:
     stats_path, means_path = tmp_path / "stats.safetensors", tmp_path / "means.safetensors"
     argv = ["collect", "--model", model_dir, "--corpus", f"text:{corpus}"]
-    argv += ["--languages", "en,fr,zh,ru", "--seq-len", "16", "--no-progress"]
+    argv += ["--languages", "en,fr,zh,ru", "--seq-len", "16", "--no-progress", "--prepend-bos"]
     argv += ["--residual-means", str(means_path), "--out", str(stats_path)]
     assert main(argv) == 0
+    stats = tl_lape.ActivationStats.load(stats_path)
+    assert stats.metadata["prepend_bos"] is True
+    assert ResidualMeans.load(means_path).metadata["prepend_bos"] is True
     return stats_path, means_path
 
 

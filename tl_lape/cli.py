@@ -113,6 +113,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="windows between checkpoints with --resume (default: 1000)",
     )
     collect.add_argument(
+        "--prepend-bos",
+        action="store_true",
+        help="start every window with the tokenizer's BOS token (not counted); models such as "
+        "Gemma expect it",
+    )
+    collect.add_argument(
         "--residual-means",
         type=Path,
         default=None,
@@ -387,6 +393,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "max_tokens_per_language": args.max_tokens_per_language,
+        "prepend_bos": args.prepend_bos,
         "progress": not args.no_progress,
     }
     if args.resume is not None:
