@@ -47,6 +47,7 @@ from tl_lape._io import atomic_dir
 from tl_lape.diffmean import ResidualMeans, diffmean_hooks
 from tl_lape.errors import LapeError
 from tl_lape.evaluation import random_matched_neurons
+from tl_lape.generation import generate_texts_and_tokens
 from tl_lape.hooks import steering_hooks
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
@@ -55,7 +56,6 @@ from tl_lape.steering import (
     NEUTRAL_PROMPTS,
     LanguageIdentifier,
     _deactivated_languages,
-    _generate,
     _judge,
     _mode,
     generate_with_hook_sets,
@@ -638,12 +638,12 @@ def run_steering_study(
                 if c.method == "prompt":
                     for t in targets:
                         cued = [LANGUAGE_CUES.get(t, "") + p for p in prompts]
-                        texts, tokens = _generate(
+                        texts, tokens = generate_texts_and_tokens(
                             model, cued, max_new_tokens=max_new_tokens, batch_size=batch_size
                         )
                         rows.append(judge_rows(phase, setting, c, t, data, prompts, texts, tokens))
                 elif c.method == "none":
-                    texts, tokens = _generate(
+                    texts, tokens = generate_texts_and_tokens(
                         model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
                     )
                     for t in targets:
@@ -756,7 +756,7 @@ def _throughput(
     for _ in range(2):
         for name, fwd in (("unsteered", []), ("steered", hooks)):
             t0 = time.perf_counter()
-            _, tokens = _generate(
+            _, tokens = generate_texts_and_tokens(
                 model,
                 prompts,
                 fwd_hooks=fwd,
