@@ -13,11 +13,12 @@ whether the output changes language. This module runs that test honestly:
 - The output language, judged by an offline identifier restricted to the languages of the
   study (:class:`~tl_lape.identification.LanguageIdentifier`: ``py3langid`` by default, chosen
   by measured accuracy on held-out handbook paragraphs; ``lingua`` optional).
-- Quality, so that a switch into gibberish does not count: the *unsteered* model's NLL of the
-  generated text against its NLL on natural text of the target language of the same length,
-  and the share of repeated token trigrams. An output is *fluent* when its NLL is at most
-  ``nll_margin`` above the target language's reference and its repetition at most
-  ``max_repetition``; *success* is an output that is in the target language and fluent.
+- Quality, so that a switch into gibberish does not count (:mod:`tl_lape.metrics`): the
+  *unsteered* model's NLL of the generated text against its NLL on natural text of the target
+  language of the same length, and the share of repeated token trigrams. An output is *fluent*
+  when its NLL is at most ``nll_margin`` above the target language's reference and its
+  repetition at most ``max_repetition``; *success* is an output that is in the target language
+  and fluent.
 - :func:`run_steering_sweep`: success and off-target rates per setting, target, mode, strength
   and neuron budget (``top_rate``), each next to a random neuron set matched in size and layers.
 
@@ -38,9 +39,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import next_token_nll, random_matched_neurons
+from tl_lape.evaluation import random_matched_neurons
 from tl_lape.generation import (
     generate_texts_and_tokens,
     generate_with_hook_sets,
@@ -48,6 +48,7 @@ from tl_lape.generation import (
 )
 from tl_lape.hooks import steering_hooks
 from tl_lape.identification import LanguageIdentifier, language_id_accuracy
+from tl_lape.metrics import reference_nll, repetition_rate, sequence_nll
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
@@ -122,113 +123,6 @@ def _mode(mode: str) -> Literal["replace", "add", "scale"]:
     if mode not in ("replace", "add", "scale"):
         raise LapeError(f"mode must be 'replace', 'add' or 'scale'; received {mode!r}")
     return cast(Literal["replace", "add", "scale"], mode)
-
-
-# ============================================================================ quality
-
-
-def repetition_rate(tokens: Sequence[int] | Tensor, *, n: int = 3) -> float:
-    """Share of a sequence's ``n``-grams that repeat an earlier one (0: none, near 1: a loop).
-
-    ``1 - distinct / total`` over the token ``n``-grams; 0.0 for sequences shorter than
-    ``n + 1`` tokens.
-
-    Example:
-        >>> repetition_rate([1, 2, 3, 1, 2, 3, 1, 2, 3])
-        0.5714285714285714
-        >>> repetition_rate([1, 2, 3, 4, 5])
-        0.0
-    """
-    ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
-    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
-    if len(grams) < 2:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
-def sequence_nll(
-    model: Any,
-    sequences: Sequence[Tensor],
-    *,
-    batch_size: int = 16,
-) -> Float[Tensor, " batch"]:
-    """Mean NLL per predicted token of each token sequence under the model, without hooks.
-
-    Each sequence is conditioned on BOS only (BOS is prepended when the model uses one), so
-    the generated text is judged on its own, not as a continuation of its prompt. Sequences
-    are right-padded; padded positions are ignored. Empty sequences get NaN.
-
-    Args:
-        model: A TransformerLens model.
-        sequences: 1-D token-id tensors (without BOS).
-        batch_size: Sequences per forward pass.
-
-    Returns:
-        float64 mean NLL (nats per token) of each sequence.
-    """
-    adapter = adapt(model, validate=False)
-    prepend = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
-    bos = adapter.bos_token_id if prepend else None
-    out = torch.full((len(sequences),), math.nan, dtype=torch.float64)
-    rows = []
-    for i, seq in enumerate(sequences):
-        ids = seq.to(torch.long).flatten().cpu()
-        if bos is not None:
-            ids = torch.cat([torch.tensor([bos]), ids])
-        if ids.numel() >= 2:
-            rows.append((i, ids))
-    device = adapter.device
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            width = max(ids.numel() for _, ids in chunk)
-            tokens = torch.zeros((len(chunk), width), dtype=torch.long)
-            valid = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
-            for r, (_, ids) in enumerate(chunk):
-                tokens[r, : ids.numel()] = ids
-                valid[r, : ids.numel() - 1] = True
-            logits = model(tokens.to(device))  # batch pos d_vocab
-            nll = next_token_nll(logits, tokens).cpu()  # batch pos-1, float32
-            nll = (nll * valid).to(torch.float64).sum(-1) / valid.sum(-1)  # batch
-            for r, (i, _) in enumerate(chunk):
-                out[i] = nll[r]
-    return out
-
-
-def reference_nll(
-    model: Any,
-    corpus: Mapping[str, Sequence[str]],
-    *,
-    n_tokens: int = 32,
-    max_texts_per_language: int = 64,
-    batch_size: int = 16,
-) -> dict[str, float]:
-    """The unsteered model's NLL on natural text of each language, at the length of an output.
-
-    The first ``n_tokens`` tokens of up to ``max_texts_per_language`` paragraphs (those with at
-    least ``n_tokens`` tokens first), each judged on its own as :func:`sequence_nll` judges a
-    generated output; the mean per language. This is the yardstick of the fluency criterion.
-
-    Returns:
-        ``{language: mean NLL in nats per token}``.
-    """
-    adapter = adapt(model, validate=False)
-    out: dict[str, float] = {}
-    for lang, texts in corpus.items():
-        seqs = []
-        for text in texts:
-            ids = adapter.encode(text)
-            if ids.numel() >= n_tokens:
-                seqs.append(ids[:n_tokens])
-            if len(seqs) >= max_texts_per_language:
-                break
-        if not seqs:
-            raise LapeError(
-                f"no text of language {lang!r} has {n_tokens} tokens; pass longer text or a "
-                "smaller n_tokens"
-            )
-        out[lang] = float(sequence_nll(model, seqs, batch_size=batch_size).mean())
-    return out
 
 
 # ============================================================================ one steering run

@@ -50,6 +50,7 @@ from tl_lape.evaluation import random_matched_neurons
 from tl_lape.generation import generate_texts_and_tokens, generate_with_hook_sets
 from tl_lape.hooks import steering_hooks
 from tl_lape.identification import LanguageIdentifier
+from tl_lape.metrics import reference_nll
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 from tl_lape.steering import (
@@ -58,7 +59,6 @@ from tl_lape.steering import (
     _deactivated_languages,
     _judge,
     _mode,
-    reference_nll,
 )
 
 __all__ = [
