@@ -59,8 +59,11 @@ __all__ = [
     "SteeringOutputs",
     "SteeringReport",
     "SteeringResult",
+    "check_mode",
+    "deactivated_languages",
     "generate_with_hook_sets",
     "generate_with_hooks",
+    "judge_outputs",
     "language_id_accuracy",
     "reference_nll",
     "repetition_rate",
@@ -119,7 +122,13 @@ _PROMPT_SETS: dict[str, tuple[str, ...]] = {"english": ENGLISH_PROMPTS, "neutral
 _PROMPT_LANGUAGE: dict[str, str | None] = {"english": "en", "neutral": None}
 
 
-def _mode(mode: str) -> Literal["replace", "add", "scale"]:
+def check_mode(mode: str) -> Literal["replace", "add", "scale"]:
+    """``mode`` as a steering mode of :func:`~tl_lape.hooks.steering_hooks`, or a LapeError.
+
+    Example:
+        >>> check_mode("add")
+        'add'
+    """
     if mode not in ("replace", "add", "scale"):
         raise LapeError(f"mode must be 'replace', 'add' or 'scale'; received {mode!r}")
     return cast(Literal["replace", "add", "scale"], mode)
@@ -173,7 +182,7 @@ class SteeringOutputs:
         return counts
 
 
-def _judge(
+def judge_outputs(
     model: Any,
     prompts: Sequence[str],
     texts: list[str],
@@ -184,6 +193,30 @@ def _judge(
     nll_margin: float,
     max_repetition: float,
 ) -> SteeringOutputs:
+    """Judge generated outputs: their language, the unsteered model's NLL, repetition, fluency.
+
+    An output is fluent when it is not empty, its :func:`~tl_lape.metrics.repetition_rate` is
+    at most ``max_repetition`` and, when ``reference`` has the yardstick language (``target``,
+    or the output's own identified language when ``target`` is None), its
+    :func:`~tl_lape.metrics.sequence_nll` is at most ``nll_margin`` above that language's
+    reference NLL.
+
+    Args:
+        model: The TransformerLens model, run without hooks to score the outputs.
+        prompts: The prompts the outputs continue.
+        texts: The generated continuations.
+        tokens: Their generated token ids, as
+            :func:`~tl_lape.generation.generate_texts_and_tokens` returns them.
+        identifier: Judges the output language.
+        reference: :func:`~tl_lape.metrics.reference_nll` per language (None: fluency checks
+            only emptiness and repetition).
+        target: The language steered into (None: unsteered outputs).
+        nll_margin: Fluent outputs have NLL at most this far above the yardstick's reference.
+        max_repetition: Fluent outputs have at most this repetition rate.
+
+    Returns:
+        The judged :class:`SteeringOutputs`.
+    """
     languages = tuple(identifier.identify_many(texts))
     nll = sequence_nll(model, tokens)
     repetition = torch.tensor([repetition_rate(t) for t in tokens], dtype=torch.float64)
@@ -249,12 +282,12 @@ def steer(
         raise LapeError(
             f"unknown target language {target!r}: the neuron set has {list(neurons.languages)}"
         )
-    off = _deactivated_languages(deactivate, neurons, target, source)
+    off = deactivated_languages(deactivate, neurons, target, source)
     hooks = steering_hooks(
         neurons,
         stats,
         target,
-        mode=_mode(mode),
+        mode=check_mode(mode),
         strength=strength,
         deactivate=off or None,
         model=model,
@@ -267,14 +300,32 @@ def steer(
         batch_size=batch_size,
     )
     identifier = identifier or LanguageIdentifier(neurons.languages)
-    return _judge(
+    return judge_outputs(
         model, prompts, texts, tokens, identifier, reference, target, nll_margin, max_repetition
     )
 
 
-def _deactivated_languages(
+def deactivated_languages(
     deactivate: Any, neurons: LanguageNeurons, target: str, source: str | None
 ) -> list[str]:
+    """The languages whose neurons :func:`steer`'s ``deactivate=`` switches off; never ``target``.
+
+    Args:
+        deactivate: ``"none"``, ``"others"`` (all of ``neurons.languages`` but the target),
+            ``"source"`` (the prompts' language, unless it is the target or has no neurons) or
+            a list of languages.
+        neurons: The neuron set (its languages are the candidates).
+        target: The language steered into.
+        source: The prompts' language (needed by ``"source"``).
+
+    Example:
+        >>> ln = LanguageNeurons.from_indices({"en": {0: [1]}, "fr": {0: [2]}, "zh": {0: [3]}},
+        ...                                   n_layers=1, d_mlp=4)
+        >>> deactivated_languages("others", ln, "fr", None)
+        ['en', 'zh']
+        >>> deactivated_languages("source", ln, "fr", "en")
+        ['en']
+    """
     if isinstance(deactivate, str):
         if deactivate == "others":
             return [lang for lang in neurons.languages if lang != target]
@@ -651,7 +702,7 @@ def run_steering_sweep(
     def judge(
         setting: str, texts: list[str], tokens: list[Tensor], target: str | None
     ) -> SteeringOutputs:
-        return _judge(
+        return judge_outputs(
             model,
             prompt_sets[setting],
             texts,
@@ -692,7 +743,7 @@ def run_steering_sweep(
             for target in targets:
                 for neuron_set in (lape, control):
                     off = (
-                        _deactivated_languages(deactivate, neuron_set, target, source)
+                        deactivated_languages(deactivate, neuron_set, target, source)
                         if deactivate != "source" or source is not None
                         else []
                     )
@@ -701,7 +752,7 @@ def run_steering_sweep(
                             neuron_set,
                             stats,
                             target,
-                            mode=_mode(mode),
+                            mode=check_mode(mode),
                             strength=strength,
                             deactivate=off or None,
                             model=model,

@@ -56,9 +56,9 @@ from tl_lape.stats import ActivationStats
 from tl_lape.steering import (
     ENGLISH_PROMPTS,
     NEUTRAL_PROMPTS,
-    _deactivated_languages,
-    _judge,
-    _mode,
+    check_mode,
+    deactivated_languages,
+    judge_outputs,
 )
 
 __all__ = [
@@ -492,7 +492,7 @@ def run_steering_study(
         }
     )
     for mode in strengths:
-        _mode(mode)
+        check_mode(mode)
     bad = [d for d in deactivate if d not in ("none", "others")]
     if bad or not deactivate:
         raise LapeError(f"deactivate must be among 'none', 'others'; received {list(deactivate)}")
@@ -545,12 +545,12 @@ def run_steering_study(
         if cfg.method in ("lape", "random"):
             neurons = neuron_set(cfg.top_rate, cfg.seed if cfg.method == "random" else None)
             src = source if setting in ("english", "content") else None
-            off = _deactivated_languages(cfg.deactivate, neurons, target, src)
+            off = deactivated_languages(cfg.deactivate, neurons, target, src)
             return steering_hooks(
                 neurons,
                 stats,
                 target,
-                mode=_mode(cfg.mode),
+                mode=check_mode(cfg.mode),
                 strength=cfg.strength,
                 deactivate=off or None,
                 model=model,
@@ -573,7 +573,7 @@ def run_steering_study(
         texts: list[str],
         tokens: list[Tensor],
     ) -> dict[str, Any]:
-        judged = _judge(
+        judged = judge_outputs(
             model,
             prompts,
             texts,
