@@ -40,7 +40,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import random_matched_neurons
 from tl_lape.generation import (
     generate_texts_and_tokens,
     generate_with_hook_sets,
@@ -49,7 +48,7 @@ from tl_lape.generation import (
 from tl_lape.hooks import steering_hooks
 from tl_lape.identification import LanguageIdentifier, language_id_accuracy
 from tl_lape.metrics import reference_nll, repetition_rate, sequence_nll
-from tl_lape.neurons import LanguageNeurons
+from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.stats import ActivationStats
 
 __all__ = [
@@ -624,7 +623,7 @@ def run_steering_sweep(
 
     For each ``top_rate`` the language neurons are selected from ``stats``
     (:func:`~tl_lape.selection.identify_language_neurons`) and a random set matched to them in
-    size and layers is drawn (:func:`~tl_lape.evaluation.random_matched_neurons`). Each
+    size and layers is drawn (:func:`~tl_lape.neurons.random_matched_neurons`). Each
     configuration runs on each prompt setting with the LAPE set and with the random set; the
     outputs are judged by language, NLL and repetition (see the module docstring).
 

@@ -46,12 +46,11 @@ from tqdm.auto import tqdm
 from tl_lape._io import atomic_dir
 from tl_lape.diffmean import ResidualMeans, diffmean_hooks
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import random_matched_neurons
 from tl_lape.generation import generate_texts_and_tokens, generate_with_hook_sets
 from tl_lape.hooks import steering_hooks
 from tl_lape.identification import LanguageIdentifier
 from tl_lape.metrics import reference_nll
-from tl_lape.neurons import LanguageNeurons
+from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.stats import ActivationStats
 from tl_lape.steering import (
     ENGLISH_PROMPTS,
