@@ -39,6 +39,7 @@ from tl_lape._adapter import ModelAdapter, adapt
 from tl_lape.errors import LapeError
 from tl_lape.hooks import check_fwd_hooks, deactivation_hooks
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
+from tl_lape.selection import select_with
 from tl_lape.stats import ActivationStats
 from tl_lape.windows import token_windows
 
@@ -757,29 +758,9 @@ def run_evaluation(
 # ============================================================================ other selectors
 
 
-def _selection_kwargs(neurons: LanguageNeurons) -> dict[str, Any]:
-    """The thresholds a set was selected with, from its metadata (paper defaults otherwise)."""
-    meta = neurons.metadata
-    out: dict[str, Any] = {}
-    for key in ("top_rate", "filter_rate", "activation_bar_ratio"):
-        value = meta.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = float(value)
-    return out
-
-
-def _select_with(method: str) -> Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]:
-    def select(stats: ActivationStats, neurons: LanguageNeurons) -> LanguageNeurons:
-        from tl_lape.selection import identify_language_neurons
-
-        return identify_language_neurons(stats, **_selection_kwargs(neurons), method=method)
-
-    return select
-
-
 _SELECTORS: dict[str, Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]] = {
-    "LAP": _select_with("lap"),
-    "LAVE": _select_with("lave"),
+    "LAP": select_with("lap"),
+    "LAVE": select_with("lave"),
 }
 
 
