@@ -74,6 +74,7 @@ from tl_lape.stats import ActivationStats
 
 __all__ = [
     "Mode",
+    "PositionSelector",
     "Positions",
     "deactivated",
     "deactivation_hooks",
@@ -120,8 +121,13 @@ def _starts_at_end(positions: slice, pos_len: int) -> bool:
     return (start + pos_len if start < 0 else start) == pos_len
 
 
-class _PositionSelector:
-    """Turns ``positions=`` into the position indices of one forward pass (None = all)."""
+class PositionSelector:
+    """Turns ``positions=`` into the position indices of one forward pass (None = all).
+
+    The position logic of every hook here, for hooks of your own (the DiffMean hooks of
+    :mod:`tl_lape.diffmean` use it): make one per hook from its ``positions=``, call
+    :meth:`select` with each pass's ``pos`` length, and :meth:`reset` before a new generation.
+    """
 
     def __init__(self, positions: Any) -> None:
         self.kind: str
@@ -522,7 +528,7 @@ def deactivation_hooks(
 
 def _zero_hook(idx: Tensor, fit: _Fit, layer: int, positions: Positions) -> HookFn:
     indices = _DeviceCache(idx)
-    selector = _PositionSelector(positions)
+    selector = PositionSelector(positions)
     name = _post_name(layer)
 
     def deactivate(act: Tensor, *, hook: Any) -> Tensor:
@@ -662,7 +668,7 @@ def _steer_layer_hooks(
 ) -> FwdHooks:
     indices, zero_indices = _DeviceCache(idx), _DeviceCache(zero_idx)
     values = _DeviceCache(value) if value is not None else None
-    selector = _PositionSelector(positions)
+    selector = PositionSelector(positions)
     name = _post_name(layer)
     needs_up = gated and mode in ("replace", "add") and idx.numel() > 0
     stash: dict[str, Tensor] = {}
@@ -782,7 +788,7 @@ def patching_hooks(
 def _patch_hook(idx: Tensor, src: Tensor, fit: _Fit, layer: int, positions: Positions) -> HookFn:
     indices = _DeviceCache(idx)
     sources = _DeviceCache(src.detach())
-    selector = _PositionSelector(positions)
+    selector = PositionSelector(positions)
     name = _post_name(layer)
 
     def patch(act: Tensor, *, hook: Any) -> Tensor:
