@@ -326,7 +326,7 @@ def diffmean_hooks(
 
     Returns:
         ``[(hook_name, fn), ...]`` for ``run_with_hooks``, ``model.hooks`` or
-        :func:`~tl_lape.steering.generate_with_hooks`.
+        :func:`~tl_lape.generation.generate_with_hooks`.
 
     Example:
         >>> hooks = diffmean_hooks(means, "fr", source="en", layer=3)  # doctest: +SKIP
