@@ -51,6 +51,9 @@ from tl_lape.metrics import reference_nll, repetition_rate, sequence_nll
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.stats import ActivationStats
 
+# generate_with_hooks, generate_with_hook_sets, LanguageIdentifier, language_id_accuracy,
+# reference_nll, repetition_rate and sequence_nll are defined in tl_lape.generation,
+# tl_lape.identification and tl_lape.metrics, and stay importable from here.
 __all__ = [
     "ENGLISH_PROMPTS",
     "NEUTRAL_PROMPTS",
