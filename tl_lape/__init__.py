@@ -30,10 +30,10 @@ from tl_lape.evaluation import (
     EvaluationReport,
     PerplexityMatrix,
     perplexity_matrix,
-    random_matched_neurons,
     run_evaluation,
     selectivity,
 )
+from tl_lape.generation import generate_with_hook_sets, generate_with_hooks
 from tl_lape.hooks import (
     deactivated,
     deactivation_hooks,
@@ -41,18 +41,12 @@ from tl_lape.hooks import (
     steered,
     steering_hooks,
 )
+from tl_lape.identification import LanguageIdentifier
 from tl_lape.models import load_model
-from tl_lape.neurons import LanguageNeurons
+from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
 from tl_lape.stats import ActivationStats
-from tl_lape.steering import (
-    LanguageIdentifier,
-    SteeringReport,
-    generate_with_hook_sets,
-    generate_with_hooks,
-    run_steering_sweep,
-    steer,
-)
+from tl_lape.steering import SteeringReport, run_steering_sweep, steer
 from tl_lape.steering_study import SteeringStudy, run_steering_study
 
 __version__ = "0.1.0"

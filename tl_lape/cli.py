@@ -947,8 +947,9 @@ _EXAMPLE_STEERING: dict[str, Any] = {"mode": "replace", "strength": 2.0, "deacti
 
 def _steering_example(model: Any, neurons: Any, stats: Any, max_new_tokens: int) -> str:
     """Greedy continuations of a few English prompts, unsteered and steered to each target."""
+    from tl_lape.generation import generate_with_hooks
     from tl_lape.hooks import steering_hooks
-    from tl_lape.steering import LanguageIdentifier, generate_with_hooks
+    from tl_lape.identification import LanguageIdentifier
 
     targets = [t for t in _EXAMPLE_TARGETS if t in neurons.languages and t in stats.languages]
     identifier = LanguageIdentifier(list(stats.languages))

@@ -39,7 +39,7 @@ from tl_lape.collect import (
     stats_from_counts,
 )
 from tl_lape.errors import LapeError
-from tl_lape.hooks import _PositionSelector
+from tl_lape.hooks import PositionSelector
 from tl_lape.stats import ActivationStats
 from tl_lape.windows import WindowBatch
 
@@ -274,12 +274,12 @@ class _DiffMeanHook:
     def __init__(self, vector: Tensor, positions: Any, name: str) -> None:
         self.vector = vector
         self.positions = positions
-        self.selector = _PositionSelector(positions)
+        self.selector = PositionSelector(positions)
         self.name = name
         self._copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def reset_positions(self) -> None:
-        self.selector = _PositionSelector(self.positions)
+        self.selector = PositionSelector(self.positions)
 
     def __call__(self, resid: Tensor, hook: Any = None) -> Tensor:
         if resid.ndim != 3 or resid.shape[-1] != self.vector.shape[0]:
@@ -326,7 +326,7 @@ def diffmean_hooks(
 
     Returns:
         ``[(hook_name, fn), ...]`` for ``run_with_hooks``, ``model.hooks`` or
-        :func:`~tl_lape.steering.generate_with_hooks`.
+        :func:`~tl_lape.generation.generate_with_hooks`.
 
     Example:
         >>> hooks = diffmean_hooks(means, "fr", source="en", layer=3)  # doctest: +SKIP

@@ -8,8 +8,8 @@ language X raises the loss on X much more than on the other languages.
 
 Every number here comes with a control, so a weak result is visible as weak:
 
-- :func:`random_matched_neurons` draws random neuron sets of the same size and the same
-  distribution over layers as each language's set (several seeded draws);
+- :func:`~tl_lape.neurons.random_matched_neurons` draws random neuron sets of the same size and
+  the same distribution over layers as each language's set (several seeded draws);
 - :func:`run_evaluation` also evaluates the paper's alternative selectors on the same statistics
   (activation probability alone, ``LAP``, and entropy over mean activation values, ``LAVE``);
 - :func:`selectivity` scores each deactivated language by the rise on its own text minus the
@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from tl_lape._adapter import ModelAdapter, adapt
 from tl_lape.errors import LapeError
 from tl_lape.hooks import check_fwd_hooks, deactivation_hooks
-from tl_lape.neurons import LanguageNeurons
+from tl_lape.neurons import LanguageNeurons, random_matched_neurons
+from tl_lape.selection import select_with
 from tl_lape.stats import ActivationStats
 from tl_lape.windows import token_windows
 
@@ -230,71 +231,6 @@ def _own_and_others(matrix: PerplexityMatrix) -> tuple[Tensor, Tensor]:
         rest = torch.cat([delta[i, :j], delta[i, j + 1 :]])
         others[i] = rest.mean() if rest.numel() else 0.0
     return own, others
-
-
-# ============================================================================ random controls
-
-
-def random_matched_neurons(
-    neurons: LanguageNeurons,
-    *,
-    seed: int = 0,
-    exclude_selected: bool = True,
-) -> LanguageNeurons:
-    """Random neuron sets matched to each language's set in size and distribution over layers.
-
-    For every language and layer, draws as many neurons as the language has in that layer,
-    uniformly without replacement, from the layer's neurons (by default excluding every neuron
-    selected for any language, so the control contains no language neuron). Languages are
-    drawn independently; the draw is a pure function of ``seed``.
-
-    Args:
-        neurons: The neuron set to match.
-        seed: Seed of the draw; different seeds give independent draws.
-        exclude_selected: Draw only from neurons outside ``neurons.union()``.
-
-    Returns:
-        A :class:`~tl_lape.neurons.LanguageNeurons` with the same languages and the same
-        :meth:`~tl_lape.neurons.LanguageNeurons.counts_per_layer`.
-
-    Raises:
-        LapeError: If a layer has too few eligible neurons for the draw.
-
-    Example:
-        >>> ln = LanguageNeurons.from_indices({"en": {0: [1, 2]}}, n_layers=2, d_mlp=8)
-        >>> control = random_matched_neurons(ln, seed=1)
-        >>> bool((control.counts_per_layer() == ln.counts_per_layer()).all())
-        True
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise LapeError(f"seed must be an int; received {seed!r}")
-    generator = torch.Generator().manual_seed(seed)
-    per_layer = neurons.counts_per_layer()  # lang n_layers
-    union = neurons.union()  # n_layers d_mlp (a LapeError if the set's width is unknown)
-    excluded = union if exclude_selected else torch.zeros_like(union)
-    masks = torch.zeros(neurons.n_languages, *union.shape, dtype=torch.bool)  # lang n_layers d_mlp
-    for k, lang in enumerate(neurons.languages):
-        for layer in range(neurons.n_layers):
-            want = int(per_layer[k, layer])
-            if want == 0:
-                continue
-            eligible = torch.nonzero(~excluded[layer]).flatten()  # candidates
-            if eligible.numel() < want:
-                raise LapeError(
-                    f"cannot draw {want} random neurons for language {lang!r} in layer {layer}: "
-                    f"only {eligible.numel()} of {neurons.d_mlp} neurons are eligible "
-                    f"(exclude_selected={exclude_selected}). Pass exclude_selected=False or use "
-                    "a smaller neuron set."
-                )
-            pick = torch.randperm(eligible.numel(), generator=generator)[:want]
-            masks[k, layer, eligible[pick]] = True
-    metadata = {
-        "selector": "random_matched",
-        "seed": seed,
-        "exclude_selected": exclude_selected,
-        "matched_to": dict(neurons.metadata),
-    }
-    return LanguageNeurons.from_masks(masks, neurons.languages, metadata)
 
 
 # ============================================================================ NLL
@@ -822,29 +758,9 @@ def run_evaluation(
 # ============================================================================ other selectors
 
 
-def _selection_kwargs(neurons: LanguageNeurons) -> dict[str, Any]:
-    """The thresholds a set was selected with, from its metadata (paper defaults otherwise)."""
-    meta = neurons.metadata
-    out: dict[str, Any] = {}
-    for key in ("top_rate", "filter_rate", "activation_bar_ratio"):
-        value = meta.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = float(value)
-    return out
-
-
-def _select_with(method: str) -> Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]:
-    def select(stats: ActivationStats, neurons: LanguageNeurons) -> LanguageNeurons:
-        from tl_lape.selection import identify_language_neurons
-
-        return identify_language_neurons(stats, **_selection_kwargs(neurons), method=method)
-
-    return select
-
-
 _SELECTORS: dict[str, Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]] = {
-    "LAP": _select_with("lap"),
-    "LAVE": _select_with("lave"),
+    "LAP": select_with("lap"),
+    "LAVE": select_with("lave"),
 }
 
 

@@ -21,7 +21,7 @@ forward pass as it comes: with a KV cache every decoding step is a pass of one p
 tokens and ``"prompt"`` only the prompt, with or without a KV cache: the first pass a hook sees
 is taken as the prompt; a later pass of one position (KV cache), or one longer by one position
 than the sequence so far (no cache), continues it. Such hooks follow one generation at a time:
-:func:`~tl_lape.steering.generate_with_hooks`, :func:`steered` and :func:`deactivated` start
+:func:`~tl_lape.generation.generate_with_hooks`, :func:`steered` and :func:`deactivated` start
 them afresh at every generation; with ``model.hooks(...)`` make fresh hooks for every
 ``generate`` call, or call :func:`reset_positions` between calls. A slice that selects no
 position of the first pass a hook sees (since it was made or reset: the prompt, when
@@ -32,7 +32,7 @@ adds). A later pass may select nothing, as a cached decoding step (one position)
 
 The model: a neuron set applies only to the model it was selected on. With ``model=`` the
 factories check the set against the model when they build the hooks (:func:`deactivated` and
-:func:`steered` always do, and :func:`~tl_lape.steering.generate_with_hooks` and
+:func:`steered` always do, and :func:`~tl_lape.generation.generate_with_hooks` and
 :func:`~tl_lape.evaluation.window_nll` check the hooks before attaching them). Hooks built
 without it check, the first time they fire at a hook point, that the model whose forward pass
 calls them (found up the call stack) has the set's layer count, and raise a ``LapeError``
@@ -74,6 +74,7 @@ from tl_lape.stats import ActivationStats
 
 __all__ = [
     "Mode",
+    "PositionSelector",
     "Positions",
     "deactivated",
     "deactivation_hooks",
@@ -120,8 +121,13 @@ def _starts_at_end(positions: slice, pos_len: int) -> bool:
     return (start + pos_len if start < 0 else start) == pos_len
 
 
-class _PositionSelector:
-    """Turns ``positions=`` into the position indices of one forward pass (None = all)."""
+class PositionSelector:
+    """Turns ``positions=`` into the position indices of one forward pass (None = all).
+
+    The position logic of every hook here, for hooks of your own (the DiffMean hooks of
+    :mod:`tl_lape.diffmean` use it): make one per hook from its ``positions=``, call
+    :meth:`select` with each pass's ``pos`` length, and :meth:`reset` before a new generation.
+    """
 
     def __init__(self, positions: Any) -> None:
         self.kind: str
@@ -457,7 +463,7 @@ def reset_positions(fwd_hooks: Sequence[tuple[str, HookFn]]) -> None:
     """Make ``positions="new"``/``"prompt"`` hooks take their next forward pass as a new prompt.
 
     Such hooks follow one generation across its forward passes. Call this between two
-    generations that reuse the same hooks (:func:`~tl_lape.steering.generate_with_hooks`,
+    generations that reuse the same hooks (:func:`~tl_lape.generation.generate_with_hooks`,
     :func:`steered` and :func:`deactivated` do it at every ``generate`` call); otherwise a
     prompt of one position, or one position longer than the sequence so far, would be read as
     a continuation. Hooks without such state (and your own hooks) are left alone.
@@ -522,7 +528,7 @@ def deactivation_hooks(
 
 def _zero_hook(idx: Tensor, fit: _Fit, layer: int, positions: Positions) -> HookFn:
     indices = _DeviceCache(idx)
-    selector = _PositionSelector(positions)
+    selector = PositionSelector(positions)
     name = _post_name(layer)
 
     def deactivate(act: Tensor, *, hook: Any) -> Tensor:
@@ -662,7 +668,7 @@ def _steer_layer_hooks(
 ) -> FwdHooks:
     indices, zero_indices = _DeviceCache(idx), _DeviceCache(zero_idx)
     values = _DeviceCache(value) if value is not None else None
-    selector = _PositionSelector(positions)
+    selector = PositionSelector(positions)
     name = _post_name(layer)
     needs_up = gated and mode in ("replace", "add") and idx.numel() > 0
     stash: dict[str, Tensor] = {}
@@ -782,7 +788,7 @@ def patching_hooks(
 def _patch_hook(idx: Tensor, src: Tensor, fit: _Fit, layer: int, positions: Positions) -> HookFn:
     indices = _DeviceCache(idx)
     sources = _DeviceCache(src.detach())
-    selector = _PositionSelector(positions)
+    selector = PositionSelector(positions)
     name = _post_name(layer)
 
     def patch(act: Tensor, *, hook: Any) -> Tensor:

@@ -21,6 +21,9 @@ Files:
   neuron sets released with the LAPE paper (Tang et al., ACL 2024), a ``torch.save``-d
   ``List[List[LongTensor]]`` indexed ``neurons[language][layer]``.
 
+:func:`random_matched_neurons` draws the control of a set: random neurons matched to each
+language's set in size and distribution over layers.
+
 Example:
     >>> import torch
     >>> masks = torch.zeros(2, 3, 8, dtype=torch.bool)  # lang n_layers d_mlp
@@ -53,7 +56,7 @@ from torch import Tensor
 from tl_lape._io import atomic_path, existing_file
 from tl_lape.errors import LapeError
 
-__all__ = ["LanguageNeurons"]
+__all__ = ["LanguageNeurons", "random_matched_neurons"]
 
 _FORMAT = "tl_lape.LanguageNeurons"
 _VERSION = 1
@@ -849,6 +852,71 @@ class LanguageNeurons:
         data = [[idx.clone() for idx in per_layer] for per_layer in self.neurons]
         with atomic_path(path) as tmp:
             torch.save(data, tmp)
+
+
+# --------------------------------------------------------------------------- random controls
+
+
+def random_matched_neurons(
+    neurons: LanguageNeurons,
+    *,
+    seed: int = 0,
+    exclude_selected: bool = True,
+) -> LanguageNeurons:
+    """Random neuron sets matched to each language's set in size and distribution over layers.
+
+    For every language and layer, draws as many neurons as the language has in that layer,
+    uniformly without replacement, from the layer's neurons (by default excluding every neuron
+    selected for any language, so the control contains no language neuron). Languages are
+    drawn independently; the draw is a pure function of ``seed``.
+
+    Args:
+        neurons: The neuron set to match.
+        seed: Seed of the draw; different seeds give independent draws.
+        exclude_selected: Draw only from neurons outside ``neurons.union()``.
+
+    Returns:
+        A :class:`LanguageNeurons` with the same languages and the same
+        :meth:`LanguageNeurons.counts_per_layer`.
+
+    Raises:
+        LapeError: If a layer has too few eligible neurons for the draw.
+
+    Example:
+        >>> ln = LanguageNeurons.from_indices({"en": {0: [1, 2]}}, n_layers=2, d_mlp=8)
+        >>> control = random_matched_neurons(ln, seed=1)
+        >>> bool((control.counts_per_layer() == ln.counts_per_layer()).all())
+        True
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise LapeError(f"seed must be an int; received {seed!r}")
+    generator = torch.Generator().manual_seed(seed)
+    per_layer = neurons.counts_per_layer()  # lang n_layers
+    union = neurons.union()  # n_layers d_mlp (a LapeError if the set's width is unknown)
+    excluded = union if exclude_selected else torch.zeros_like(union)
+    masks = torch.zeros(neurons.n_languages, *union.shape, dtype=torch.bool)  # lang n_layers d_mlp
+    for k, lang in enumerate(neurons.languages):
+        for layer in range(neurons.n_layers):
+            want = int(per_layer[k, layer])
+            if want == 0:
+                continue
+            eligible = torch.nonzero(~excluded[layer]).flatten()  # candidates
+            if eligible.numel() < want:
+                raise LapeError(
+                    f"cannot draw {want} random neurons for language {lang!r} in layer {layer}: "
+                    f"only {eligible.numel()} of {neurons.d_mlp} neurons are eligible "
+                    f"(exclude_selected={exclude_selected}). Pass exclude_selected=False or use "
+                    "a smaller neuron set."
+                )
+            pick = torch.randperm(eligible.numel(), generator=generator)[:want]
+            masks[k, layer, eligible[pick]] = True
+    metadata = {
+        "selector": "random_matched",
+        "seed": seed,
+        "exclude_selected": exclude_selected,
+        "matched_to": dict(neurons.metadata),
+    }
+    return LanguageNeurons.from_masks(masks, neurons.languages, metadata)
 
 
 class _RepeatedKey(ValueError):

@@ -38,6 +38,7 @@ Example:
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import einops
@@ -55,6 +56,8 @@ __all__ = [
     "lap_scores",
     "lape_scores",
     "lave_scores",
+    "select_with",
+    "selection_kwargs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -358,3 +361,45 @@ def _select_lap(
     if sum(selected) < per_language * n_lang:
         logger.warning("LAP: fewer neurons above the thresholds than requested: %s", selected)
     return masks
+
+
+# ============================================================================ reselection
+
+
+def selection_kwargs(neurons: LanguageNeurons) -> dict[str, Any]:
+    """The thresholds a set was selected with, from its metadata (paper defaults otherwise).
+
+    The numeric ``top_rate``, ``filter_rate`` and ``activation_bar_ratio`` that
+    :func:`identify_language_neurons` records in the set's metadata, as floats; a threshold
+    that is missing (or not a number) is left out, so its default applies.
+
+    Example:
+        >>> ln = LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=1, d_mlp=2,
+        ...                                   metadata={"top_rate": 0.02, "method": "lape"})
+        >>> selection_kwargs(ln)
+        {'top_rate': 0.02}
+    """
+    meta = neurons.metadata
+    out: dict[str, Any] = {}
+    for key in ("top_rate", "filter_rate", "activation_bar_ratio"):
+        value = meta.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def select_with(method: str) -> Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]:
+    """A selector ``(stats, neurons) -> LanguageNeurons`` that selects again with ``method``.
+
+    It runs :func:`identify_language_neurons` on ``stats`` with ``method`` and the thresholds
+    ``neurons`` was selected with (:func:`selection_kwargs`): another selector at the same
+    neuron budget, as :func:`~tl_lape.evaluation.run_evaluation` compares them.
+
+    Args:
+        method: One of :data:`METHODS` (checked when the selector runs).
+    """
+
+    def select(stats: ActivationStats, neurons: LanguageNeurons) -> LanguageNeurons:
+        return identify_language_neurons(stats, **selection_kwargs(neurons), method=method)
+
+    return select

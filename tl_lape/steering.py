@@ -4,20 +4,21 @@ The paper's second causal test: while the model generates, switch other language
 and push the target language's neurons on (:func:`~tl_lape.hooks.steering_hooks`), and see
 whether the output changes language. This module runs that test honestly:
 
-- :func:`generate_with_hooks`: batched generation (greedy by default) with forward hooks
-  attached for the call only, using the model's KV cache; a hooked forward pass over the whole
-  sequence and the cached incremental one give the same tokens (tested).
+- Generation under the hooks is :mod:`tl_lape.generation`
+  (:func:`~tl_lape.generation.generate_with_hooks`, batched, greedy by default, with the KV
+  cache; :func:`~tl_lape.generation.generate_with_hook_sets`, many hook sets in one batch).
 - Two prompt settings: :data:`ENGLISH_PROMPTS` (the paper's cross-lingual setting: the model
   must leave the prompt's language) and :data:`NEUTRAL_PROMPTS` (a command name, a number, a
   path, a bare line start: the language is open and the intervention alone decides it).
-- :class:`LanguageIdentifier`: the output language, judged by an offline identifier
-  (``py3langid`` by default, chosen by measured accuracy on held-out handbook paragraphs;
-  ``lingua`` optional) restricted to the languages of the study.
-- Quality, so that a switch into gibberish does not count: the *unsteered* model's NLL of the
-  generated text against its NLL on natural text of the target language of the same length,
-  and the share of repeated token trigrams. An output is *fluent* when its NLL is at most
-  ``nll_margin`` above the target language's reference and its repetition at most
-  ``max_repetition``; *success* is an output that is in the target language and fluent.
+- The output language, judged by an offline identifier restricted to the languages of the
+  study (:class:`~tl_lape.identification.LanguageIdentifier`: ``py3langid`` by default, chosen
+  by measured accuracy on held-out handbook paragraphs; ``lingua`` optional).
+- Quality, so that a switch into gibberish does not count (:mod:`tl_lape.metrics`): the
+  *unsteered* model's NLL of the generated text against its NLL on natural text of the target
+  language of the same length, and the share of repeated token trigrams. An output is *fluent*
+  when its NLL is at most ``nll_margin`` above the target language's reference and its
+  repetition at most ``max_repetition``; *success* is an output that is in the target language
+  and fluent.
 - :func:`run_steering_sweep`: success and off-target rates per setting, target, mode, strength
   and neuron budget (``top_rate``), each next to a random neuron set matched in size and layers.
 
@@ -26,10 +27,9 @@ Example:
     >>> print(report.to_markdown())  # doctest: +SKIP
 """
 
-import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -39,13 +39,21 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import next_token_nll, random_matched_neurons
-from tl_lape.hooks import check_fwd_hooks, reset_positions, steering_hooks
-from tl_lape.neurons import LanguageNeurons
+from tl_lape.generation import (
+    generate_texts_and_tokens,
+    generate_with_hook_sets,
+    generate_with_hooks,
+)
+from tl_lape.hooks import steering_hooks
+from tl_lape.identification import LanguageIdentifier, language_id_accuracy
+from tl_lape.metrics import reference_nll, repetition_rate, sequence_nll
+from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.stats import ActivationStats
 
+# generate_with_hooks, generate_with_hook_sets, LanguageIdentifier, language_id_accuracy,
+# reference_nll, repetition_rate and sequence_nll are defined in tl_lape.generation,
+# tl_lape.identification and tl_lape.metrics, and stay importable from here.
 __all__ = [
     "ENGLISH_PROMPTS",
     "NEUTRAL_PROMPTS",
@@ -53,8 +61,11 @@ __all__ = [
     "SteeringOutputs",
     "SteeringReport",
     "SteeringResult",
+    "check_mode",
+    "deactivated_languages",
     "generate_with_hook_sets",
     "generate_with_hooks",
+    "judge_outputs",
     "language_id_accuracy",
     "reference_nll",
     "repetition_rate",
@@ -113,512 +124,16 @@ _PROMPT_SETS: dict[str, tuple[str, ...]] = {"english": ENGLISH_PROMPTS, "neutral
 _PROMPT_LANGUAGE: dict[str, str | None] = {"english": "en", "neutral": None}
 
 
-# ============================================================================ generation
-
-
-def generate_with_hooks(
-    model: Any,
-    prompts: Sequence[str],
-    *,
-    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
-    max_new_tokens: int = 32,
-    batch_size: int = 16,
-    use_kv_cache: bool = True,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    prepend_bos: bool | None = None,
-    return_tokens: bool = False,
-) -> list[str] | tuple[list[str], list[Tensor]]:
-    """Generate a continuation of every prompt with forward hooks attached (greedy by default).
-
-    Prompts are left-padded into batches with an attention mask, so a batch gives the same
-    continuation as each prompt alone; the hooks are attached for this call only (``with
-    model.hooks(...)``) and act on every forward pass, including each cached step. Generation
-    stops at EOS or after ``max_new_tokens``. ``positions="new"``/``"prompt"`` hooks start
-    afresh for every batch (:func:`~tl_lape.hooks.reset_positions`), so they can be reused.
-
-    Args:
-        model: A TransformerLens model with a tokenizer and ``generate``.
-        prompts: The prompts.
-        fwd_hooks: TransformerLens forward hooks, e.g. from
-            :func:`~tl_lape.hooks.steering_hooks`.
-        max_new_tokens: Tokens generated per prompt at most.
-        batch_size: Prompts per batch.
-        use_kv_cache: Reuse keys and values of earlier positions (much faster; same tokens).
-        do_sample: Sample instead of taking the most likely token.
-        temperature: Sampling temperature (only with ``do_sample``).
-        seed: Seed of the sampling (the global RNG state is restored afterwards).
-        prepend_bos: Start each prompt with BOS (default: the model's setting).
-        return_tokens: Also return the generated token ids of each prompt.
-
-    Returns:
-        The continuations (prompt excluded, special tokens removed), and with
-        ``return_tokens`` the generated token ids (EOS and padding excluded).
+def check_mode(mode: str) -> Literal["replace", "add", "scale"]:
+    """``mode`` as a steering mode of :func:`~tl_lape.hooks.steering_hooks`, or a LapeError.
 
     Example:
-        >>> hooks = steering_hooks(neurons, stats, "fr", mode="add", strength=4.0)  # doctest: +SKIP
-        >>> generate_with_hooks(model, ["The server"], fwd_hooks=hooks)  # doctest: +SKIP
+        >>> check_mode("add")
+        'add'
     """
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise LapeError(f"prompts must be a list of strings; received {type(prompts).__name__}")
-    if not all(isinstance(p, str) for p in prompts):
-        raise LapeError("prompts must all be strings")
-    for value, name in ((max_new_tokens, "max_new_tokens"), (batch_size, "batch_size")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise LapeError(f"{name} must be a positive int; received {value!r}")
-    adapter = adapt(model, validate=False)
-    fwd_hooks = list(fwd_hooks)
-    check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
-    tokenizer = adapter.tokenizer
-    if prepend_bos is None:
-        prepend_bos = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
-    eos = adapter.eos_token_id
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = pad if pad is not None else (eos if eos is not None else 0)
-    encoded = [adapter.encode(p, prepend_bos=prepend_bos) for p in prompts]
-    empty = [i for i, ids in enumerate(encoded) if ids.numel() == 0]
-    if empty:
-        raise LapeError(
-            f"prompts {empty} are empty after tokenization and prepend_bos={prepend_bos}; "
-            "give them some text or pass prepend_bos=True"
-        )
-    accepts_mask = "attention_mask" in inspect.signature(model.generate).parameters
-    if accepts_mask:
-        groups = [
-            list(range(i, min(i + batch_size, len(prompts))))
-            for i in range(0, len(prompts), batch_size)
-        ]
-    else:  # no attention mask: batch only prompts of equal length (no padding needed)
-        by_length: dict[int, list[int]] = {}
-        for i, ids in enumerate(encoded):
-            by_length.setdefault(ids.numel(), []).append(i)
-        groups = [
-            idx[j : j + batch_size]
-            for idx in by_length.values()
-            for j in range(0, len(idx), batch_size)
-        ]
-    texts: list[str] = [""] * len(prompts)
-    new_tokens: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * len(prompts)
-    device = adapter.device
-    with (
-        torch.random.fork_rng(devices=[]),
-        torch.inference_mode(),
-        model.hooks(fwd_hooks=fwd_hooks),
-    ):
-        torch.manual_seed(seed)
-        for group in groups:
-            reset_positions(fwd_hooks)  # each group is a new generation, never a continuation
-            width = max(encoded[i].numel() for i in group)
-            tokens = torch.full((len(group), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for row, i in enumerate(group):
-                n = encoded[i].numel()
-                tokens[row, width - n :] = encoded[i]
-                mask[row, width - n :] = 1
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": max_new_tokens,
-                "do_sample": do_sample,
-                "use_past_kv_cache": use_kv_cache,
-                "stop_at_eos": eos is not None,
-                "return_type": "tokens",
-                "verbose": False,
-            }
-            if do_sample:
-                kwargs["temperature"] = temperature
-            if accepts_mask and not bool(mask.all()):
-                kwargs["attention_mask"] = mask.to(device)
-            out = model.generate(tokens.to(device), **kwargs)  # batch width+new
-            generated = out[:, width:].cpu()
-            for row, i in enumerate(group):
-                ids = generated[row]
-                if eos is not None:
-                    stops = torch.nonzero(ids == eos).flatten()
-                    if stops.numel():
-                        ids = ids[: int(stops[0])]
-                new_tokens[i] = ids.clone()
-                texts[i] = tokenizer.decode(ids.tolist(), skip_special_tokens=True)
-    reset_positions(fwd_hooks)
-    if return_tokens:
-        return texts, new_tokens
-    return texts
-
-
-def generate_with_hook_sets(
-    model: Any,
-    prompts: Sequence[str],
-    hook_sets: Sequence[Sequence[tuple[str, Callable[..., Any]]]],
-    *,
-    max_new_tokens: int = 32,
-    batch_size: int = 256,
-    **kwargs: Any,
-) -> list[tuple[list[str], list[Tensor]]]:
-    """Generate from the same prompts under several sets of hooks at once, one set per row block.
-
-    Equivalent to calling :func:`generate_with_hooks` once per hook set, but the prompts are
-    repeated once per set in one batch and each set's hooks act only on its own rows, so a
-    sweep over many interventions needs few generation loops (on a CPU most of a generation
-    step's time is per-step overhead, not arithmetic).
-
-    Args:
-        model: A TransformerLens model.
-        prompts: The prompts, shared by all sets.
-        hook_sets: One list of forward hooks per intervention (an empty list: no intervention).
-        max_new_tokens: Tokens generated per prompt at most.
-        batch_size: Rows per generation batch (several whole sets per batch).
-        **kwargs: Passed to :func:`generate_with_hooks` (``use_kv_cache``, ``prepend_bos``).
-
-    Returns:
-        Per hook set, ``(texts, token_ids)`` as :func:`generate_with_hooks` returns them.
-
-    Example:
-        >>> sets = [steering_hooks(neurons, stats, t) for t in ("fr", "zh")]  # doctest: +SKIP
-        >>> (fr, _), (zh, _) = generate_with_hook_sets(model, prompts, sets)  # doctest: +SKIP
-    """
-    prompts = list(prompts)
-    if not prompts:
-        raise LapeError("prompts is empty; pass at least one prompt")
-    per_call = max(1, batch_size // len(prompts))
-    if "attention_mask" not in inspect.signature(model.generate).parameters:
-        per_call = 1  # no padded batches: generate_with_hooks regroups rows by prompt length
-    results: list[tuple[list[str], list[Tensor]]] = []
-    for start in range(0, len(hook_sets), per_call):
-        chunk = [list(h) for h in hook_sets[start : start + per_call]]
-        combined = chunk[0] if len(chunk) == 1 else _row_block_hooks(chunk, len(prompts))
-        texts, tokens = _generate(
-            model,
-            prompts * len(chunk),
-            fwd_hooks=combined,
-            max_new_tokens=max_new_tokens,
-            batch_size=len(prompts) * len(chunk) if len(chunk) > 1 else batch_size,
-            **kwargs,
-        )
-        for s in range(len(chunk)):
-            rows = slice(s * len(prompts), (s + 1) * len(prompts))
-            results.append((texts[rows], tokens[rows]))
-    return results
-
-
-def _row_block_hooks(hook_sets: list[list[tuple[str, Any]]], rows_per_set: int) -> list[Any]:
-    """Hooks that apply ``hook_sets[s]`` to batch rows ``s * rows_per_set`` onwards only."""
-    by_name: dict[str, list[tuple[slice, Any]]] = {}
-    for s, hooks in enumerate(hook_sets):
-        rows = slice(s * rows_per_set, (s + 1) * rows_per_set)
-        for name, fn in hooks:
-            by_name.setdefault(name, []).append((rows, fn))
-
-    def make(entries: list[tuple[slice, Any]]) -> Any:
-        def hook_fn(act: Tensor, *, hook: Any) -> Tensor | None:
-            out: Tensor | None = None
-            for rows, fn in entries:
-                current = act if out is None else out
-                result = fn(current[rows], hook=hook)
-                if result is not None:
-                    if out is None:
-                        out = act.clone()
-                    out[rows] = result
-            return out
-
-        def reset() -> None:
-            reset_positions([("", fn) for _, fn in entries])
-
-        hook_fn.reset_positions = reset  # type: ignore[attr-defined]
-        return hook_fn
-
-    return [(name, make(entries)) for name, entries in by_name.items()]
-
-
-def _generate(model: Any, prompts: Sequence[str], **kwargs: Any) -> tuple[list[str], list[Tensor]]:
-    """:func:`generate_with_hooks` with ``return_tokens=True``, typed as such."""
-    return cast(
-        tuple[list[str], list[Tensor]],
-        generate_with_hooks(model, prompts, return_tokens=True, **kwargs),
-    )
-
-
-def _mode(mode: str) -> Literal["replace", "add", "scale"]:
     if mode not in ("replace", "add", "scale"):
         raise LapeError(f"mode must be 'replace', 'add' or 'scale'; received {mode!r}")
     return cast(Literal["replace", "add", "scale"], mode)
-
-
-# ============================================================================ language id
-
-
-_LINGUA_NAMES = {
-    "en": "ENGLISH",
-    "zh": "CHINESE",
-    "fr": "FRENCH",
-    "es": "SPANISH",
-    "vi": "VIETNAMESE",
-    "id": "INDONESIAN",
-    "ja": "JAPANESE",
-    "de": "GERMAN",
-    "ru": "RUSSIAN",
-    "it": "ITALIAN",
-    "pt": "PORTUGUESE",
-    "ko": "KOREAN",
-    "ar": "ARABIC",
-    "nl": "DUTCH",
-}
-
-
-class LanguageIdentifier:
-    """An offline language identifier restricted to the languages of a study.
-
-    Two backends: ``"py3langid"`` (default; a naive-Bayes model over byte n-grams, fast, and
-    the more accurate of the two on short handbook snippets in our measurement) and
-    ``"lingua"`` (``lingua-language-detector``). Restricting the candidates to the studied
-    languages is what the paper's setting calls for: the question is which of them the output
-    is in.
-
-    Args:
-        languages: ISO 639-1 codes of the candidate languages.
-        backend: ``"py3langid"`` or ``"lingua"``.
-        min_chars: Texts with fewer non-space characters get no language (``None``).
-
-    Example:
-        >>> lid = LanguageIdentifier(["en", "fr"])
-        >>> lid("Le chat dort sur le tapis pendant que la pluie tombe.")
-        'fr'
-    """
-
-    def __init__(
-        self,
-        languages: Sequence[str],
-        *,
-        backend: str = "py3langid",
-        min_chars: int = 3,
-    ) -> None:
-        langs = [str(lang).replace("_", "-").split("-")[0].lower() for lang in languages]
-        if not langs:
-            raise LapeError("LanguageIdentifier needs at least one language; received none")
-        self.languages: tuple[str, ...] = tuple(dict.fromkeys(langs))
-        self.backend = backend
-        self.min_chars = min_chars
-        self._classify: Callable[[str], str | None]
-        if backend == "py3langid":
-            self._classify = self._make_py3langid()
-        elif backend == "lingua":
-            self._classify = self._make_lingua()
-        else:
-            raise LapeError(f"backend must be 'py3langid' or 'lingua'; received {backend!r}")
-
-    def _make_py3langid(self) -> Callable[[str], str | None]:
-        try:
-            from py3langid.langid import MODEL_FILE
-            from py3langid.langid import LanguageIdentifier as _Identifier
-        except ImportError as err:
-            raise LapeError(
-                "LanguageIdentifier(backend='py3langid') needs the optional py3langid package: "
-                "pip install 'tl-lape[lid]'"
-            ) from err
-        identifier = _Identifier.from_model_file(MODEL_FILE)
-        unknown = sorted(set(self.languages) - set(identifier.nb_classes))
-        if unknown:
-            raise LapeError(f"py3langid does not know languages {unknown}")
-        identifier.set_languages(list(self.languages))
-
-        def classify(text: str) -> str | None:
-            return str(identifier.classify(text)[0])
-
-        return classify
-
-    def _make_lingua(self) -> Callable[[str], str | None]:
-        try:
-            import lingua
-        except ImportError as err:
-            raise LapeError(
-                "LanguageIdentifier(backend='lingua') needs the optional "
-                "lingua-language-detector package: pip install lingua-language-detector"
-            ) from err
-        unknown = [lang for lang in self.languages if lang not in _LINGUA_NAMES]
-        if unknown:
-            raise LapeError(
-                f"the lingua backend maps only {sorted(_LINGUA_NAMES)}; received {unknown}"
-            )
-        to_lingua = {lang: getattr(lingua.Language, _LINGUA_NAMES[lang]) for lang in self.languages}
-        back = {v: k for k, v in to_lingua.items()}
-        if len(to_lingua) == 1:
-            only = self.languages[0]
-            return lambda text: only
-        detector = lingua.LanguageDetectorBuilder.from_languages(*to_lingua.values()).build()
-
-        def classify(text: str) -> str | None:
-            found = detector.detect_language_of(text)
-            return back.get(found) if found is not None else None
-
-        return classify
-
-    def __call__(self, text: str) -> str | None:
-        """The language of ``text`` among :attr:`languages`, or None if it is too short."""
-        if sum(not c.isspace() for c in text) < self.min_chars:
-            return None
-        return self._classify(text)
-
-    def identify_many(self, texts: Iterable[str]) -> list[str | None]:
-        """:meth:`__call__` for each text."""
-        return [self(text) for text in texts]
-
-    def __repr__(self) -> str:
-        return f"LanguageIdentifier(languages={list(self.languages)}, backend={self.backend!r})"
-
-
-def language_id_accuracy(
-    identifier: LanguageIdentifier,
-    corpus: Mapping[str, Sequence[str]],
-    *,
-    max_texts_per_language: int = 200,
-    max_chars: int | None = None,
-    min_chars: int = 20,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Share of a labelled corpus's texts that ``identifier`` assigns to their own language.
-
-    Args:
-        identifier: The identifier to measure.
-        corpus: ``{language: texts}`` (e.g. held-out handbook paragraphs).
-        max_texts_per_language: A seeded random sample of at most this many texts each.
-        max_chars: Cut every text to this many characters (short outputs are harder).
-        min_chars: Skip texts shorter than this.
-        seed: Seed of the sample.
-
-    Returns:
-        ``{language: accuracy, ..., "overall": accuracy over all sampled texts}``.
-
-    Example:
-        >>> lid = LanguageIdentifier(["en", "fr"])
-        >>> language_id_accuracy(lid, {"en": ["The cat sleeps on the mat today."],
-        ...                            "fr": ["Le chat dort sur le tapis aujourd'hui."]})
-        {'en': 1.0, 'fr': 1.0, 'overall': 1.0}
-    """
-    generator = torch.Generator().manual_seed(seed)
-    result: dict[str, float] = {}
-    hits = total = 0
-    for lang, texts in corpus.items():
-        pool = [t for t in texts if len(t) >= min_chars]
-        if not pool:
-            raise LapeError(
-                f"no text of at least {min_chars} characters for language {lang!r}; pass more "
-                "text or a smaller min_chars"
-            )
-        order = torch.randperm(len(pool), generator=generator)[:max_texts_per_language]
-        sample = [pool[int(i)] for i in order]
-        if max_chars is not None:
-            sample = [t[:max_chars] for t in sample]
-        ok = sum(identifier(t) == lang for t in sample)
-        result[lang] = ok / len(sample)
-        hits += ok
-        total += len(sample)
-    result["overall"] = hits / total if total else math.nan
-    return result
-
-
-# ============================================================================ quality
-
-
-def repetition_rate(tokens: Sequence[int] | Tensor, *, n: int = 3) -> float:
-    """Share of a sequence's ``n``-grams that repeat an earlier one (0: none, near 1: a loop).
-
-    ``1 - distinct / total`` over the token ``n``-grams; 0.0 for sequences shorter than
-    ``n + 1`` tokens.
-
-    Example:
-        >>> repetition_rate([1, 2, 3, 1, 2, 3, 1, 2, 3])
-        0.5714285714285714
-        >>> repetition_rate([1, 2, 3, 4, 5])
-        0.0
-    """
-    ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
-    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
-    if len(grams) < 2:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
-def sequence_nll(
-    model: Any,
-    sequences: Sequence[Tensor],
-    *,
-    batch_size: int = 16,
-) -> Float[Tensor, " batch"]:
-    """Mean NLL per predicted token of each token sequence under the model, without hooks.
-
-    Each sequence is conditioned on BOS only (BOS is prepended when the model uses one), so
-    the generated text is judged on its own, not as a continuation of its prompt. Sequences
-    are right-padded; padded positions are ignored. Empty sequences get NaN.
-
-    Args:
-        model: A TransformerLens model.
-        sequences: 1-D token-id tensors (without BOS).
-        batch_size: Sequences per forward pass.
-
-    Returns:
-        float64 mean NLL (nats per token) of each sequence.
-    """
-    adapter = adapt(model, validate=False)
-    prepend = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
-    bos = adapter.bos_token_id if prepend else None
-    out = torch.full((len(sequences),), math.nan, dtype=torch.float64)
-    rows = []
-    for i, seq in enumerate(sequences):
-        ids = seq.to(torch.long).flatten().cpu()
-        if bos is not None:
-            ids = torch.cat([torch.tensor([bos]), ids])
-        if ids.numel() >= 2:
-            rows.append((i, ids))
-    device = adapter.device
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            width = max(ids.numel() for _, ids in chunk)
-            tokens = torch.zeros((len(chunk), width), dtype=torch.long)
-            valid = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
-            for r, (_, ids) in enumerate(chunk):
-                tokens[r, : ids.numel()] = ids
-                valid[r, : ids.numel() - 1] = True
-            logits = model(tokens.to(device))  # batch pos d_vocab
-            nll = next_token_nll(logits, tokens).cpu()  # batch pos-1, float32
-            nll = (nll * valid).to(torch.float64).sum(-1) / valid.sum(-1)  # batch
-            for r, (i, _) in enumerate(chunk):
-                out[i] = nll[r]
-    return out
-
-
-def reference_nll(
-    model: Any,
-    corpus: Mapping[str, Sequence[str]],
-    *,
-    n_tokens: int = 32,
-    max_texts_per_language: int = 64,
-    batch_size: int = 16,
-) -> dict[str, float]:
-    """The unsteered model's NLL on natural text of each language, at the length of an output.
-
-    The first ``n_tokens`` tokens of up to ``max_texts_per_language`` paragraphs (those with at
-    least ``n_tokens`` tokens first), each judged on its own as :func:`sequence_nll` judges a
-    generated output; the mean per language. This is the yardstick of the fluency criterion.
-
-    Returns:
-        ``{language: mean NLL in nats per token}``.
-    """
-    adapter = adapt(model, validate=False)
-    out: dict[str, float] = {}
-    for lang, texts in corpus.items():
-        seqs = []
-        for text in texts:
-            ids = adapter.encode(text)
-            if ids.numel() >= n_tokens:
-                seqs.append(ids[:n_tokens])
-            if len(seqs) >= max_texts_per_language:
-                break
-        if not seqs:
-            raise LapeError(
-                f"no text of language {lang!r} has {n_tokens} tokens; pass longer text or a "
-                "smaller n_tokens"
-            )
-        out[lang] = float(sequence_nll(model, seqs, batch_size=batch_size).mean())
-    return out
 
 
 # ============================================================================ one steering run
@@ -669,7 +184,7 @@ class SteeringOutputs:
         return counts
 
 
-def _judge(
+def judge_outputs(
     model: Any,
     prompts: Sequence[str],
     texts: list[str],
@@ -680,6 +195,30 @@ def _judge(
     nll_margin: float,
     max_repetition: float,
 ) -> SteeringOutputs:
+    """Judge generated outputs: their language, the unsteered model's NLL, repetition, fluency.
+
+    An output is fluent when it is not empty, its :func:`~tl_lape.metrics.repetition_rate` is
+    at most ``max_repetition`` and, when ``reference`` has the yardstick language (``target``,
+    or the output's own identified language when ``target`` is None), its
+    :func:`~tl_lape.metrics.sequence_nll` is at most ``nll_margin`` above that language's
+    reference NLL.
+
+    Args:
+        model: The TransformerLens model, run without hooks to score the outputs.
+        prompts: The prompts the outputs continue.
+        texts: The generated continuations.
+        tokens: Their generated token ids, as
+            :func:`~tl_lape.generation.generate_texts_and_tokens` returns them.
+        identifier: Judges the output language.
+        reference: :func:`~tl_lape.metrics.reference_nll` per language (None: fluency checks
+            only emptiness and repetition).
+        target: The language steered into (None: unsteered outputs).
+        nll_margin: Fluent outputs have NLL at most this far above the yardstick's reference.
+        max_repetition: Fluent outputs have at most this repetition rate.
+
+    Returns:
+        The judged :class:`SteeringOutputs`.
+    """
     languages = tuple(identifier.identify_many(texts))
     nll = sequence_nll(model, tokens)
     repetition = torch.tensor([repetition_rate(t) for t in tokens], dtype=torch.float64)
@@ -745,17 +284,17 @@ def steer(
         raise LapeError(
             f"unknown target language {target!r}: the neuron set has {list(neurons.languages)}"
         )
-    off = _deactivated_languages(deactivate, neurons, target, source)
+    off = deactivated_languages(deactivate, neurons, target, source)
     hooks = steering_hooks(
         neurons,
         stats,
         target,
-        mode=_mode(mode),
+        mode=check_mode(mode),
         strength=strength,
         deactivate=off or None,
         model=model,
     )
-    texts, tokens = _generate(
+    texts, tokens = generate_texts_and_tokens(
         model,
         prompts,
         fwd_hooks=hooks,
@@ -763,14 +302,32 @@ def steer(
         batch_size=batch_size,
     )
     identifier = identifier or LanguageIdentifier(neurons.languages)
-    return _judge(
+    return judge_outputs(
         model, prompts, texts, tokens, identifier, reference, target, nll_margin, max_repetition
     )
 
 
-def _deactivated_languages(
+def deactivated_languages(
     deactivate: Any, neurons: LanguageNeurons, target: str, source: str | None
 ) -> list[str]:
+    """The languages whose neurons :func:`steer`'s ``deactivate=`` switches off; never ``target``.
+
+    Args:
+        deactivate: ``"none"``, ``"others"`` (all of ``neurons.languages`` but the target),
+            ``"source"`` (the prompts' language, unless it is the target or has no neurons) or
+            a list of languages.
+        neurons: The neuron set (its languages are the candidates).
+        target: The language steered into.
+        source: The prompts' language (needed by ``"source"``).
+
+    Example:
+        >>> ln = LanguageNeurons.from_indices({"en": {0: [1]}, "fr": {0: [2]}, "zh": {0: [3]}},
+        ...                                   n_layers=1, d_mlp=4)
+        >>> deactivated_languages("others", ln, "fr", None)
+        ['en', 'zh']
+        >>> deactivated_languages("source", ln, "fr", "en")
+        ['en']
+    """
     if isinstance(deactivate, str):
         if deactivate == "others":
             return [lang for lang in neurons.languages if lang != target]
@@ -1069,7 +626,7 @@ def run_steering_sweep(
 
     For each ``top_rate`` the language neurons are selected from ``stats``
     (:func:`~tl_lape.selection.identify_language_neurons`) and a random set matched to them in
-    size and layers is drawn (:func:`~tl_lape.evaluation.random_matched_neurons`). Each
+    size and layers is drawn (:func:`~tl_lape.neurons.random_matched_neurons`). Each
     configuration runs on each prompt setting with the LAPE set and with the random set; the
     outputs are judged by language, NLL and repetition (see the module docstring).
 
@@ -1147,7 +704,7 @@ def run_steering_sweep(
     def judge(
         setting: str, texts: list[str], tokens: list[Tensor], target: str | None
     ) -> SteeringOutputs:
-        return _judge(
+        return judge_outputs(
             model,
             prompt_sets[setting],
             texts,
@@ -1161,7 +718,7 @@ def run_steering_sweep(
 
     baseline: dict[str, dict[str, int]] = {}
     for setting in settings:
-        texts, tokens = _generate(
+        texts, tokens = generate_texts_and_tokens(
             model, prompt_sets[setting], max_new_tokens=max_new_tokens, batch_size=batch_size
         )
         baseline[setting] = judge(setting, texts, tokens, None).language_counts()
@@ -1188,7 +745,7 @@ def run_steering_sweep(
             for target in targets:
                 for neuron_set in (lape, control):
                     off = (
-                        _deactivated_languages(deactivate, neuron_set, target, source)
+                        deactivated_languages(deactivate, neuron_set, target, source)
                         if deactivate != "source" or source is not None
                         else []
                     )
@@ -1197,7 +754,7 @@ def run_steering_sweep(
                             neuron_set,
                             stats,
                             target,
-                            mode=_mode(mode),
+                            mode=check_mode(mode),
                             strength=strength,
                             deactivate=off or None,
                             model=model,

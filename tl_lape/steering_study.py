@@ -46,20 +46,18 @@ from tqdm.auto import tqdm
 from tl_lape._io import atomic_dir
 from tl_lape.diffmean import ResidualMeans, diffmean_hooks
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import random_matched_neurons
+from tl_lape.generation import generate_texts_and_tokens, generate_with_hook_sets
 from tl_lape.hooks import steering_hooks
-from tl_lape.neurons import LanguageNeurons
+from tl_lape.identification import LanguageIdentifier
+from tl_lape.metrics import reference_nll
+from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.stats import ActivationStats
 from tl_lape.steering import (
     ENGLISH_PROMPTS,
     NEUTRAL_PROMPTS,
-    LanguageIdentifier,
-    _deactivated_languages,
-    _generate,
-    _judge,
-    _mode,
-    generate_with_hook_sets,
-    reference_nll,
+    check_mode,
+    deactivated_languages,
+    judge_outputs,
 )
 
 __all__ = [
@@ -494,7 +492,7 @@ def run_steering_study(
         raise LapeError(f"unknown language(s) {unknown}: the statistics have {list(languages)}")
     strengths = dict(strengths) if strengths is not None else dict(DEFAULT_STRENGTHS)
     for mode in strengths:
-        _mode(mode)
+        check_mode(mode)
     bad = [d for d in deactivate if d not in ("none", "others")]
     if bad or not deactivate:
         raise LapeError(f"deactivate must be among 'none', 'others'; received {list(deactivate)}")
@@ -547,12 +545,12 @@ def run_steering_study(
         if cfg.method in ("lape", "random"):
             neurons = neuron_set(cfg.top_rate, cfg.seed if cfg.method == "random" else None)
             src = source if setting in ("english", "content") else None
-            off = _deactivated_languages(cfg.deactivate, neurons, target, src)
+            off = deactivated_languages(cfg.deactivate, neurons, target, src)
             return steering_hooks(
                 neurons,
                 stats,
                 target,
-                mode=_mode(cfg.mode),
+                mode=check_mode(cfg.mode),
                 strength=cfg.strength,
                 deactivate=off or None,
                 model=model,
@@ -575,7 +573,7 @@ def run_steering_study(
         texts: list[str],
         tokens: list[Tensor],
     ) -> dict[str, Any]:
-        judged = _judge(
+        judged = judge_outputs(
             model,
             prompts,
             texts,
@@ -639,12 +637,12 @@ def run_steering_study(
                 if c.method == "prompt":
                     for t in targets:
                         cued = [LANGUAGE_CUES.get(t, "") + p for p in prompts]
-                        texts, tokens = _generate(
+                        texts, tokens = generate_texts_and_tokens(
                             model, cued, max_new_tokens=max_new_tokens, batch_size=batch_size
                         )
                         rows.append(judge_rows(phase, setting, c, t, data, prompts, texts, tokens))
                 elif c.method == "none":
-                    texts, tokens = _generate(
+                    texts, tokens = generate_texts_and_tokens(
                         model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
                     )
                     for t in targets:
@@ -757,7 +755,7 @@ def _throughput(
     for _ in range(2):
         for name, fwd in (("unsteered", []), ("steered", hooks)):
             t0 = time.perf_counter()
-            _, tokens = _generate(
+            _, tokens = generate_texts_and_tokens(
                 model,
                 prompts,
                 fwd_hooks=fwd,
