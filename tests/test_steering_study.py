@@ -196,6 +196,20 @@ def test_study_report_files(study, tmp_path):
     for heading in ("Fresh prompts: english", "Fresh prompts: neutral", "Fresh prompts: content"):
         assert heading in text
     assert study.chosen["lape"]["label"] in text and "Throughput" in text
+    assert text.count("Means over the targets") == 3 and "better by" in text
+    assert "content above the other-paragraph control" in text
+    back = SteeringStudy.load(folder)
+    assert back.rows == study.rows and back.chosen == study.chosen
+    assert back.to_markdown() == text
+    lape = study.chosen["lape"]["label"]
+    rows = study.select(phase="fresh", setting="english", config=lape)
+    assert study.mean_success("english", lape) == pytest.approx(
+        sum(r["success_rate"] for r in rows) / len(rows)
+    )
+    with pytest.raises(LapeError, match="no study.json"):
+        SteeringStudy.load(tmp_path)
+    with pytest.raises(LapeError, match=r"missing \['chosen'\]"):
+        SteeringStudy.from_dict({"rows": []})
     assert all(isinstance(f, Figure) for f in study.figures().values())
 
 

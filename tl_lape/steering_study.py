@@ -271,6 +271,93 @@ class SteeringStudy:
             "metadata": self.metadata,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SteeringStudy":
+        """The inverse of :meth:`to_dict`."""
+        missing = [k for k in ("rows", "chosen") if k not in data]
+        if missing:
+            raise LapeError(
+                f"a steering study needs the keys 'rows' and 'chosen'; missing {missing} (read "
+                "a study.json written by SteeringStudy.save)"
+            )
+        return cls(
+            rows=tuple(dict(r) for r in data["rows"]),
+            chosen={k: dict(v) for k, v in data["chosen"].items()},
+            examples={k: list(v) for k, v in data.get("examples", {}).items()},
+            throughput=dict(data.get("throughput", {})),
+            metadata=dict(data.get("metadata", {})),
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SteeringStudy":
+        """Read the ``study.json`` of a folder written by :meth:`save`."""
+        path = Path(folder) / "study.json"
+        if not path.is_file():
+            raise LapeError(f"no study.json in {str(folder)!r}; write one with SteeringStudy.save")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LapeError(f"{str(path)!r} is not valid JSON ({err})") from err
+        return cls.from_dict(data)
+
+    def mean_success(self, setting: str, config: str) -> float:
+        """Mean fresh success over the targets of one configuration (the label) in a setting."""
+        rows = self.select(phase="fresh", setting=setting, config=config)
+        return sum(r["success_rate"] for r in rows) / max(1, len(rows))
+
+    def _summary_lines(self, setting: str) -> list[str]:
+        """Per configuration, the judges' means over the targets, and the method comparison."""
+        fresh = self.select(phase="fresh", setting=setting)
+        content = setting == "content"
+        head = "| configuration | success | py3langid | lingua | agree | fluent | NLL | rep. |"
+        lines = [
+            "",
+            "Means over the targets (fresh prompts): success, target language by each judge, "
+            "judges' agreement, fluent, the unsteered model's NLL (nats/token) and repeated "
+            "trigrams" + (", content gain (chrF points) and relevant" if content else "") + ":",
+            "",
+            head + (" gain | relevant |" if content else ""),
+            "| --- |" + " ---: |" * (7 + 2 * content),
+        ]
+        for label in dict.fromkeys(r["config"] for r in fresh):
+            rows = [r for r in fresh if r["config"] == label]
+
+            def mean(key: str, rows: list[dict[str, Any]] = rows) -> float:
+                return sum(r[key] for r in rows) / len(rows)
+
+            cells = [
+                f"{100 * mean('success_rate'):.0f}%",
+                f"{100 * mean('target_rate'):.0f}%",
+                f"{100 * mean('lingua_rate'):.0f}%",
+                f"{100 * mean('agreement'):.0f}%",
+                f"{100 * mean('fluent_rate'):.0f}%",
+                f"{mean('mean_nll'):.2f}",
+                f"{mean('mean_repetition'):.2f}",
+            ]
+            if content:
+                cells += [f"{mean('mean_gain'):+.1f}", f"{100 * mean('relevant_rate'):.0f}%"]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lape = self.chosen.get("lape", {}).get("label")
+        diff = self.chosen.get("diffmean", {}).get("label")
+        if lape and diff:
+            a, b = self.mean_success(setting, lape), self.mean_success(setting, diff)
+            better = "DiffMean" if b > a else "LAPE" if a > b else "neither"
+            lines += [
+                "",
+                f"Mean success: LAPE {100 * a:.0f}%, DiffMean {100 * b:.0f}%: {better} is "
+                f"better by {100 * abs(b - a):.0f} points.",
+            ]
+        if content:
+            for method in ("lape", "diffmean", "prompt"):
+                rows = [r for r in fresh if r["method"] == method]
+                if rows:
+                    above = [r["target"] for r in rows if r["mean_gain"] > 0]
+                    lines.append(
+                        f"{method}: content above the other-paragraph control (mean gain > 0) "
+                        f"for {len(above)} of {len(rows)} targets ({', '.join(above) or 'none'})."
+                    )
+        return lines
+
     def to_markdown(self) -> str:
         """The fresh-prompt tables per setting, the chosen configurations and throughput."""
         meta = self.metadata
@@ -336,6 +423,7 @@ class SteeringStudy:
                 f"py3langid and lingua agree on {100 * sum(agreement) / len(agreement):.0f}% of "
                 "outputs (mean over the cells)."
             )
+            lines += self._summary_lines(setting)
         if self.throughput:
             tp = self.throughput
             lines += [
