@@ -196,7 +196,7 @@ def test_study_report_files(study, tmp_path):
     for heading in ("Fresh prompts: english", "Fresh prompts: neutral", "Fresh prompts: content"):
         assert heading in text
     assert study.chosen["lape"]["label"] in text and "Throughput" in text
-    assert text.count("Means over the targets") == 3 and "better by" in text
+    assert text.count("Means over the targets") == 3 and "Mean success: LAPE" in text
     assert "content above the other-paragraph control" in text
     back = SteeringStudy.load(folder)
     assert back.rows == study.rows and back.chosen == study.chosen

@@ -341,12 +341,13 @@ class SteeringStudy:
         diff = self.chosen.get("diffmean", {}).get("label")
         if lape and diff:
             a, b = self.mean_success(setting, lape), self.mean_success(setting, diff)
-            better = "DiffMean" if b > a else "LAPE" if a > b else "neither"
-            lines += [
-                "",
-                f"Mean success: LAPE {100 * a:.0f}%, DiffMean {100 * b:.0f}%: {better} is "
-                f"better by {100 * abs(b - a):.0f} points.",
-            ]
+            gap = 100 * abs(b - a)
+            verdict = (
+                "level"
+                if gap < 0.05
+                else f"{'DiffMean' if b > a else 'LAPE'} is better by {gap:.1f} points"
+            )
+            lines += ["", f"Mean success: LAPE {100 * a:.1f}%, DiffMean {100 * b:.1f}%: {verdict}."]
         if content:
             for method in ("lape", "diffmean", "prompt"):
                 rows = [r for r in fresh if r["method"] == method]
