@@ -552,7 +552,11 @@ def run_steering_study(
             ``n_content`` the fresh set (empty: no content setting).
         targets: Target languages (default: every language of ``stats`` but ``source``).
         source: The language of the English and content prompts.
-        dev_prompts, fresh_prompts: ``{"english": [...], "neutral": [...]}`` overrides.
+        dev_prompts: ``{"english": [...], "neutral": [...]}`` overrides of the development
+            prompts (default: :data:`~tl_lape.steering.ENGLISH_PROMPTS`,
+            :data:`~tl_lape.steering.NEUTRAL_PROMPTS`).
+        fresh_prompts: The same for the fresh prompts (default:
+            :data:`FRESH_ENGLISH_PROMPTS`, :data:`FRESH_NEUTRAL_PROMPTS`).
         n_content: Content items per phase.
         top_rates: LAPE budgets swept.
         strengths: Per LAPE mode, the strengths swept (default :data:`DEFAULT_STRENGTHS`:
@@ -563,7 +567,9 @@ def run_steering_study(
             quarters of the depth).
         diffmean_strengths: DiffMean strengths swept.
         n_random: Random draws for LAPE's control on the fresh prompts.
-        nll_margin, max_repetition: The fluency criterion (see :mod:`tl_lape.steering`).
+        nll_margin: Fluency: the most nats an output's NLL may exceed the target language's
+            natural-text NLL.
+        max_repetition: Fluency: the largest share of repeated token trigrams.
         max_new_tokens: Tokens generated per prompt.
         batch_size: Rows per generation batch.
         n_examples: Fresh outputs kept per setting, method and target.
