@@ -65,8 +65,16 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stats_path, means_path = args.out / "stats.safetensors", args.out / "residual_means.safetensors"
     t0 = time.perf_counter()
-    if stats_path.is_file() and means_path.is_file():
+    reuse = stats_path.is_file() and means_path.is_file()
+    if reuse:
         stats, means = tl_lape.ActivationStats.load(stats_path), ResidualMeans.load(means_path)
+        wanted = {"max_tokens_per_language": args.tokens, "prepend_bos": True}
+        found = {k: stats.metadata.get(k) for k in wanted}
+        if found != wanted or means.metadata.get("model_name") != stats.metadata.get("model_name"):
+            raise SystemExit(
+                f"{args.out} holds statistics of other settings ({found}, model "
+                f"{stats.metadata.get('model_name')!r}); delete them or choose another --out"
+            )
     else:
         stats, means = collect_stats_and_residual_means(
             model, train, max_tokens_per_language=args.tokens, prepend_bos=True, progress=False

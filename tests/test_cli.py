@@ -289,17 +289,34 @@ def test_steer_study_writes_the_study_report(
         (["--deactivate", "source"], "'source' is for the sweep only"),
         (["--reference-corpus", "none"], "not 'none'"),
         (["--modes", "add", "--strengths", "scale=2"], "that --modes ['add'] omits"),
-        (["--targets", "xx"], "--targets ['xx'] are not among"),
-        (["--n-random", "0"], "at least 1"),
+        (["--targets", "xx"], "unknown language(s) ['xx']"),
+        (["--targets", "en"], "other than the source 'en'"),
+        (["--n-random", "0"], "n_random must be an int of at least 1; received 0"),
+        (["--n-content", "1"], "at least 2, got 1"),
         (["--diffmean-strengths", "x"], "comma-separated numbers"),
+        (["--diffmean-layers", "1.5"], "comma-separated layer numbers, got '1.5'"),
+        (["--diffmean-layers", "9"], "diffmean_layers must be ints in 0..1"),
+        (["--seed", "3"], "--seed apply to the sweep only"),
+        (["--top-rates", "0"], "strictly between 0 and 1"),
     ],
 )
 def test_steer_study_rejects_bad_options_before_loading_the_model(
-    tiny_model, text_corpus: Path, tmp_path: Path, capsys, extra: list[str], message: str
+    tiny_model,
+    text_corpus: Path,
+    tmp_path: Path,
+    capsys,
+    monkeypatch,
+    extra: list[str],
+    message: str,
 ) -> None:
     model_dir = str(tiny_model("llama").path)
     stats_path, means_path = _collect_with_means(model_dir, text_corpus, tmp_path)
     capsys.readouterr()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr("tl_lape.cli._load_model", no_model)
     out = tmp_path / "study"
     argv = ["steer", str(stats_path), "--model", model_dir, "--study", "--means", str(means_path)]
     argv += ["--reference-corpus", f"text:{text_corpus}", *extra, "--out", str(out)]
@@ -321,6 +338,11 @@ def test_study_options_need_study_and_means_need_a_plain_collection(
     assert main([*argv, "--out", str(tmp_path / "s2")]) == 2
     assert "--residual-means does not work with --resume" in capsys.readouterr().err
     assert not (tmp_path / "s2").exists() and not (tmp_path / "m2").exists()
+    argv = ["collect", "--model", model_dir, "--corpus", f"text:{text_corpus}"]
+    argv += ["--residual-means", str(tmp_path / "same"), "--out", str(tmp_path / "same")]
+    assert main(argv) == 2
+    assert "name the same file" in capsys.readouterr().err
+    assert not (tmp_path / "same").exists()
 
 
 def test_demo_evaluate_adds_evaluation_and_steering(tmp_path: Path, capsys) -> None:

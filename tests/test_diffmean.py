@@ -5,6 +5,7 @@ import torch
 
 from tl_lape import LapeError
 from tl_lape.collect import collect_activation_stats
+from tl_lape.demo import load_demo_model
 from tl_lape.diffmean import (
     ResidualMeans,
     collect_stats_and_residual_means,
@@ -110,7 +111,7 @@ def test_hooks_equal_hand_computed_residual_edit(llama, collected, corpus):
     torch.testing.assert_close(llama.run_with_hooks(tokens, fwd_hooks=zero), clean)
 
 
-def test_hooks_at_new_positions_leave_the_prompt_alone(llama, collected, corpus):
+def test_hooks_at_selected_positions_leave_the_others_alone(llama, collected, corpus):
     _, means = collected
     tokens = corpus["fr"][:SEQ_LEN][None]
     seen = []
@@ -143,6 +144,16 @@ def test_batched_generation_with_diffmean_hooks_equals_one_prompt_at_a_time(llam
     assert together[0][0] != generate_with_hooks(llama, prompts, max_new_tokens=6)
 
 
+def test_means_are_validated():
+    sums = torch.zeros(2, 4, 2, dtype=torch.float64)
+    with pytest.raises(LapeError, match="at least one counted token"):
+        ResidualMeans(("en", "fr"), sums, torch.tensor([3, 0]))
+    with pytest.raises(LapeError, match="distinct strings"):
+        ResidualMeans(("en", "en"), sums, torch.tensor([3, 3]))
+    with pytest.raises(LapeError, match="sums must be finite"):
+        ResidualMeans(("en", "fr"), sums + float("nan"), torch.tensor([3, 3]))
+
+
 def test_save_load_round_trip(collected, tmp_path):
     _, means = collected
     path = tmp_path / "means.safetensors"
@@ -162,8 +173,15 @@ def test_bad_input(llama, collected, tmp_path):
         diffmean_hooks(means, "fr", layer=5)
     with pytest.raises(LapeError, match="strength must be finite; received nan"):
         diffmean_hooks(means, "fr", layer=0, strength=float("nan"))
-    with pytest.raises(LapeError, match="source language other than the target"):
+    with pytest.raises(LapeError, match="source languages other than the target 'fr'"):
         means.direction("fr", [])
+    with pytest.raises(LapeError, match="source languages other than the target 'fr'"):
+        means.direction("fr", ["en", "fr"])
+    with pytest.raises(LapeError, match="n_layers=2, d_model=32; the model has n_layers=4"):
+        diffmean_hooks(means, "fr", layer=0, model=load_demo_model())
+    for layer in (True, [0, True], -1, []):  # (a float is refused by the annotations in tests)
+        with pytest.raises(LapeError, match="layer must be an int"):
+            diffmean_hooks(means, "fr", layer=layer)  # type: ignore[arg-type]
     with pytest.raises(LapeError, match="no residual-means file"):
         ResidualMeans.load(tmp_path / "missing.safetensors")
     bad = tmp_path / "bad.safetensors"

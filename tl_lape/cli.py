@@ -188,19 +188,21 @@ def _build_parser() -> argparse.ArgumentParser:
         "(default: no DiffMean)",
     )
     study.add_argument(
-        "--n-random", type=int, default=3, help="random draws on the fresh prompts (default: 3)"
+        "--n-random", type=int, default=None, help="random draws on the fresh prompts (default: 3)"
     )
     study.add_argument(
         "--n-content",
         type=int,
-        default=8,
+        default=None,
         help="handbook content prompts per phase (default: 8; 0: no content setting)",
     )
     study.add_argument(
         "--diffmean-layers", default=None, help="comma-separated layers (default: n/4, n/2, 3n/4)"
     )
     study.add_argument(
-        "--diffmean-strengths", default="0.5,1,2", help="comma-separated DiffMean strengths"
+        "--diffmean-strengths",
+        default=None,
+        help="comma-separated DiffMean strengths (default: 0.5,1,2)",
     )
     steer.add_argument("--no-progress", action="store_true", help="hide progress bars")
     steer.add_argument("--out", required=True, type=Path, help="report folder")
@@ -331,14 +333,16 @@ def _add_steer_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="MODE=V[,V...]",
-        help="strengths of one mode, e.g. add=5,10 (repeat per mode; default: replace=1,4,8 "
-        "add=5,10 scale=3,10)",
+        help="strengths of one mode, e.g. add=5,10 (repeat per mode; default for the sweep: "
+        "replace=1,4,8 add=5,10 scale=3,10; for --study: replace=1,2,3 add=1,2,4 scale=2,4)",
     )
     parser.add_argument(
         "--top-rates", default="0.01,0.02,0.05", help="comma-separated neuron budgets"
     )
     parser.add_argument(
-        "--settings", default="english,neutral", help="prompt settings: english and/or neutral"
+        "--settings",
+        default=None,
+        help="prompt settings of the sweep: english and/or neutral (default: both)",
     )
     parser.add_argument(
         "--deactivate",
@@ -347,7 +351,9 @@ def _add_steer_options(parser: argparse.ArgumentParser) -> None:
         help="other languages' neurons switched off in the same pass (default: none; the "
         "study sweeps none and others)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random control sets")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the sweep's random sets (default: 0)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per output")
     parser.add_argument(
         "--generation-batch-size", type=int, default=256, help="rows per generation batch"
@@ -381,6 +387,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         _check_at_least_one(args, ("checkpoint_every",))
     if args.residual_means is not None:
         check_output_file(args.residual_means, "residual-means file")
+        if Path(args.residual_means).resolve() == Path(args.out).resolve():
+            raise LapeError(
+                f"--out and --residual-means name the same file {str(args.out)!r}; give two paths"
+            )
         if args.resume is not None:
             raise LapeError(
                 "--residual-means does not work with --resume (a checkpoint keeps the firing "
@@ -404,10 +414,12 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         from tl_lape.diffmean import collect_stats_and_residual_means
 
         stats, means = collect_stats_and_residual_means(model, corpus, **window_kwargs)
-        means.save(args.residual_means)
+        with atomic_paths([args.out, args.residual_means]) as (stats_tmp, means_tmp):
+            stats.save(stats_tmp)  # both files are moved into place together, or neither
+            means.save(means_tmp)
     else:
         stats = collect_activation_stats(model, corpus, **window_kwargs)
-    stats.save(args.out)
+        stats.save(args.out)
     tokens = ", ".join(
         f"{lang} {int(n):,}" for lang, n in zip(stats.languages, stats.n_tokens, strict=True)
     )
@@ -487,14 +499,14 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         return _cmd_steer_study(args)
     study_only = [
         opt
-        for opt, value, default in (
-            ("--means", args.means, None),
-            ("--n-random", args.n_random, 3),
-            ("--n-content", args.n_content, 8),
-            ("--diffmean-layers", args.diffmean_layers, None),
-            ("--diffmean-strengths", args.diffmean_strengths, "0.5,1,2"),
+        for opt, value in (
+            ("--means", args.means),
+            ("--n-random", args.n_random),
+            ("--n-content", args.n_content),
+            ("--diffmean-layers", args.diffmean_layers),
+            ("--diffmean-strengths", args.diffmean_strengths),
         )
-        if value != default
+        if value is not None
     ]
     if study_only:
         raise LapeError(f"{', '.join(study_only)} only apply with --study; add --study")
@@ -519,8 +531,18 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
     """``steer --study``: :func:`~tl_lape.steering_study.run_steering_study`, its report folder."""
     from tl_lape.diffmean import ResidualMeans
     from tl_lape.stats import ActivationStats
-    from tl_lape.steering_study import DEFAULT_STRENGTHS, run_steering_study
+    from tl_lape.steering_study import DEFAULT_STRENGTHS, check_study_inputs, run_steering_study
 
+    sweep_only = [
+        opt
+        for opt, value in (("--seed", args.seed), ("--settings", args.settings))
+        if value is not None
+    ]
+    if sweep_only:
+        raise LapeError(
+            f"{', '.join(sweep_only)} apply to the sweep only; --study uses its own prompt "
+            "settings and random draws 0..--n-random-1"
+        )
     sweep = _steer_kwargs(args)
     if args.deactivate == "source":
         raise LapeError(
@@ -531,21 +553,23 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
             "--study needs held-out text for its fluency judge; give --reference-corpus "
             "(handbook, text:DIR or hf:DATASET), not 'none'"
         )
-    _check_at_least_one(args, ("n_random",))
-    if args.n_content < 0:
-        raise LapeError(f"--n-content must be 0 or more, got {args.n_content}.")
-    layers = (
-        tuple(
-            int(v)
-            for v in _floats(
-                _split_list(args.diffmean_layers, "--diffmean-layers"), "--diffmean-layers"
-            )
+    n_content = 8 if args.n_content is None else args.n_content
+    if n_content == 1 or n_content < 0:
+        raise LapeError(
+            f"--n-content must be 0 (no content setting) or at least 2, got {n_content}."
         )
-        if args.diffmean_layers is not None
-        else None
-    )
+    layers = None
+    if args.diffmean_layers is not None:
+        items = _split_list(args.diffmean_layers, "--diffmean-layers")
+        if not all(v.isdigit() for v in items):
+            raise LapeError(
+                f"--diffmean-layers takes comma-separated layer numbers, got "
+                f"{args.diffmean_layers!r}."
+            )
+        layers = tuple(int(v) for v in items)
     diff_strengths = _floats(
-        _split_list(args.diffmean_strengths, "--diffmean-strengths"), "--diffmean-strengths"
+        _split_list(args.diffmean_strengths or "0.5,1,2", "--diffmean-strengths"),
+        "--diffmean-strengths",
     )
     modes = sweep["modes"]
     unknown = [m for m in modes if m not in DEFAULT_STRENGTHS]
@@ -559,51 +583,35 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
     _check_model_source(args.model, args.device)
     stats = ActivationStats.load(args.stats)
     means = ResidualMeans.load(args.means) if args.means is not None else None
-    if means is not None and tuple(means.languages) != tuple(stats.languages):
-        raise LapeError(
-            f"{str(args.means)!r} has languages {list(means.languages)}, {str(args.stats)!r} "
-            f"{list(stats.languages)}: write both with one `tl-lape collect --residual-means`"
-        )
     reference = _load_corpus(
         args.reference_corpus, ",".join(stats.languages), "heldout", args.hf_config
     )
-    unknown_targets = [t for t in sweep.get("targets", ()) if t not in stats.languages]
-    if unknown_targets:
-        raise LapeError(
-            f"--targets {unknown_targets} are not among the statistics' languages "
-            f"{list(stats.languages)}"
-        )
     parallel: list[dict[str, str]] = []
-    if args.reference_corpus == "handbook" and args.n_content > 0:
+    if args.reference_corpus == "handbook" and n_content > 0:
         from tl_lape.corpora import load_handbook_parallel
 
         parallel = load_handbook_parallel(stats.languages, split="heldout")
-        if len(parallel) < 2 * args.n_content:
-            raise LapeError(
-                f"the handbook has {len(parallel)} held-out parallel paragraphs; --n-content "
-                f"{args.n_content} needs {2 * args.n_content}: give a smaller --n-content"
-            )
-    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     options: dict[str, Any] = {
+        "reference_corpus": {lang: list(texts) for lang, texts in reference.items()},
         "parallel": parallel,
         "targets": sweep.get("targets"),
-        "n_content": max(1, args.n_content),
+        "n_content": max(2, n_content),
         "top_rates": sweep["top_rates"],
+        "strengths": strengths,
         "deactivate": (args.deactivate,) if args.deactivate else ("none", "others"),
+        "diffmean_layers": layers,
         "diffmean_strengths": diff_strengths,
-        "n_random": args.n_random,
-        "max_new_tokens": sweep["max_new_tokens"],
-        "batch_size": sweep["batch_size"],
-        "progress": not args.no_progress,
+        "n_random": 3 if args.n_random is None else args.n_random,
     }
-    options["strengths"] = strengths
-    if layers is not None:
-        options["diffmean_layers"] = layers
+    check_study_inputs(stats, means, **options)  # everything but the model, before loading it
+    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     study = run_steering_study(
         model,
         stats,
         means,
-        reference_corpus={lang: list(texts) for lang, texts in reference.items()},
+        max_new_tokens=sweep["max_new_tokens"],
+        batch_size=sweep["batch_size"],
+        progress=not args.no_progress,
         **options,
     )
     study.save(args.out)
@@ -690,9 +698,9 @@ def _steer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "modes": _split_list(args.modes, "--modes"),
         "top_rates": _floats(_split_list(args.top_rates, "--top-rates"), "--top-rates"),
-        "settings": _split_list(args.settings, "--settings"),
+        "settings": _split_list(args.settings or "english,neutral", "--settings"),
         "deactivate": args.deactivate or "none",
-        "random_seed": args.seed,
+        "random_seed": 0 if args.seed is None else args.seed,
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.generation_batch_size,
     }

@@ -449,10 +449,10 @@ def load_handbook_parallel(
     A chapter file contributes only when every requested edition has exactly as many
     paragraphs as the English one (then the editions are aligned paragraph by paragraph), and
     a paragraph only when, in every non-English edition, it is translated (not identical to an
-    English paragraph and at most 70% made of the English paragraph's words) and every version
+    English paragraph and less than 70% made of the English paragraph's words), not empty, and
     the English version has at least ``min_chars`` characters (Chinese and Japanese
-    translations are about a third as long in characters). The held-out chapter files are those of
-    :func:`load_debian_handbook`.
+    translations are about a third as long in characters, so the bar is on English). The
+    held-out chapter files are those of :func:`load_debian_handbook`.
 
     Args:
         languages: Language codes or handbook locales (the keys of each returned item).

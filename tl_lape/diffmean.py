@@ -73,6 +73,30 @@ class ResidualMeans:
     n_tokens: Int[Tensor, " lang"]
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        langs = tuple(self.languages)
+        if not langs or len(set(langs)) != len(langs) or not all(isinstance(x, str) for x in langs):
+            raise LapeError(f"languages must be distinct strings, at least one; received {langs!r}")
+        sums, n_tokens = self.sums, self.n_tokens
+        if not isinstance(sums, Tensor) or sums.ndim != 3 or sums.shape[-1] != len(langs):
+            raise LapeError(
+                f"sums must be a [n_layers, d_model, {len(langs)}] tensor; received "
+                f"{getattr(sums, 'shape', type(sums).__name__)}"
+            )
+        if not isinstance(n_tokens, Tensor) or tuple(n_tokens.shape) != (len(langs),):
+            raise LapeError(
+                f"n_tokens must be a [{len(langs)}] tensor; received "
+                f"{getattr(n_tokens, 'shape', type(n_tokens).__name__)}"
+            )
+        if bool((n_tokens < 1).any()):
+            raise LapeError(
+                f"every language needs at least one counted token; n_tokens is "
+                f"{n_tokens.tolist()} for {list(langs)}"
+            )
+        if not bool(torch.isfinite(sums).all()):
+            raise LapeError("sums must be finite; received NaN or infinite values")
+        object.__setattr__(self, "languages", langs)
+
     @property
     def n_layers(self) -> int:
         """Number of layers."""
@@ -85,7 +109,7 @@ class ResidualMeans:
 
     def means(self) -> Float[Tensor, "n_layers d_model lang"]:
         """``sums / n_tokens`` (float64)."""
-        return self.sums / self.n_tokens.clamp_min(1).to(torch.float64)
+        return self.sums / self.n_tokens.to(torch.float64)
 
     def _index(self, language: str) -> int:
         if language not in self.languages:
@@ -105,16 +129,21 @@ class ResidualMeans:
         means = self.means()
         t = self._index(target)
         if source is None:
-            others = [i for i, lang in enumerate(self.languages) if lang != target]
+            names = [lang for lang in self.languages if lang != target]
         elif isinstance(source, str):
-            others = [self._index(source)]
+            names = [source]
+        elif isinstance(source, Sequence) and all(isinstance(x, str) for x in source):
+            names = list(source)
         else:
-            others = [self._index(lang) for lang in source]
-        if not others:
             raise LapeError(
-                f"DiffMean needs a source language other than the target {target!r}; the residual "
-                f"means have only {list(self.languages)}"
+                f"source must be a language, a list of languages or None; received {source!r}"
             )
+        if not names or target in names:
+            raise LapeError(
+                f"DiffMean needs source languages other than the target {target!r}; received "
+                f"source={source!r} (the residual means have {list(self.languages)})"
+            )
+        others = [self._index(lang) for lang in names]
         return means[..., t] - means[..., others].mean(-1)
 
     def save(self, path: str | Path) -> None:
@@ -218,7 +247,8 @@ def collect_stats_and_residual_means(
 ) -> tuple[ActivationStats, ResidualMeans]:
     """:func:`~tl_lape.collect_activation_stats` and the per-language residual means, one pass.
 
-    The arguments are those of :func:`~tl_lape.collect_activation_stats`; the statistics are
+    The arguments are those of :func:`~tl_lape.collect_activation_stats` (without ``fwd_hooks``);
+    the statistics are
     identical to its (the residual hooks only read). The means cost one ``[n_layers, d_model,
     lang]`` float64 accumulator.
 

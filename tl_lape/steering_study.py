@@ -21,10 +21,11 @@ fresh ones:
   random set matched in size and layers), ``diffmean`` (:func:`~tl_lape.diffmean.diffmean_hooks`,
   layer and strength swept), ``prompt`` (a short target-language cue before the prompt, no
   intervention) and ``none`` (unsteered).
-- **Sweep, then confirmation.** Each method's configuration is chosen on the development
-  prompts (most targets at ≥50% success, then mean success; in the content setting the combined
-  score counts); LAPE's chosen mode, budget and deactivation are then run with a random set at
-  every strength (the control curve); the chosen configurations run on the fresh prompts, with
+- **Sweep, then confirmation.** Each method's one configuration (for all settings) is chosen on
+  the development prompts: the most (setting, target) cells at ≥50% success, then the mean
+  success over the cells, with the combined score in place of success in the content
+  setting. LAPE's chosen mode, budget and deactivation are then run with a random set at every
+  strength (the control curve); the chosen configurations run on the fresh prompts, with
   several random draws for LAPE's control.
 
 Example:
@@ -34,6 +35,7 @@ Example:
 """
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +68,8 @@ __all__ = [
     "FRESH_NEUTRAL_PROMPTS",
     "LANGUAGE_CUES",
     "SteeringStudy",
+    "StudyPlan",
+    "check_study_inputs",
     "chrf",
     "content_gain",
     "content_prompts",
@@ -116,6 +120,8 @@ LANGUAGE_CUES: dict[str, str] = {
     "vi": "Bằng tiếng Việt: ",
     "id": "Dalam bahasa Indonesia: ",
     "ja": "日本語で：",
+    "ru": "На русском: ",
+    "de": "Auf Deutsch: ",
 }
 
 
@@ -224,7 +230,9 @@ class SteeringStudy:
     Attributes:
         rows: Plain dicts: ``phase`` ("dev"/"fresh"), ``setting``, ``method``, ``config``
             (label), the configuration's fields, ``target``, ``n``, ``target_rate``,
-            ``lingua_rate``, ``agreement``, ``fluent_rate``, ``success_rate``, and in the
+            ``lingua_rate``, ``agreement`` (the share of outputs on which py3langid and lingua
+            give the same answer; an output too short for both counts as agreeing),
+            ``fluent_rate``, ``success_rate``, and in the
             content setting ``relevant_rate``, ``mean_gain`` and ``combined``.
         chosen: The configuration chosen on the development prompts, per method.
         examples: Per fresh (setting, method, target), a few outputs.
@@ -505,6 +513,38 @@ def _one_line(text: str, limit: int = 90) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def _check_numbers(values: Any, name: str) -> tuple[float, ...]:
+    """A non-empty sequence of finite numbers, as floats, or a LapeError naming ``name``."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
+        raise LapeError(f"{name} must be a non-empty list of numbers; received {values!r}")
+    bad = [
+        v
+        for v in values
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+    ]
+    if bad:
+        raise LapeError(f"{name} must hold finite numbers; received {list(values)!r}")
+    return tuple(float(v) for v in values)
+
+
+def _check_sweep(
+    strengths: Mapping[str, Sequence[float]] | None, top_rates: Sequence[float]
+) -> dict[str, tuple[float, ...]]:
+    """The checked strengths per mode (default :data:`DEFAULT_STRENGTHS`); checks ``top_rates``."""
+    given = DEFAULT_STRENGTHS if strengths is None else strengths
+    if not isinstance(given, Mapping) or not given:
+        raise LapeError(
+            f"strengths must map at least one mode to its strengths; received {strengths!r}"
+        )
+    out: dict[str, tuple[float, ...]] = {
+        check_mode(mode): _check_numbers(v, f"strengths[{mode!r}]") for mode, v in given.items()
+    }
+    rates = _check_numbers(top_rates, "top_rates")
+    if not all(0.0 < r < 1.0 for r in rates):
+        raise LapeError(f"top_rates must lie strictly between 0 and 1; received {list(rates)}")
+    return out
+
+
 def _dev_score(rows: Sequence[dict[str, Any]]) -> tuple[int, float]:
     """(rows at ≥50%, mean) of success over the rows of one configuration, with the combined
     score (success and relevance) in place of success in the content setting."""
@@ -512,6 +552,125 @@ def _dev_score(rows: Sequence[dict[str, Any]]) -> tuple[int, float]:
     reached = sum(x >= 0.5 for x in scores)
     mean = sum(scores) / max(1, len(scores))
     return reached, round(mean, 4)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """The checked inputs of :func:`run_steering_study` (see :func:`check_study_inputs`)."""
+
+    targets: tuple[str, ...]
+    cues: dict[str, str]
+    strengths: dict[str, tuple[float, ...]]
+    diffmean_layers: tuple[int, ...]
+    diffmean_strengths: tuple[float, ...]
+
+
+def check_study_inputs(
+    stats: ActivationStats,
+    means: ResidualMeans | None,
+    *,
+    model: Any = None,
+    reference_corpus: Mapping[str, Sequence[str]],
+    parallel: Sequence[Mapping[str, str]] = (),
+    targets: Sequence[str] | None = None,
+    source: str = "en",
+    cues: Mapping[str, str] | None = None,
+    strengths: Mapping[str, Sequence[float]] | None = None,
+    top_rates: Sequence[float] = (0.01, 0.02, 0.05),
+    deactivate: Sequence[str] = ("none", "others"),
+    n_random: int = 3,
+    n_content: int = 8,
+    diffmean_layers: Sequence[int] | None = None,
+    diffmean_strengths: Sequence[float] = (0.5, 1.0, 2.0),
+) -> StudyPlan:
+    """Check the inputs of :func:`run_steering_study` without running anything.
+
+    :func:`run_steering_study` calls it first; the command line calls it before loading the
+    model (``model=None`` skips the check of the residual means' width against the model).
+
+    Raises:
+        LapeError: naming the first input that is wrong, the value received and what to do.
+    """
+    languages = tuple(stats.languages)
+    targets = tuple(targets) if targets is not None else tuple(x for x in languages if x != source)
+    unknown = [t for t in (*targets, source) if t not in languages]
+    if unknown:
+        raise LapeError(f"unknown language(s) {unknown}: the statistics have {list(languages)}")
+    if not targets or len(set(targets)) != len(targets) or source in targets:
+        raise LapeError(
+            f"targets must be distinct languages other than the source {source!r}, at least one; "
+            f"received {list(targets)}"
+        )
+    cue_for = dict(LANGUAGE_CUES if cues is None else cues)
+    no_cue = [t for t in targets if not cue_for.get(t)]
+    if no_cue:
+        raise LapeError(
+            f"the prompting baseline has no cue for target(s) {no_cue}; pass "
+            "cues={language: text} with a short instruction in each target language"
+        )
+    strengths = _check_sweep(strengths, top_rates)
+    bad = [d for d in deactivate if d not in ("none", "others")]
+    if bad or not deactivate:
+        raise LapeError(f"deactivate must be among 'none', 'others'; received {list(deactivate)}")
+    for name, value, low in (("n_random", n_random, 1), ("n_content", n_content, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise LapeError(f"{name} must be an int of at least {low}; received {value!r}")
+    missing_ref = [t for t in targets if t not in reference_corpus]
+    if missing_ref:
+        raise LapeError(
+            f"reference_corpus has no text for target(s) {missing_ref}, so their fluency could "
+            f"not be judged; it has {sorted(reference_corpus)}"
+        )
+    n_layers = int(stats.active_counts.shape[0])
+    if means is not None:
+        if tuple(means.languages) != languages:
+            raise LapeError(
+                f"the residual means have languages {list(means.languages)}, the statistics "
+                f"{list(languages)}: collect both in one pass (collect_stats_and_residual_means)"
+            )
+        cfg = getattr(model, "cfg", None)
+        shape = (getattr(cfg, "n_layers", n_layers), getattr(cfg, "d_model", means.d_model))
+        if (means.n_layers, means.d_model) != shape or means.n_layers != n_layers:
+            raise LapeError(
+                f"the residual means are for n_layers={means.n_layers}, d_model={means.d_model}; "
+                f"the model has n_layers={shape[0]}, d_model={shape[1]} and the statistics "
+                f"{n_layers} layers: collect the means on this model"
+            )
+    if diffmean_layers is None:
+        diffmean_layers = sorted({n_layers // 4, n_layers // 2, (3 * n_layers) // 4})
+    diffmean_layers = list(diffmean_layers)
+    bad_layers = [
+        lay
+        for lay in diffmean_layers
+        if isinstance(lay, bool) or not isinstance(lay, int) or not 0 <= lay < n_layers
+    ]
+    if bad_layers or not diffmean_layers:
+        raise LapeError(
+            f"diffmean_layers must be ints in 0..{n_layers - 1}, at least one; received "
+            f"{diffmean_layers!r}"
+        )
+    diffmean_strengths = _check_numbers(diffmean_strengths, "diffmean_strengths")
+    if parallel:
+        if len(parallel) < 2 * n_content:
+            raise LapeError(
+                f"parallel has {len(parallel)} items; the content setting needs 2 * n_content = "
+                f"{2 * n_content} (development and fresh): pass more items or a smaller n_content"
+            )
+        for item in parallel[: 2 * n_content]:
+            lacking = [lang for lang in (source, *targets) if not item.get(lang)]
+            if lacking:
+                raise LapeError(
+                    f"a parallel item has no text for {lacking}; it has {sorted(item)}: pass "
+                    "items with the source and every target (load_handbook_parallel)"
+                )
+        _sacrebleu()  # fail now, not after the sweep
+    return StudyPlan(
+        targets=targets,
+        cues={t: cue_for[t] for t in targets},
+        strengths=strengths,
+        diffmean_layers=tuple(diffmean_layers),
+        diffmean_strengths=diffmean_strengths,
+    )
 
 
 def run_steering_study(
@@ -537,6 +696,7 @@ def run_steering_study(
     max_new_tokens: int = 24,
     batch_size: int = 512,
     n_examples: int = 2,
+    cues: Mapping[str, str] | None = None,
     progress: bool = True,
 ) -> SteeringStudy:
     """Sweep LAPE steering and its baselines on development prompts; confirm on fresh ones.
@@ -573,6 +733,8 @@ def run_steering_study(
         max_new_tokens: Tokens generated per prompt.
         batch_size: Rows per generation batch.
         n_examples: Fresh outputs kept per setting, method and target.
+        cues: The prompting baseline's cue per target language (default
+            :data:`LANGUAGE_CUES`); every target needs one.
         progress: Show a progress bar.
 
     Returns:
@@ -580,32 +742,26 @@ def run_steering_study(
     """
     from tl_lape.selection import identify_language_neurons
 
+    plan = check_study_inputs(
+        stats,
+        means,
+        model=model,
+        reference_corpus=reference_corpus,
+        parallel=parallel,
+        targets=targets,
+        source=source,
+        cues=cues,
+        strengths=strengths,
+        top_rates=top_rates,
+        deactivate=deactivate,
+        n_random=n_random,
+        n_content=n_content,
+        diffmean_layers=diffmean_layers,
+        diffmean_strengths=diffmean_strengths,
+    )
     languages = tuple(stats.languages)
-    targets = tuple(targets) if targets is not None else tuple(x for x in languages if x != source)
-    unknown = [t for t in (*targets, source) if t not in languages]
-    if unknown:
-        raise LapeError(f"unknown language(s) {unknown}: the statistics have {list(languages)}")
-    strengths = dict(strengths) if strengths is not None else dict(DEFAULT_STRENGTHS)
-    for mode in strengths:
-        check_mode(mode)
-    bad = [d for d in deactivate if d not in ("none", "others")]
-    if bad or not deactivate:
-        raise LapeError(f"deactivate must be among 'none', 'others'; received {list(deactivate)}")
-    if means is not None and tuple(means.languages) != languages:
-        raise LapeError(
-            f"the residual means have languages {list(means.languages)}, the statistics "
-            f"{list(languages)}: collect both in one pass (collect_stats_and_residual_means)"
-        )
-    n_layers = int(stats.active_counts.shape[0])
-    if diffmean_layers is None:
-        diffmean_layers = sorted({max(1, n_layers // 4), n_layers // 2, (3 * n_layers) // 4})
-    if parallel and len(parallel) < 2 * n_content:
-        raise LapeError(
-            f"parallel has {len(parallel)} items; the content setting needs 2 * n_content = "
-            f"{2 * n_content} (development and fresh): pass more items or a smaller n_content"
-        )
-    if parallel:
-        _sacrebleu()  # fail now, not after the sweep
+    targets, cue_for, strengths = plan.targets, plan.cues, plan.strengths
+    diffmean_layers, diffmean_strengths = plan.diffmean_layers, plan.diffmean_strengths
     lingua = LanguageIdentifier(languages, backend="lingua")
     identifier = LanguageIdentifier(languages)
     started = time.perf_counter()
@@ -654,7 +810,7 @@ def run_steering_study(
             assert means is not None
             src_lang = source if setting in ("english", "content") else None
             return diffmean_hooks(
-                means, target, layer=cfg.layer, strength=cfg.strength, source=src_lang
+                means, target, layer=cfg.layer, strength=cfg.strength, source=src_lang, model=model
             )
         return []
 
@@ -731,7 +887,7 @@ def run_steering_study(
             for c in configs:
                 if c.method == "prompt":
                     for t in targets:
-                        cued = [LANGUAGE_CUES.get(t, "") + p for p in prompts]
+                        cued = [cue_for[t] + p for p in prompts]
                         texts, tokens = generate_texts_and_tokens(
                             model, cued, max_new_tokens=max_new_tokens, batch_size=batch_size
                         )
@@ -755,7 +911,7 @@ def run_steering_study(
     dev_configs: list[_Config] = list(lape_configs)
     if means is not None:
         dev_configs += [
-            _Config("diffmean", strength=float(s), layer=int(lay))
+            _Config("diffmean", strength=s, layer=lay)
             for lay in diffmean_layers
             for s in diffmean_strengths
         ]
