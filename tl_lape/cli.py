@@ -419,6 +419,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             means.save(means_tmp)
     else:
         stats = collect_activation_stats(model, corpus, **window_kwargs)
+    if args.residual_means is None:
         stats.save(args.out)
     tokens = ", ".join(
         f"{lang} {int(n):,}" for lang, n in zip(stats.languages, stats.n_tokens, strict=True)
