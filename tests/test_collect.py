@@ -34,7 +34,10 @@ def test_counts_equal_hand_computation(tiny_model, arch):
         n = ids.numel() // seq_len * seq_len
         counts, sums = hf_count_by_hand(hf, ids[:n].reshape(-1, seq_len))
         assert torch.equal(stats.active_counts[..., k], counts)
-        torch.testing.assert_close(stats.activation_sums[..., k], sums, rtol=1e-5, atol=1e-6)
+        # The counts are exact. The float32 sums follow the CPU's kernels: on an AVX-512 CPU
+        # (AMD EPYC, 2026-12-02) one of GPT-2's 128 sums differed from the HF model's by
+        # 2.9e-6 (relative 1.7e-5), so the sums are held to a float32 bound of 5e-6.
+        torch.testing.assert_close(stats.activation_sums[..., k], sums, rtol=1e-5, atol=5e-6)
     assert stats.metadata["gated"] is tm.gated
     assert stats.metadata["n_windows"] == {"en": 5, "fr": 3}
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -36,6 +36,10 @@ from tl_lape._io import (
     check_output_folder,
 )
 from tl_lape.errors import LapeError
+
+if TYPE_CHECKING:
+    from tl_lape.neurons import LanguageNeurons
+    from tl_lape.stats import ActivationStats
 
 __all__ = ["main"]
 
@@ -726,7 +730,7 @@ def _steer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_sweep(
     model: Any,
-    stats: Any,
+    stats: "ActivationStats",
     reference: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
     *,
@@ -848,7 +852,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _demo_report(
     model: Any,
     neurons: Any,
-    stats: Any,
+    stats: "ActivationStats",
     out: Path,
     args: argparse.Namespace,
     settings: _DemoPreset,
@@ -903,7 +907,7 @@ _DEMO_SWEEP: dict[str, Any] = {
 def _demo_evaluation(
     model: Any,
     neurons: Any,
-    stats: Any,
+    stats: "ActivationStats",
     out: Path,
     files: list[str],
     args: argparse.Namespace,
@@ -954,7 +958,9 @@ _EXAMPLE_TARGETS = ("fr", "es", "zh")
 _EXAMPLE_STEERING: dict[str, Any] = {"mode": "replace", "strength": 2.0, "deactivate": "en"}
 
 
-def _steering_example(model: Any, neurons: Any, stats: Any, max_new_tokens: int) -> str:
+def _steering_example(
+    model: Any, neurons: "LanguageNeurons", stats: "ActivationStats", max_new_tokens: int
+) -> str:
     """Greedy continuations of a few English prompts, unsteered and steered to each target."""
     from tl_lape.generation import generate_with_hooks
     from tl_lape.hooks import steering_hooks
@@ -996,7 +1002,7 @@ def _steering_example(model: Any, neurons: Any, stats: Any, max_new_tokens: int)
 # ----------------------------------------------------------------------------- summary
 
 
-def format_summary(neurons: Any, *, stats: Any = None) -> str:
+def format_summary(neurons: "LanguageNeurons", *, stats: "ActivationStats | None" = None) -> str:
     """A Markdown summary of a neuron set: counts per language, layer spread, overlaps.
 
     Args:
@@ -1006,12 +1012,12 @@ def format_summary(neurons: Any, *, stats: Any = None) -> str:
     Returns:
         Markdown text with two tables.
     """
-    total_neurons = neurons.n_layers * neurons.d_mlp
     counts = neurons.counts()
     per_layer = neurons.counts_per_layer()  # [lang, n_layers]
     n_layers = neurons.n_layers
     third = max(1, n_layers // 3)
-    union = int(neurons.union().sum())
+    union = int(neurons.union().sum())  # a LapeError here if the width is unknown
+    total_neurons = neurons.n_layers * cast(int, neurons.d_mlp)
     lines = [
         f"Selected {union:,} of {total_neurons:,} MLP neurons "
         f"({100 * union / total_neurons:.2f}%) in {n_layers} layers.",
@@ -1168,7 +1174,9 @@ def _check_model_source(name: str, device: str) -> None:
             ) from None
 
 
-def _check_stats_cover(neurons: Any, neurons_path: Path, stats: Any, stats_path: Path) -> None:
+def _check_stats_cover(
+    neurons: "LanguageNeurons", neurons_path: Path, stats: "ActivationStats", stats_path: Path
+) -> None:
     """``evaluate --stats``: the statistics must be of the model and languages of the set."""
     missing = [lang for lang in neurons.languages if lang not in stats.languages]
     if missing:

@@ -91,7 +91,8 @@ FwdHooks = list[tuple[str, HookFn]]
 
 #: What ``mode=`` of :func:`steering_hooks` and :func:`steered` accepts.
 Mode = Literal["replace", "add", "scale"]
-_MODES: tuple[str, ...] = get_args(Mode)
+#: The steering modes, in the order the docs list them.
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 
 def _post_name(layer: int) -> str:
@@ -592,8 +593,8 @@ def steering_hooks(
     neurons = _check_neurons(neurons)
     if not isinstance(stats, ActivationStats):
         raise LapeError(f"stats must be an ActivationStats; received {type(stats).__name__}")
-    if mode not in _MODES:
-        raise LapeError(f"mode must be one of {_MODES}; received {mode!r}")
+    if mode not in MODES:
+        raise LapeError(f"mode must be one of {MODES}; received {mode!r}")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
         raise LapeError(f"strength must be a number; received {strength!r}")
     if not math.isfinite(strength):

@@ -31,7 +31,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -45,7 +45,7 @@ from tl_lape.generation import (
     generate_with_hook_sets,
     generate_with_hooks,
 )
-from tl_lape.hooks import steering_hooks
+from tl_lape.hooks import MODES, Mode, steering_hooks
 from tl_lape.identification import LanguageIdentifier, language_id_accuracy
 from tl_lape.metrics import reference_nll, repetition_rate, sequence_nll
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
@@ -124,16 +124,16 @@ _PROMPT_SETS: dict[str, tuple[str, ...]] = {"english": ENGLISH_PROMPTS, "neutral
 _PROMPT_LANGUAGE: dict[str, str | None] = {"english": "en", "neutral": None}
 
 
-def check_mode(mode: str) -> Literal["replace", "add", "scale"]:
+def check_mode(mode: str) -> Mode:
     """``mode`` as a steering mode of :func:`~tl_lape.hooks.steering_hooks`, or a LapeError.
 
     Example:
         >>> check_mode("add")
         'add'
     """
-    if mode not in ("replace", "add", "scale"):
+    if mode not in MODES:
         raise LapeError(f"mode must be 'replace', 'add' or 'scale'; received {mode!r}")
-    return cast(Literal["replace", "add", "scale"], mode)
+    return cast(Mode, mode)
 
 
 # ============================================================================ one steering run
@@ -606,7 +606,7 @@ def run_steering_sweep(
     *,
     reference_corpus: Mapping[str, Sequence[str]] | None = None,
     targets: Sequence[str] | None = None,
-    modes: Sequence[str] = ("replace", "add", "scale"),
+    modes: Sequence[str] = MODES,
     strengths: Mapping[str, Sequence[float]] | None = None,
     top_rates: Sequence[float] = (0.01, 0.02, 0.05),
     settings: Sequence[str] = ("english", "neutral"),
@@ -673,7 +673,7 @@ def run_steering_sweep(
         raise LapeError(
             f"unknown target language(s) {unknown}: the statistics have {list(languages)}"
         )
-    bad_modes = [m for m in modes if m not in ("replace", "add", "scale")]
+    bad_modes = [m for m in modes if m not in MODES]
     if bad_modes:
         raise LapeError(f"modes must be among 'replace', 'add', 'scale'; received {bad_modes}")
     bad_settings = [s for s in settings if s not in _PROMPT_SETS]
