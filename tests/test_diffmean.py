@@ -148,7 +148,7 @@ def test_means_are_validated():
     sums = torch.zeros(2, 4, 2, dtype=torch.float64)
     with pytest.raises(LapeError, match="at least one counted token"):
         ResidualMeans(("en", "fr"), sums, torch.tensor([3, 0]))
-    with pytest.raises(LapeError, match="distinct strings"):
+    with pytest.raises(LapeError, match=r"languages must be distinct; \['en'\] repeated"):
         ResidualMeans(("en", "en"), sums, torch.tensor([3, 3]))
     with pytest.raises(LapeError, match="sums must be finite"):
         ResidualMeans(("en", "fr"), sums + float("nan"), torch.tensor([3, 3]))

@@ -40,6 +40,7 @@ from tl_lape.collect import (
 )
 from tl_lape.errors import LapeError
 from tl_lape.hooks import PositionSelector
+from tl_lape.neurons import check_languages
 from tl_lape.stats import ActivationStats
 from tl_lape.windows import WindowBatch
 
@@ -74,9 +75,7 @@ class ResidualMeans:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        langs = tuple(self.languages)
-        if not langs or len(set(langs)) != len(langs) or not all(isinstance(x, str) for x in langs):
-            raise LapeError(f"languages must be distinct strings, at least one; received {langs!r}")
+        langs = check_languages(self.languages)
         sums, n_tokens = self.sums, self.n_tokens
         if not isinstance(sums, Tensor) or sums.ndim != 3 or sums.shape[-1] != len(langs):
             raise LapeError(

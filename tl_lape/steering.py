@@ -67,6 +67,7 @@ __all__ = [
     "generate_with_hooks",
     "judge_outputs",
     "language_id_accuracy",
+    "one_line",
     "reference_nll",
     "repetition_rate",
     "run_steering_sweep",
@@ -556,7 +557,7 @@ class SteeringReport:
                     for r in rows:
                         if (r.mode, r.strength, r.top_rate) == (mode, strength, top_rate):
                             for text in r.examples[:examples]:
-                                lines.append(f"- {r.target}: `{_one_line(text)}`")
+                                lines.append(f"- {r.target}: `{one_line(text)}`")
         return "\n".join(lines) + "\n"
 
     def figures(self) -> dict[str, Figure]:
@@ -588,7 +589,14 @@ class SteeringReport:
         return figs
 
 
-def _one_line(text: str, limit: int = 80) -> str:
+def one_line(text: str, limit: int = 80) -> str:
+    """``text`` on one line for a Markdown code span: whitespace collapsed, backticks replaced,
+    cut to ``limit`` characters with an ellipsis.
+
+    Example:
+        >>> one_line("a   `b`  c", limit=5)
+        "a 'b…"
+    """
     flat = " ".join(text.split()).replace("`", "'")
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 

@@ -60,6 +60,7 @@ from tl_lape.steering import (
     check_mode,
     deactivated_languages,
     judge_outputs,
+    one_line,
 )
 
 __all__ = [
@@ -446,7 +447,7 @@ class SteeringStudy:
             lines += ["", "## Example outputs (fresh prompts)", ""]
             for key, texts in self.examples.items():
                 for text in texts:
-                    lines.append(f"- {key}: `{_one_line(text)}`")
+                    lines.append(f"- {key}: `{one_line(text, limit=90)}`")
         return "\n".join(lines) + "\n"
 
     def figures(self) -> dict[str, Any]:
@@ -506,11 +507,6 @@ class SteeringStudy:
                 fig.savefig(tmp / f"{name}.png", dpi=120)
                 plt.close(fig)
         return Path(folder)
-
-
-def _one_line(text: str, limit: int = 90) -> str:
-    flat = " ".join(text.split()).replace("`", "'")
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _check_numbers(values: Any, name: str) -> tuple[float, ...]:
