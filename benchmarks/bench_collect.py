@@ -243,7 +243,7 @@ def run_forward(models: dict[str, Any], tokens: dict[str, torch.Tensor], s: Sett
 def run_tl_lape(
     models: dict[str, Any], tokens: dict[str, torch.Tensor], s: Settings
 ) -> torch.Tensor:
-    from tl_lape.collect import collect_activation_stats
+    from tl_lape.collection.engine import collect_activation_stats
 
     stats = collect_activation_stats(
         models["bridge"], tokens, seq_len=s.seq_len, batch_size=s.batch_size, progress=False
@@ -370,7 +370,7 @@ def memory_worker(job: dict[str, Any]) -> dict[str, Any]:
         {"hf": load_hf(directory)} if method == "hf_hooks" else {"bridge": load_bridge(directory)}
     )
     if method == "tl_lape":
-        import tl_lape.collect  # noqa: F401  (imported before the baseline, like the libraries)
+        import tl_lape.collection.engine  # noqa: F401  (imported before the baseline, like the libraries)
     tokens = make_tokens(s.model.vocab_size, s.seq_len, job["windows_per_language"])
     meter = PeakMemory()
     meter.start()

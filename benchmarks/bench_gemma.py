@@ -14,7 +14,7 @@ ways, every round running each once, the order rotated from round to round:
 (d) ``tl_lape_bf16``   (b) with the model in bfloat16;
 (e) ``nll_full``       one perplexity-matrix row (no intervention) the simple way: float32
                        ``log_softmax`` over the whole ``[batch, pos, d_vocab]`` logits;
-(f) ``nll_chunked``    the same row as tl_lape computes it (:func:`tl_lape.evaluation.window_nll`:
+(f) ``nll_chunked``    the same row as tl_lape computes it (:func:`tl_lape.judging.nll.window_nll`:
                        float32 log-softmax 256 positions at a time).
 
 Reported: the median time of each over rounds, and ratios paired per round. Besides time, the
@@ -43,8 +43,9 @@ from typing import Any
 import torch
 
 import tl_lape
-from tl_lape.corpora import load_debian_handbook
-from tl_lape.evaluation import token_windows, window_nll
+from tl_lape.collection.windows import token_windows
+from tl_lape.judging.nll import window_nll
+from tl_lape.sources.corpora import load_debian_handbook
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -197,7 +198,7 @@ def main() -> None:
 
 
 def _jaccard(a: tl_lape.LanguageNeurons, b: tl_lape.LanguageNeurons) -> list[float]:
-    from tl_lape.analysis import split_half_jaccard
+    from tl_lape.experiments.analysis import split_half_jaccard
 
     return split_half_jaccard(a, b).tolist()
 

@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 import tl_lape
-from tl_lape.analysis import split_half_stability
-from tl_lape.corpora import load_debian_handbook
-from tl_lape.evaluation import run_evaluation
-from tl_lape.steering import LanguageIdentifier, language_id_accuracy, run_steering_sweep
+from tl_lape.experiments.analysis import split_half_stability
+from tl_lape.experiments.evaluation import run_evaluation
+from tl_lape.experiments.steering import run_steering_sweep
+from tl_lape.judging.identification import LanguageIdentifier, language_id_accuracy
+from tl_lape.sources.corpora import load_debian_handbook
 
 #: Fresh prompts for the confirmation run, in the style of ENGLISH_PROMPTS and NEUTRAL_PROMPTS.
 CONFIRM_PROMPTS = {

@@ -4,7 +4,7 @@ Steps:
 
 1. Firing statistics and per-language residual means on the handbook's train split, in one
    streaming pass (``collect_stats_and_residual_means``), ``--tokens`` tokens per language.
-2. :func:`tl_lape.steering_study.run_steering_study`: a sweep on the development prompts
+2. :func:`tl_lape.experiments.steering_study.run_steering_study`: a sweep on the development prompts
    (English, neutral and handbook-content prompts), then the chosen configuration of each method
    on fresh prompts, judged by py3langid and lingua, fluency (the unsteered model's NLL against
    held-out natural text, repetition) and content (chrF against the own translation minus chrF
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 import tl_lape
-from tl_lape.corpora import load_debian_handbook, load_handbook_parallel
-from tl_lape.diffmean import ResidualMeans, collect_stats_and_residual_means
-from tl_lape.steering_study import run_steering_study
+from tl_lape.experiments.steering_study import run_steering_study
+from tl_lape.interventions.diffmean import ResidualMeans, collect_stats_and_residual_means
+from tl_lape.sources.corpora import load_debian_handbook, load_handbook_parallel
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -40,12 +40,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 try:
-    from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook
+    from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook
 except ImportError:  # run from a checkout without installing the package
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook
+    from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook
 
 logger = logging.getLogger("train_demo_model")
 

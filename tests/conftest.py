@@ -19,8 +19,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from models import ARCHITECTURES, boot_tiny_bridge, load_hf_model
 
-from tl_lape.corpora import PAPER_LANGUAGES, find_debian_handbook, load_debian_handbook
 from tl_lape.errors import LapeError
+from tl_lape.sources.corpora import PAPER_LANGUAGES, find_debian_handbook, load_debian_handbook
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,9 @@ import pytest
 import torch
 from models import SENTENCES, hf_down_projection, hf_mlp_modules
 
-from tl_lape.analysis import (
+from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.errors import LapeError
+from tl_lape.experiments.analysis import (
     NeuronCard,
     StabilityReport,
     neuron_card,
@@ -15,8 +17,6 @@ from tl_lape.analysis import (
     split_half_jaccard,
     split_half_stability,
 )
-from tl_lape.collect import collect_activation_stats
-from tl_lape.errors import LapeError
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons
 
@@ -105,7 +105,7 @@ def test_neuron_card_oracles(llama, stats):
     # Top activations: sorted, and the largest equals the maximum of silu(hook_pre) over the corpus.
     values = [v for *_, v in card.top_activations]
     assert values == sorted(values, reverse=True) and len(values) == 4
-    from tl_lape.evaluation import token_windows
+    from tl_lape.experiments.evaluation import token_windows
 
     best = -float("inf")
     for texts in CORPUS.values():

@@ -24,9 +24,14 @@ from safetensors import safe_open
 import tl_lape
 from tl_lape.cli import main
 from tl_lape.errors import LapeError
-from tl_lape.hooks import deactivated, deactivation_hooks, patching_hooks, steering_hooks
+from tl_lape.interventions.generation import generate_with_hooks
+from tl_lape.interventions.hooks import (
+    deactivated,
+    deactivation_hooks,
+    patching_hooks,
+    steering_hooks,
+)
 from tl_lape.stats import ActivationStats
-from tl_lape.steering import generate_with_hooks
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "howto" / "bad-inputs.md"
 
@@ -213,7 +218,7 @@ def test_hooks_fewer_layers(tiny_model, monkeypatch: pytest.MonkeyPatch) -> None
         toy.run_with_hooks(torch.tensor([[1, 2, 3]]), fwd_hooks=hooks)
     assert "n_layers=2, but the model these hooks run in has n_layers=4" in str(info.value)
     # A set that fits is looked up once, on its first pass, and then costs nothing.
-    from tl_lape import hooks as hooks_module
+    from tl_lape.interventions import hooks as hooks_module
 
     calls = []
     real = hooks_module._running_model
@@ -238,7 +243,7 @@ def test_hooks_more_layers(tiny_model) -> None:
         generate_with_hooks(bridge, ["The cat"], fwd_hooks=hooks, max_new_tokens=2)
     assert "n_layers=4, but the model has n_layers=2" in str(info.value)
     with pytest.raises(LapeError, match=ROWS["hooks-more-layers"]):
-        tl_lape.evaluation.window_nll(bridge, tokens, fwd_hooks=hooks)
+        tl_lape.judging.nll.window_nll(bridge, tokens, fwd_hooks=hooks)
     with pytest.raises(LapeError, match="n_layers=4, but the model has n_layers=2"):
         deactivated(bridge, four_layers, "fr").__enter__()
     assert _attached_hooks(bridge) == 0
@@ -407,7 +412,7 @@ def test_identify_both_or_neither(stats_file: Path, tmp_path: Path, capsys) -> N
 
 
 def test_report_interrupted_leaves_the_old_report(tmp_path: Path) -> None:
-    from tl_lape._io import atomic_dir
+    from tl_lape.formats import atomic_dir
 
     target = tmp_path / "report"
     target.mkdir()
@@ -613,7 +618,7 @@ def test_umask_mode(stats_file: Path, tmp_path: Path) -> None:
         _tiny_stats().save(fresh)
         for path in (out, pth, fresh):
             assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
-        from tl_lape._io import atomic_dir
+        from tl_lape.formats import atomic_dir
 
         with atomic_dir(tmp_path / "report") as tmp:
             (tmp / "x.md").write_text("x", encoding="utf-8")

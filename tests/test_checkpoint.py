@@ -13,8 +13,8 @@ import torch
 from models import SENTENCES
 
 from tl_lape import LapeError
-from tl_lape.checkpoint import CollectionCheckpoint, collect_activation_stats_resumable
-from tl_lape.collect import collect_activation_stats
+from tl_lape.collection.checkpoint import CollectionCheckpoint, collect_activation_stats_resumable
+from tl_lape.collection.engine import collect_activation_stats
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ_LEN, BATCH = 8, 2
@@ -62,7 +62,7 @@ CHILD = textwrap.dedent(
     import os, sys, time
     import torch
     from transformer_lens.model_bridge import TransformerBridge
-    from tl_lape.checkpoint import collect_activation_stats_resumable
+    from tl_lape.collection.checkpoint import collect_activation_stats_resumable
 
     model_dir, checkpoint, n_threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
     torch.set_num_threads(n_threads)
@@ -213,10 +213,10 @@ def test_bad_checkpoint_files_and_settings(tiny_model, tmp_path):
 
 
 def test_unreadable_weights_leave_the_fingerprint_without_a_sample_and_say_so(caplog):
-    from tl_lape.checkpoint import _weights_sample
+    from tl_lape.collection.checkpoint import _weights_sample
 
     meta = torch.nn.Linear(4, 4, device="meta")
-    with caplog.at_level("WARNING", logger="tl_lape.checkpoint"):
+    with caplog.at_level("WARNING", logger="tl_lape.collection.checkpoint"):
         assert _weights_sample(meta) == (None, None)
         assert _weights_sample(object()) == (None, None)
     assert "meta tensor" in caplog.text and "no readable parameters" in caplog.text

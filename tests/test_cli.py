@@ -9,7 +9,7 @@ from models import SENTENCES
 
 import tl_lape
 from tl_lape.cli import format_summary, main
-from tl_lape.diffmean import ResidualMeans
+from tl_lape.interventions.diffmean import ResidualMeans
 
 
 @pytest.fixture()
@@ -368,7 +368,7 @@ def test_demo_evaluate_adds_evaluation_and_steering(tmp_path: Path, capsys) -> N
 
 def test_demo_on_a_real_model_folder_evaluates_and_steers_by_default(tmp_path: Path) -> None:
     """Any model but 'demo' gets the real-model preset: evaluation and the steering example."""
-    from tl_lape.demo import demo_model_path
+    from tl_lape.sources.demo_model import demo_model_path
 
     out = tmp_path / "report"
     argv = ["demo", "--model", str(demo_model_path()), "--out", str(out), "--no-progress"]

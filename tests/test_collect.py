@@ -6,7 +6,8 @@ from models import ARCHITECTURES, SENTENCES, hf_count_by_hand
 
 from tl_lape import LapeError
 from tl_lape._adapter import adapt
-from tl_lape.collect import WindowSettings, collect_activation_stats, iter_window_batches
+from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.collection.windows import WindowSettings, iter_window_batches
 
 
 def random_ids(n: int, seed: int, d_vocab: int) -> torch.Tensor:

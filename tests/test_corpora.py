@@ -1,4 +1,5 @@
-"""Tests for tl_lape.corpora: the Debian handbook (the real package), text files, datasets, LID."""
+"""Tests for tl_lape.sources.corpora: the Debian handbook (the real package), text files, datasets,
+LID."""
 
 import json
 import re
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tl_lape import corpora
-from tl_lape.corpora import (
+from tl_lape.errors import LapeError
+from tl_lape.sources import corpora
+from tl_lape.sources.corpora import (
     PAPER_LANGUAGES,
     filter_language,
     find_debian_handbook,
@@ -16,7 +18,6 @@ from tl_lape.corpora import (
     load_hf_dataset,
     load_text_files,
 )
-from tl_lape.errors import LapeError
 
 
 @pytest.fixture(scope="session")

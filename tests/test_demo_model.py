@@ -1,4 +1,4 @@
-"""Tests for the shipped demo model (tl_lape.demo) and the script that trains it."""
+"""Tests for the shipped demo model (tl_lape.sources.demo_model) and the script that trains it."""
 
 import importlib.util
 import json
@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tl_lape import demo
-from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook
-from tl_lape.demo import demo_model_path, demo_training_log, load_demo_model
 from tl_lape.errors import LapeError
+from tl_lape.sources import demo_model as demo
+from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook
+from tl_lape.sources.demo_model import demo_model_path, demo_training_log, load_demo_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_model.py"
 

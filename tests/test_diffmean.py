@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from tl_lape import LapeError
-from tl_lape.collect import collect_activation_stats
-from tl_lape.demo import load_demo_model
-from tl_lape.diffmean import (
+from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.interventions.diffmean import (
     ResidualMeans,
     collect_stats_and_residual_means,
     diffmean_hooks,
     resid_hook_name,
 )
-from tl_lape.steering import generate_with_hook_sets, generate_with_hooks
+from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
+from tl_lape.sources.demo_model import load_demo_model
 
 SEQ_LEN = 8
 

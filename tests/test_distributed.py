@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from tl_lape import LapeError
-from tl_lape.checkpoint import CollectionCheckpoint
-from tl_lape.collect import collect_activation_stats
-from tl_lape.distributed import collect_activation_stats_distributed, rank_checkpoint_path
+from tl_lape.collection.checkpoint import CollectionCheckpoint
+from tl_lape.collection.distributed import (
+    collect_activation_stats_distributed,
+    rank_checkpoint_path,
+)
+from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.stats import ActivationStats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +32,7 @@ WORKER = textwrap.dedent(
     import torch
     import torch.distributed as dist
     from transformer_lens.model_bridge import TransformerBridge
-    from tl_lape.distributed import collect_activation_stats_distributed
+    from tl_lape.collection.distributed import collect_activation_stats_distributed
 
     model_dir, out_dir, init, rank, world, seq_len = sys.argv[1:7]
     rank, world = int(rank), int(world)

@@ -8,19 +8,18 @@ import torch
 from matplotlib.figure import Figure
 from models import SENTENCES, hf_down_projection, hf_mlp_modules
 
-from tl_lape.collect import collect_activation_stats
+from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import (
+from tl_lape.experiments.evaluation import (
     NO_INTERVENTION,
     EvaluationReport,
     PerplexityMatrix,
     perplexity_matrix,
-    random_matched_neurons,
     run_evaluation,
     selectivity,
     token_windows,
 )
-from tl_lape.neurons import LanguageNeurons
+from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.selection import identify_language_neurons
 
 SEQ_LEN = 16

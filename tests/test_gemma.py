@@ -13,8 +13,9 @@ pytest.importorskip("gguf", reason="needs pip install 'tl-lape[gemma]'")
 from _hf_reference import hf_firing_counts
 
 import tl_lape
-from tl_lape.corpora import load_debian_handbook
-from tl_lape.evaluation import perplexity_matrix, random_matched_neurons
+from tl_lape.experiments.evaluation import perplexity_matrix
+from tl_lape.neurons import random_matched_neurons
+from tl_lape.sources.corpora import load_debian_handbook
 
 pytestmark = pytest.mark.slow
 

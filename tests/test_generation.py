@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tl_lape._adapter import adapt
-from tl_lape.hooks import deactivation_hooks, steering_hooks
+from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
+from tl_lape.interventions.hooks import deactivation_hooks, steering_hooks
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
-from tl_lape.steering import generate_with_hook_sets, generate_with_hooks
 
 PROMPTS = ["The cat sat", "Le chat dort sur le tapis"]
 MAX_NEW = 6

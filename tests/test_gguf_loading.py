@@ -1,7 +1,7 @@
 """GGUF loading: tiny Gemma 3 and Llama models written by ``_gguf.write_gguf`` and read back.
 
 First transformers' own loader (weights, config, tokenizer, logits), then
-``tl_lape.models.load_model`` (bridge logits, the dequantised-weights cache, bad input).
+``tl_lape.sources.models.load_model`` (bridge logits, the dequantised-weights cache, bad input).
 Nothing here touches the network: a fixture refuses every socket connection.
 """
 
@@ -19,7 +19,7 @@ import torch
 from _gguf import D_MLP, N_LAYERS, Vocab, build_tiny_model, write_gguf
 
 from tl_lape.errors import LapeError
-from tl_lape.models import load_hf_gguf, load_model
+from tl_lape.sources.models import load_hf_gguf, load_model
 
 ARCHS = sorted(N_LAYERS)
 TEXT = "the cat sat on the mat, in the rain! Le chat dort. 猫が寝る。"

@@ -8,7 +8,7 @@ import torch
 from models import ARCHITECTURES, hf_down_projection, hf_mlp_modules
 
 from tl_lape import LapeError
-from tl_lape.hooks import deactivation_hooks, patching_hooks, steering_hooks
+from tl_lape.interventions.hooks import deactivation_hooks, patching_hooks, steering_hooks
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 

@@ -7,26 +7,22 @@ import torch
 from matplotlib.figure import Figure
 from models import SENTENCES
 
-from tl_lape.collect import collect_activation_stats
+from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import window_nll
-from tl_lape.hooks import steering_hooks
-from tl_lape.neurons import LanguageNeurons
-from tl_lape.selection import identify_language_neurons
-from tl_lape.steering import (
+from tl_lape.experiments.steering import (
     ENGLISH_PROMPTS,
     NEUTRAL_PROMPTS,
-    LanguageIdentifier,
     SteeringReport,
-    generate_with_hook_sets,
-    generate_with_hooks,
-    language_id_accuracy,
-    reference_nll,
-    repetition_rate,
     run_steering_sweep,
-    sequence_nll,
     steer,
 )
+from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
+from tl_lape.interventions.hooks import steering_hooks
+from tl_lape.judging.identification import LanguageIdentifier, language_id_accuracy
+from tl_lape.judging.metrics import reference_nll, repetition_rate, sequence_nll
+from tl_lape.judging.nll import window_nll
+from tl_lape.neurons import LanguageNeurons
+from tl_lape.selection import identify_language_neurons
 
 CORPUS = {lang: texts * 2 for lang, texts in SENTENCES.items()}
 PROMPTS = ["The cat", "Le chat dort sur", "猫", "/etc/"]

@@ -9,12 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 from tl_lape import LapeError
-from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook, load_handbook_parallel
-from tl_lape.demo import load_demo_model
-from tl_lape.diffmean import ResidualMeans, collect_stats_and_residual_means
-from tl_lape.stats import ActivationStats
-from tl_lape.steering import LanguageIdentifier, language_id_accuracy, sequence_nll
-from tl_lape.steering_study import (
+from tl_lape.experiments.steering_study import (
     FRESH_ENGLISH_PROMPTS,
     FRESH_NEUTRAL_PROMPTS,
     SteeringStudy,
@@ -26,6 +21,12 @@ from tl_lape.steering_study import (
     harmonic_mean,
     run_steering_study,
 )
+from tl_lape.interventions.diffmean import ResidualMeans, collect_stats_and_residual_means
+from tl_lape.judging.identification import LanguageIdentifier, language_id_accuracy
+from tl_lape.judging.metrics import sequence_nll
+from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook, load_handbook_parallel
+from tl_lape.sources.demo_model import load_demo_model
+from tl_lape.stats import ActivationStats
 
 pytest.importorskip("sacrebleu", reason="optional: pip install 'tl-lape[steer]'")
 

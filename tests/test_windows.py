@@ -4,10 +4,8 @@ import pytest
 import torch
 from models import SENTENCES
 
-from tl_lape import evaluation
 from tl_lape._adapter import adapt
-from tl_lape.errors import LapeError
-from tl_lape.windows import (
+from tl_lape.collection.windows import (
     COLLECTION,
     WindowPolicy,
     WindowSettings,
@@ -15,6 +13,8 @@ from tl_lape.windows import (
     iter_window_batches,
     token_windows,
 )
+from tl_lape.errors import LapeError
+from tl_lape.experiments import evaluation
 
 SEQ_LEN = 8
 

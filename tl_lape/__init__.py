@@ -5,16 +5,44 @@ neuron, the probability that it fires on each language's text, and selects the n
 firing is concentrated on few languages.
 """
 
-from tl_lape.analysis import (
+from tl_lape._version import __version__
+from tl_lape.collection.checkpoint import collect_activation_stats_resumable
+from tl_lape.collection.distributed import collect_activation_stats_distributed
+from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.errors import LapeError
+from tl_lape.experiments.analysis import (
     NeuronCard,
     StabilityReport,
     neuron_card,
     neuron_cards,
     split_half_stability,
 )
-from tl_lape.checkpoint import collect_activation_stats_resumable
-from tl_lape.collect import collect_activation_stats
-from tl_lape.corpora import (
+from tl_lape.experiments.evaluation import (
+    EvaluationReport,
+    PerplexityMatrix,
+    perplexity_matrix,
+    run_evaluation,
+    selectivity,
+)
+from tl_lape.experiments.steering import SteeringOutputs, SteeringReport, run_steering_sweep, steer
+from tl_lape.experiments.steering_study import SteeringStudy, run_steering_study
+from tl_lape.interventions.diffmean import (
+    ResidualMeans,
+    collect_stats_and_residual_means,
+    diffmean_hooks,
+)
+from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
+from tl_lape.interventions.hooks import (
+    deactivated,
+    deactivation_hooks,
+    patching_hooks,
+    steered,
+    steering_hooks,
+)
+from tl_lape.judging.identification import LanguageIdentifier
+from tl_lape.neurons import LanguageNeurons, random_matched_neurons
+from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
+from tl_lape.sources.corpora import (
     PAPER_LANGUAGES,
     filter_language,
     load_debian_handbook,
@@ -22,34 +50,9 @@ from tl_lape.corpora import (
     load_hf_dataset,
     load_text_files,
 )
-from tl_lape.demo import demo_model_path, load_demo_model
-from tl_lape.diffmean import ResidualMeans, collect_stats_and_residual_means, diffmean_hooks
-from tl_lape.distributed import collect_activation_stats_distributed
-from tl_lape.errors import LapeError
-from tl_lape.evaluation import (
-    EvaluationReport,
-    PerplexityMatrix,
-    perplexity_matrix,
-    run_evaluation,
-    selectivity,
-)
-from tl_lape.generation import generate_with_hook_sets, generate_with_hooks
-from tl_lape.hooks import (
-    deactivated,
-    deactivation_hooks,
-    patching_hooks,
-    steered,
-    steering_hooks,
-)
-from tl_lape.identification import LanguageIdentifier
-from tl_lape.models import load_model
-from tl_lape.neurons import LanguageNeurons, random_matched_neurons
-from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
+from tl_lape.sources.demo_model import demo_model_path, load_demo_model
+from tl_lape.sources.models import load_model
 from tl_lape.stats import ActivationStats
-from tl_lape.steering import SteeringReport, run_steering_sweep, steer
-from tl_lape.steering_study import SteeringStudy, run_steering_study
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PAPER_LANGUAGES",
@@ -62,6 +65,7 @@ __all__ = [
     "PerplexityMatrix",
     "ResidualMeans",
     "StabilityReport",
+    "SteeringOutputs",
     "SteeringReport",
     "SteeringStudy",
     "__version__",

@@ -53,8 +53,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tl_lape._io import atomic_path, existing_file
 from tl_lape.errors import LapeError
+from tl_lape.formats import atomic_path, existing_file
 
 __all__ = ["LanguageNeurons", "random_matched_neurons"]
 

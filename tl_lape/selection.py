@@ -393,7 +393,7 @@ def select_with(method: str) -> Callable[[ActivationStats, LanguageNeurons], Lan
 
     It runs :func:`identify_language_neurons` on ``stats`` with ``method`` and the thresholds
     ``neurons`` was selected with (:func:`selection_kwargs`): another selector at the same
-    neuron budget, as :func:`~tl_lape.evaluation.run_evaluation` compares them.
+    neuron budget, as :func:`~tl_lape.experiments.evaluation.run_evaluation` compares them.
 
     Args:
         method: One of :data:`METHODS` (checked when the selector runs).

@@ -6,7 +6,7 @@ rewrites make them render well in mkdocstrings without changing the source:
 - ``Example:`` (the singular, common in Google style) becomes ``Examples:``, the section that
   griffe parses into text and highlighted ``>>>`` code (the singular would be read as a plain
   admonition, and its ``>>>`` lines as Markdown block quotes);
-- Sphinx roles such as ``:func:`~tl_lape.hooks.steering_hooks``` become inline code
+- Sphinx roles such as ``:func:`~tl_lape.interventions.hooks.steering_hooks``` become inline code
   (``steering_hooks``).
 """
 

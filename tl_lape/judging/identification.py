@@ -6,7 +6,7 @@
 - :func:`language_id_accuracy`: how often an identifier is right on a labelled corpus, e.g.
   held-out paragraphs cut to the length of a generated output.
 
-:mod:`tl_lape.steering` uses these to judge the language of steered outputs.
+:mod:`tl_lape.experiments.steering` uses these to judge the language of steered outputs.
 
 Example:
     >>> lid = LanguageIdentifier(["en", "fr"])

@@ -1,19 +1,23 @@
 """Steering generation with language neurons, and judging whether it worked.
 
 The paper's second causal test: while the model generates, switch other languages' neurons off
-and push the target language's neurons on (:func:`~tl_lape.hooks.steering_hooks`), and see
+and push the target language's neurons on (:func:`~tl_lape.interventions.hooks.steering_hooks`),
+and see
 whether the output changes language. This module runs that test honestly:
 
-- Generation under the hooks is :mod:`tl_lape.generation`
-  (:func:`~tl_lape.generation.generate_with_hooks`, batched, greedy by default, with the KV
-  cache; :func:`~tl_lape.generation.generate_with_hook_sets`, many hook sets in one batch).
+- Generation under the hooks is :mod:`tl_lape.interventions.generation`
+  (:func:`~tl_lape.interventions.generation.generate_with_hooks`, batched, greedy by default, with
+  the KV
+  cache; :func:`~tl_lape.interventions.generation.generate_with_hook_sets`, many hook sets in one
+  batch).
 - Two prompt settings: :data:`ENGLISH_PROMPTS` (the paper's cross-lingual setting: the model
   must leave the prompt's language) and :data:`NEUTRAL_PROMPTS` (a command name, a number, a
   path, a bare line start: the language is open and the intervention alone decides it).
 - The output language, judged by an offline identifier restricted to the languages of the
-  study (:class:`~tl_lape.identification.LanguageIdentifier`: ``py3langid`` by default, chosen
+  study (:class:`~tl_lape.judging.identification.LanguageIdentifier`: ``py3langid`` by default,
+  chosen
   by measured accuracy on held-out handbook paragraphs; ``lingua`` optional).
-- Quality, so that a switch into gibberish does not count (:mod:`tl_lape.metrics`): the
+- Quality, so that a switch into gibberish does not count (:mod:`tl_lape.judging.metrics`): the
   *unsteered* model's NLL of the generated text against its NLL on natural text of the target
   language of the same length, and the share of repeated token trigrams. An output is *fluent*
   when its NLL is at most ``nll_margin`` above the target language's reference and its
@@ -40,38 +44,27 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_lape.errors import LapeError
-from tl_lape.generation import (
+from tl_lape.interventions.generation import (
     generate_texts_and_tokens,
     generate_with_hook_sets,
-    generate_with_hooks,
 )
-from tl_lape.hooks import MODES, Mode, steering_hooks
-from tl_lape.identification import LanguageIdentifier, language_id_accuracy
-from tl_lape.metrics import reference_nll, repetition_rate, sequence_nll
+from tl_lape.interventions.hooks import MODES, Mode, steering_hooks
+from tl_lape.judging.identification import LanguageIdentifier
+from tl_lape.judging.metrics import reference_nll, repetition_rate, sequence_nll
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.stats import ActivationStats
 
-# generate_with_hooks, generate_with_hook_sets, LanguageIdentifier, language_id_accuracy,
-# reference_nll, repetition_rate and sequence_nll are defined in tl_lape.generation,
-# tl_lape.identification and tl_lape.metrics, and stay importable from here.
 __all__ = [
     "ENGLISH_PROMPTS",
     "NEUTRAL_PROMPTS",
-    "LanguageIdentifier",
     "SteeringOutputs",
     "SteeringReport",
     "SteeringResult",
     "check_mode",
     "deactivated_languages",
-    "generate_with_hook_sets",
-    "generate_with_hooks",
     "judge_outputs",
-    "language_id_accuracy",
     "one_line",
-    "reference_nll",
-    "repetition_rate",
     "run_steering_sweep",
-    "sequence_nll",
     "steer",
 ]
 
@@ -126,7 +119,8 @@ _PROMPT_LANGUAGE: dict[str, str | None] = {"english": "en", "neutral": None}
 
 
 def check_mode(mode: str) -> Mode:
-    """``mode`` as a steering mode of :func:`~tl_lape.hooks.steering_hooks`, or a LapeError.
+    """``mode`` as a steering mode of :func:`~tl_lape.interventions.hooks.steering_hooks`, or a
+    LapeError.
 
     Example:
         >>> check_mode("add")
@@ -198,10 +192,11 @@ def judge_outputs(
 ) -> SteeringOutputs:
     """Judge generated outputs: their language, the unsteered model's NLL, repetition, fluency.
 
-    An output is fluent when it is not empty, its :func:`~tl_lape.metrics.repetition_rate` is
+    An output is fluent when it is not empty, its :func:`~tl_lape.judging.metrics.repetition_rate`
+    is
     at most ``max_repetition`` and, when ``reference`` has the yardstick language (``target``,
     or the output's own identified language when ``target`` is None), its
-    :func:`~tl_lape.metrics.sequence_nll` is at most ``nll_margin`` above that language's
+    :func:`~tl_lape.judging.metrics.sequence_nll` is at most ``nll_margin`` above that language's
     reference NLL.
 
     Args:
@@ -209,9 +204,9 @@ def judge_outputs(
         prompts: The prompts the outputs continue.
         texts: The generated continuations.
         tokens: Their generated token ids, as
-            :func:`~tl_lape.generation.generate_texts_and_tokens` returns them.
+            :func:`~tl_lape.interventions.generation.generate_texts_and_tokens` returns them.
         identifier: Judges the output language.
-        reference: :func:`~tl_lape.metrics.reference_nll` per language (None: fluency checks
+        reference: :func:`~tl_lape.judging.metrics.reference_nll` per language (None: fluency checks
             only emptiness and repetition).
         target: The language steered into (None: unsteered outputs).
         nll_margin: Fluent outputs have NLL at most this far above the yardstick's reference.
@@ -264,7 +259,8 @@ def steer(
         stats: The :class:`~tl_lape.stats.ActivationStats` giving the mean activations.
         target: The language to steer into.
         prompts: The prompts.
-        mode: ``"replace"``, ``"add"`` or ``"scale"`` (see :func:`~tl_lape.hooks.steering_hooks`).
+        mode: ``"replace"``, ``"add"`` or ``"scale"`` (see
+        :func:`~tl_lape.interventions.hooks.steering_hooks`).
         strength: The strength of the mode.
         deactivate: Which languages' neurons to switch off in the same pass: ``"none"`` (the
             default), ``"others"`` (all but the target), ``"source"`` (the prompts' language),

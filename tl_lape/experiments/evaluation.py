@@ -33,22 +33,21 @@ import torch
 from jaxtyping import Bool, Float, Int
 from matplotlib.figure import Figure
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from tl_lape._adapter import ModelAdapter, adapt
+from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
-from tl_lape.hooks import check_fwd_hooks, deactivation_hooks
+from tl_lape.interventions.hooks import deactivation_hooks
+from tl_lape.judging.nll import window_nll
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.selection import select_with
 from tl_lape.stats import ActivationStats
-from tl_lape.windows import token_windows
 
 __all__ = [
     "NO_INTERVENTION",
     "EvaluationReport",
     "PerplexityMatrix",
     "perplexity_matrix",
-    "random_matched_neurons",
     "run_evaluation",
     "selectivity",
 ]
@@ -233,84 +232,6 @@ def _own_and_others(matrix: PerplexityMatrix) -> tuple[Tensor, Tensor]:
     return own, others
 
 
-# ============================================================================ NLL
-
-
-def window_nll(
-    model: Any,
-    windows: Int[Tensor, "batch pos"],
-    *,
-    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
-    batch_size: int = 8,
-    progress: bool = False,
-    desc: str = "NLL",
-) -> tuple[float, int]:
-    """Summed next-token NLL (nats, float64) of ``windows`` and the number of predicted tokens.
-
-    Runs under :func:`torch.inference_mode` with ``fwd_hooks`` attached for the duration of
-    each forward pass only. Each window predicts its tokens 1..end from the tokens before them.
-
-    Args:
-        model: A TransformerLens model.
-        windows: Token ids ``[n_windows, seq_len]`` from :func:`token_windows`.
-        fwd_hooks: TransformerLens forward hooks, e.g. from
-            :func:`~tl_lape.hooks.deactivation_hooks`.
-        batch_size: Windows per forward pass.
-        progress: Show a progress bar.
-        desc: Its label.
-
-    Returns:
-        ``(sum_nll, n_predicted_tokens)``.
-    """
-    _check_positive(batch_size, "batch_size")
-    device = adapt(model, validate=False).device
-    fwd_hooks = list(fwd_hooks)
-    check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
-    total = torch.zeros((), dtype=torch.float64)
-    count = 0
-    starts = range(0, windows.shape[0], batch_size)
-    with torch.inference_mode():
-        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-            batch = windows[start : start + batch_size].to(device)  # batch pos
-            logits = model.run_with_hooks(batch, fwd_hooks=fwd_hooks)  # batch pos d_vocab
-            nll = next_token_nll(logits, batch)  # batch pos-1
-            total += nll.to(torch.float64).sum().cpu()
-            count += nll.numel()
-    return float(total), count
-
-
-#: Logit rows turned into float32 at a time by :func:`next_token_nll`.
-_NLL_CHUNK_ROWS = 256
-
-
-def next_token_nll(
-    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]
-) -> Float[Tensor, "batch pos_minus_1"]:
-    """Per-token NLL (float32) of ``tokens[:, 1:]`` under ``logits[:, :-1]``.
-
-    The log-softmax is taken in float32 over a few hundred positions at a time, so a large
-    vocabulary (Gemma 3: 262,144 tokens) in bfloat16 logits never becomes one float32 tensor
-    of the whole batch.
-
-    Example:
-        >>> logits = torch.zeros(1, 3, 4)
-        >>> next_token_nll(logits, torch.tensor([[0, 1, 2]]))
-        tensor([[1.3863, 1.3863]])
-    """
-    batch, pos, d_vocab = logits.shape
-    flat = logits[:, :-1].reshape(-1, d_vocab)  # (batch pos-1) d_vocab
-    target = tokens[:, 1:].reshape(-1).to(flat.device)  # (batch pos-1)
-    pieces = [
-        torch.nn.functional.cross_entropy(
-            flat[i : i + _NLL_CHUNK_ROWS].to(torch.float32),
-            target[i : i + _NLL_CHUNK_ROWS],
-            reduction="none",
-        )
-        for i in range(0, flat.shape[0], _NLL_CHUNK_ROWS)
-    ]
-    return torch.cat(pieces).reshape(batch, pos - 1)  # batch pos-1
-
-
 # ============================================================================ perplexity matrix
 
 
@@ -329,7 +250,8 @@ def perplexity_matrix(
     """Mean NLL of each language's text with each language's neurons deactivated in turn.
 
     Row 0 has no intervention; row ``i`` sets the activation of ``deactivate[i-1]``'s neurons
-    to zero at every position (:func:`~tl_lape.hooks.deactivation_hooks`). All rows see exactly
+    to zero at every position (:func:`~tl_lape.interventions.hooks.deactivation_hooks`). All rows
+    see exactly
     the same token windows.
 
     Args:

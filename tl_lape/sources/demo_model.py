@@ -1,7 +1,7 @@
 """The demo model shipped with tl_lape: a small multilingual Llama-style LM.
 
 The model was trained by ``scripts/train_demo_model.py`` from scratch on the train split of the
-Debian Administrator's Handbook (see :func:`tl_lape.corpora.load_debian_handbook`) in the
+Debian Administrator's Handbook (see :func:`tl_lape.sources.corpora.load_debian_handbook`) in the
 paper's seven languages (en, zh, fr, es, vi, id, ja). It is a ``LlamaForCausalLM`` (RMSNorm,
 rotary embeddings, gated SiLU MLP) with a byte-level BPE tokenizer that prepends ``<s>``, saved
 in 16-bit Hugging Face format under ``tl_lape/data/demo_model/``; ``docs/model_card.md``
@@ -37,7 +37,7 @@ def demo_model_path() -> Path:
         >>> (demo_model_path() / "config.json").name
         'config.json'
     """
-    return Path(__file__).resolve().parent / "data" / "demo_model"
+    return Path(__file__).resolve().parent.parent / "data" / "demo_model"
 
 
 def _checked_path() -> Path:

@@ -27,10 +27,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_lape._adapter import adapt
+from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
-from tl_lape.windows import token_windows
 
 __all__ = [
     "NeuronCard",
@@ -197,7 +197,7 @@ def split_half_stability(
     Returns:
         A :class:`StabilityReport`.
     """
-    from tl_lape.collect import collect_activation_stats
+    from tl_lape.collection.engine import collect_activation_stats
     from tl_lape.selection import identify_language_neurons
 
     half_a, half_b = split_corpus(corpus, seed=seed)

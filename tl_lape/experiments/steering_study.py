@@ -8,17 +8,19 @@ fresh ones:
 - **Settings.** ``english``: English prompts (English is the source language); ``neutral``:
   prompts with no language (a command, a number, a path); ``content``: the first words of an
   English handbook paragraph, whose continuation is compared with the target-language
-  translation of the same paragraph (:func:`~tl_lape.corpora.load_handbook_parallel`).
+  translation of the same paragraph (:func:`~tl_lape.sources.corpora.load_handbook_parallel`).
 - **Judges.** Language by py3langid and by lingua (and how often they agree); fluency as in
-  :mod:`tl_lape.steering` (the unsteered model's NLL against natural text of the target
+  :mod:`tl_lape.experiments.steering` (the unsteered model's NLL against natural text of the target
   language, and repeated trigrams); content as the chrF (sacrebleu) of the continuation against
   its own translation minus its mean chrF against other paragraphs of the same language.
   *Success* = identified as the target by py3langid AND fluent; in the content setting the
   *combined* score is the harmonic mean of the success rate and the share of outputs whose
   content gain is positive.
-- **Methods.** ``lape`` (:func:`~tl_lape.hooks.steering_hooks`, modes, strengths, budgets,
+- **Methods.** ``lape`` (:func:`~tl_lape.interventions.hooks.steering_hooks`, modes, strengths,
+  budgets,
   with or without the other languages' neurons off), ``random`` (the same configuration on a
-  random set matched in size and layers), ``diffmean`` (:func:`~tl_lape.diffmean.diffmean_hooks`,
+  random set matched in size and layers), ``diffmean``
+  (:func:`~tl_lape.interventions.diffmean.diffmean_hooks`,
   layer and strength swept), ``prompt`` (a short target-language cue before the prompt, no
   intervention) and ``none`` (unsteered).
 - **Sweep, then confirmation.** Each method's one configuration (for all settings) is chosen on
@@ -45,16 +47,8 @@ from typing import Any
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_lape._io import atomic_dir
-from tl_lape.diffmean import ResidualMeans, diffmean_hooks
 from tl_lape.errors import LapeError
-from tl_lape.generation import generate_texts_and_tokens, generate_with_hook_sets
-from tl_lape.hooks import steering_hooks
-from tl_lape.identification import LanguageIdentifier
-from tl_lape.metrics import reference_nll
-from tl_lape.neurons import LanguageNeurons, random_matched_neurons
-from tl_lape.stats import ActivationStats
-from tl_lape.steering import (
+from tl_lape.experiments.steering import (
     ENGLISH_PROMPTS,
     NEUTRAL_PROMPTS,
     check_mode,
@@ -62,6 +56,14 @@ from tl_lape.steering import (
     judge_outputs,
     one_line,
 )
+from tl_lape.formats import atomic_dir
+from tl_lape.interventions.diffmean import ResidualMeans, diffmean_hooks
+from tl_lape.interventions.generation import generate_texts_and_tokens, generate_with_hook_sets
+from tl_lape.interventions.hooks import steering_hooks
+from tl_lape.judging.identification import LanguageIdentifier
+from tl_lape.judging.metrics import reference_nll
+from tl_lape.neurons import LanguageNeurons, random_matched_neurons
+from tl_lape.stats import ActivationStats
 
 __all__ = [
     "DEFAULT_STRENGTHS",
@@ -79,7 +81,7 @@ __all__ = [
 ]
 
 #: Fresh English prompts (written for this project, disjoint from
-#: :data:`~tl_lape.steering.ENGLISH_PROMPTS`, which serve as the development set).
+#: :data:`~tl_lape.experiments.steering.ENGLISH_PROMPTS`, which serve as the development set).
 FRESH_ENGLISH_PROMPTS: tuple[str, ...] = (
     "After the update, the printer",
     "The best way to learn a new tool is",
@@ -95,7 +97,7 @@ FRESH_ENGLISH_PROMPTS: tuple[str, ...] = (
     "She opened the terminal and",
 )
 
-#: Fresh neutral prompts, disjoint from :data:`~tl_lape.steering.NEUTRAL_PROMPTS`.
+#: Fresh neutral prompts, disjoint from :data:`~tl_lape.experiments.steering.NEUTRAL_PROMPTS`.
 FRESH_NEUTRAL_PROMPTS: tuple[str, ...] = (
     "3.",
     "/usr/share/",
@@ -700,17 +702,19 @@ def run_steering_study(
     Args:
         model: A TransformerLens model.
         stats: Its :class:`~tl_lape.stats.ActivationStats` (with activation sums).
-        means: Its :class:`~tl_lape.diffmean.ResidualMeans` for the DiffMean baseline (None: no
+        means: Its :class:`~tl_lape.interventions.diffmean.ResidualMeans` for the DiffMean baseline
+        (None: no
             DiffMean).
         reference_corpus: Held-out ``{language: texts}``: the fluency yardstick.
-        parallel: Held-out parallel items (:func:`~tl_lape.corpora.load_handbook_parallel`) for
+        parallel: Held-out parallel items (:func:`~tl_lape.sources.corpora.load_handbook_parallel`)
+        for
             the content setting; the first ``n_content`` are the development set, the next
             ``n_content`` the fresh set (empty: no content setting).
         targets: Target languages (default: every language of ``stats`` but ``source``).
         source: The language of the English and content prompts.
         dev_prompts: ``{"english": [...], "neutral": [...]}`` overrides of the development
-            prompts (default: :data:`~tl_lape.steering.ENGLISH_PROMPTS`,
-            :data:`~tl_lape.steering.NEUTRAL_PROMPTS`).
+            prompts (default: :data:`~tl_lape.experiments.steering.ENGLISH_PROMPTS`,
+            :data:`~tl_lape.experiments.steering.NEUTRAL_PROMPTS`).
         fresh_prompts: The same for the fresh prompts (default:
             :data:`FRESH_ENGLISH_PROMPTS`, :data:`FRESH_NEUTRAL_PROMPTS`).
         n_content: Content items per phase.

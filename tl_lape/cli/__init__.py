@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from tl_lape._io import (
+from tl_lape.errors import LapeError
+from tl_lape.formats import (
     atomic_dir,
     atomic_path,
     atomic_paths,
     check_output_file,
     check_output_folder,
 )
-from tl_lape.errors import LapeError
 
 if TYPE_CHECKING:
     from tl_lape.neurons import LanguageNeurons
@@ -52,7 +52,7 @@ def _dtype(name: str, device: str) -> torch.dtype:
     """The dtype of a --dtype value; ``auto`` is bfloat16 where it is fast, float32 elsewhere."""
     if name != "auto":
         return _DTYPES[name]
-    from tl_lape.models import fast_dtype
+    from tl_lape.sources.models import fast_dtype
 
     return fast_dtype(device)
 
@@ -381,8 +381,8 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from tl_lape.checkpoint import collect_activation_stats_resumable
-    from tl_lape.collect import collect_activation_stats
+    from tl_lape.collection.checkpoint import collect_activation_stats_resumable
+    from tl_lape.collection.engine import collect_activation_stats
 
     check_output_file(args.out, "statistics file")
     _check_collect_sizes(args)
@@ -415,7 +415,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             model, corpus, args.resume, checkpoint_every=args.checkpoint_every, **window_kwargs
         )
     elif args.residual_means is not None:
-        from tl_lape.diffmean import collect_stats_and_residual_means
+        from tl_lape.interventions.diffmean import collect_stats_and_residual_means
 
         stats, means = collect_stats_and_residual_means(model, corpus, **window_kwargs)
         with atomic_paths([args.out, args.residual_means]) as (stats_tmp, means_tmp):
@@ -461,7 +461,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tl_lape.evaluation import run_evaluation
+    from tl_lape.experiments.evaluation import run_evaluation
     from tl_lape.neurons import LanguageNeurons
     from tl_lape.stats import ActivationStats
 
@@ -533,10 +533,15 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 
 
 def _cmd_steer_study(args: argparse.Namespace) -> int:
-    """``steer --study``: :func:`~tl_lape.steering_study.run_steering_study`, its report folder."""
-    from tl_lape.diffmean import ResidualMeans
+    """``steer --study``: :func:`~tl_lape.experiments.steering_study.run_steering_study`, its
+    report folder."""
+    from tl_lape.experiments.steering_study import (
+        DEFAULT_STRENGTHS,
+        check_study_inputs,
+        run_steering_study,
+    )
+    from tl_lape.interventions.diffmean import ResidualMeans
     from tl_lape.stats import ActivationStats
-    from tl_lape.steering_study import DEFAULT_STRENGTHS, check_study_inputs, run_steering_study
 
     sweep_only = [
         opt
@@ -593,7 +598,7 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
     )
     parallel: list[dict[str, str]] = []
     if args.reference_corpus == "handbook" and n_content > 0:
-        from tl_lape.corpora import load_handbook_parallel
+        from tl_lape.sources.corpora import load_handbook_parallel
 
         parallel = load_handbook_parallel(stats.languages, split="heldout")
     options: dict[str, Any] = {
@@ -631,7 +636,7 @@ def _write_report(
     """Write a report's figures, ``<stem>.json`` and (with ``markdown``) ``<stem>.md`` to ``out``.
 
     Each file is written atomically; the names written are appended to ``files`` if given.
-    The CLI passes a temporary folder (see :func:`tl_lape._io.atomic_dir`).
+    The CLI passes a temporary folder (see :func:`tl_lape.formats.atomic_dir`).
 
     Returns:
         The report as Markdown.
@@ -736,7 +741,7 @@ def _run_sweep(
     *,
     progress: bool,
 ) -> Any:
-    from tl_lape.steering import run_steering_sweep
+    from tl_lape.experiments.steering import run_steering_sweep
 
     return run_steering_sweep(
         model,
@@ -788,9 +793,9 @@ def _demo_settings(args: argparse.Namespace) -> _DemoPreset:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from tl_lape.collect import collect_activation_stats
-    from tl_lape.corpora import PAPER_LANGUAGES, load_debian_handbook
+    from tl_lape.collection.engine import collect_activation_stats
     from tl_lape.selection import identify_language_neurons
+    from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook
 
     _check_rates(args)
     _check_report_folder(args.out)
@@ -914,8 +919,8 @@ def _demo_evaluation(
     settings: _DemoPreset,
 ) -> list[str]:
     """Perplexity under deactivation and steering, on the held-out split."""
-    from tl_lape.corpora import load_debian_handbook
-    from tl_lape.evaluation import run_evaluation
+    from tl_lape.experiments.evaluation import run_evaluation
+    from tl_lape.sources.corpora import load_debian_handbook
 
     print("[5/6] evaluating: perplexity under deactivation (held-out split)", flush=True)
     heldout = load_debian_handbook(languages=stats.languages, split="heldout")
@@ -962,9 +967,9 @@ def _steering_example(
     model: Any, neurons: "LanguageNeurons", stats: "ActivationStats", max_new_tokens: int
 ) -> str:
     """Greedy continuations of a few English prompts, unsteered and steered to each target."""
-    from tl_lape.generation import generate_with_hooks
-    from tl_lape.hooks import steering_hooks
-    from tl_lape.identification import LanguageIdentifier
+    from tl_lape.interventions.generation import generate_with_hooks
+    from tl_lape.interventions.hooks import steering_hooks
+    from tl_lape.judging.identification import LanguageIdentifier
 
     targets = [t for t in _EXAMPLE_TARGETS if t in neurons.languages and t in stats.languages]
     identifier = LanguageIdentifier(list(stats.languages))
@@ -1052,7 +1057,7 @@ def format_summary(neurons: "LanguageNeurons", *, stats: "ActivationStats | None
 
 
 def _load_model(name: str, device: str, dtype: torch.dtype | None) -> Any:
-    from tl_lape.models import load_model
+    from tl_lape.sources.models import load_model
 
     return load_model(name, device=device, dtype=dtype)
 
@@ -1060,7 +1065,7 @@ def _load_model(name: str, device: str, dtype: torch.dtype | None) -> Any:
 def _load_corpus(
     source: str, languages: str | None, split: str, hf_config: str
 ) -> Mapping[str, Any]:
-    from tl_lape import corpora
+    from tl_lape.sources import corpora
 
     langs = _parse_languages(languages) if languages is not None else tuple(corpora.PAPER_LANGUAGES)
     if source == "handbook":
@@ -1138,7 +1143,7 @@ def _check_model_source(name: str, device: str) -> None:
     A name that is clearly a path (absolute, starting with ``.`` or ``~``, or with more than
     one ``/``) must be an existing folder, and a ``model.safetensors`` in it must be whole.
     """
-    from tl_lape.models import MODEL_ALIASES
+    from tl_lape.sources.models import MODEL_ALIASES
 
     _check_device(device)
     if name in MODEL_ALIASES:
@@ -1202,6 +1207,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

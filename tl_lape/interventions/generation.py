@@ -8,7 +8,7 @@
 - :func:`generate_texts_and_tokens`: :func:`generate_with_hooks` returning both the texts and
   the generated token ids, typed as such.
 
-The steering run and sweep that use these are in :mod:`tl_lape.steering`.
+The steering run and sweep that use these are in :mod:`tl_lape.experiments.steering`.
 
 Example:
     >>> hooks = steering_hooks(neurons, stats, "fr", mode="add", strength=4.0)  # doctest: +SKIP
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.hooks import check_fwd_hooks, reset_positions
+from tl_lape.interventions.hooks import check_fwd_hooks, reset_positions
 
 __all__ = [
     "generate_texts_and_tokens",
@@ -53,13 +53,14 @@ def generate_with_hooks(
     continuation as each prompt alone; the hooks are attached for this call only (``with
     model.hooks(...)``) and act on every forward pass, including each cached step. Generation
     stops at EOS or after ``max_new_tokens``. ``positions="new"``/``"prompt"`` hooks start
-    afresh for every batch (:func:`~tl_lape.hooks.reset_positions`), so they can be reused.
+    afresh for every batch (:func:`~tl_lape.interventions.hooks.reset_positions`), so they can be
+    reused.
 
     Args:
         model: A TransformerLens model with a tokenizer and ``generate``.
         prompts: The prompts.
         fwd_hooks: TransformerLens forward hooks, e.g. from
-            :func:`~tl_lape.hooks.steering_hooks`.
+            :func:`~tl_lape.interventions.hooks.steering_hooks`.
         max_new_tokens: Tokens generated per prompt at most.
         batch_size: Prompts per batch.
         use_kv_cache: Reuse keys and values of earlier positions (much faster; same tokens).

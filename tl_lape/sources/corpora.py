@@ -18,7 +18,7 @@ source, all returning the same shape, a ``dict`` from language code to a list of
 package) does not assign to the declared language.
 
 Example:
-    >>> from tl_lape.corpora import load_debian_handbook
+    >>> from tl_lape.sources.corpora import load_debian_handbook
     >>> corpus = load_debian_handbook(["en", "fr"], split="heldout")  # doctest: +SKIP
     >>> sorted(corpus), len(corpus["fr"]) > 0  # doctest: +SKIP
     (['en', 'fr'], True)
@@ -38,8 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tl_lape._io import atomic_path
 from tl_lape.errors import LapeError
+from tl_lape.formats import atomic_path
 
 __all__ = [
     "HANDBOOK_LOCALES",

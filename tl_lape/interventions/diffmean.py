@@ -30,19 +30,19 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_lape._adapter import adapt
-from tl_lape._io import atomic_path
-from tl_lape.collect import (
+from tl_lape.collection.engine import (
     CollectionObserver,
     ShareCounts,
     count_share,
     make_settings,
     stats_from_counts,
 )
+from tl_lape.collection.windows import WindowBatch
 from tl_lape.errors import LapeError
-from tl_lape.hooks import PositionSelector
+from tl_lape.formats import atomic_path
+from tl_lape.interventions.hooks import PositionSelector
 from tl_lape.neurons import check_languages
 from tl_lape.stats import ActivationStats
-from tl_lape.windows import WindowBatch
 
 __all__ = [
     "ResidualMeans",
@@ -350,12 +350,13 @@ def diffmean_hooks(
         layer: The block(s) whose input residual stream (``hook_resid_pre``) is edited.
         strength: The multiple of the difference vector to add (0: no change).
         source: The language(s) to steer away from (default: the mean of the other languages).
-        positions: As in :mod:`tl_lape.hooks` (``None``: all; ``"new"``: generated tokens only).
+        positions: As in :mod:`tl_lape.interventions.hooks` (``None``: all; ``"new"``: generated
+        tokens only).
         model: If given, checked to have the means' layer count and width before anything runs.
 
     Returns:
         ``[(hook_name, fn), ...]`` for ``run_with_hooks``, ``model.hooks`` or
-        :func:`~tl_lape.generation.generate_with_hooks`.
+        :func:`~tl_lape.interventions.generation.generate_with_hooks`.
 
     Example:
         >>> hooks = diffmean_hooks(means, "fr", source="en", layer=3)  # doctest: +SKIP

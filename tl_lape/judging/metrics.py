@@ -8,7 +8,8 @@ So that a switch into gibberish does not count as steering into a language:
   output: the yardstick an output's NLL is compared with;
 - :func:`repetition_rate`: the share of repeated token ``n``-grams (a loop scores near 1).
 
-:mod:`tl_lape.steering` combines them with the output language into its fluency and success
+:mod:`tl_lape.experiments.steering` combines them with the output language into its fluency and
+success
 criteria.
 
 Example:
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.evaluation import next_token_nll
+from tl_lape.judging.nll import next_token_nll
 
 __all__ = ["reference_nll", "repetition_rate", "sequence_nll"]
 

@@ -21,7 +21,8 @@ forward pass as it comes: with a KV cache every decoding step is a pass of one p
 tokens and ``"prompt"`` only the prompt, with or without a KV cache: the first pass a hook sees
 is taken as the prompt; a later pass of one position (KV cache), or one longer by one position
 than the sequence so far (no cache), continues it. Such hooks follow one generation at a time:
-:func:`~tl_lape.generation.generate_with_hooks`, :func:`steered` and :func:`deactivated` start
+:func:`~tl_lape.interventions.generation.generate_with_hooks`, :func:`steered` and
+:func:`deactivated` start
 them afresh at every generation; with ``model.hooks(...)`` make fresh hooks for every
 ``generate`` call, or call :func:`reset_positions` between calls. A slice that selects no
 position of the first pass a hook sees (since it was made or reset: the prompt, when
@@ -32,8 +33,8 @@ adds). A later pass may select nothing, as a cached decoding step (one position)
 
 The model: a neuron set applies only to the model it was selected on. With ``model=`` the
 factories check the set against the model when they build the hooks (:func:`deactivated` and
-:func:`steered` always do, and :func:`~tl_lape.generation.generate_with_hooks` and
-:func:`~tl_lape.evaluation.window_nll` check the hooks before attaching them). Hooks built
+:func:`steered` always do, and :func:`~tl_lape.interventions.generation.generate_with_hooks` and
+:func:`~tl_lape.judging.nll.window_nll` check the hooks before attaching them). Hooks built
 without it check, the first time they fire at a hook point, that the model whose forward pass
 calls them (found up the call stack) has the set's layer count, and raise a ``LapeError``
 naming both counts otherwise; later passes cost one set lookup. With a bare
@@ -126,7 +127,7 @@ class PositionSelector:
     """Turns ``positions=`` into the position indices of one forward pass (None = all).
 
     The position logic of every hook here, for hooks of your own (the DiffMean hooks of
-    :mod:`tl_lape.diffmean` use it): make one per hook from its ``positions=``, call
+    :mod:`tl_lape.interventions.diffmean` use it): make one per hook from its ``positions=``, call
     :meth:`select` with each pass's ``pos`` length, and :meth:`reset` before a new generation.
     """
 
@@ -464,7 +465,8 @@ def reset_positions(fwd_hooks: Sequence[tuple[str, HookFn]]) -> None:
     """Make ``positions="new"``/``"prompt"`` hooks take their next forward pass as a new prompt.
 
     Such hooks follow one generation across its forward passes. Call this between two
-    generations that reuse the same hooks (:func:`~tl_lape.generation.generate_with_hooks`,
+    generations that reuse the same hooks
+    (:func:`~tl_lape.interventions.generation.generate_with_hooks`,
     :func:`steered` and :func:`deactivated` do it at every ``generate`` call); otherwise a
     prompt of one position, or one position longer than the sequence so far, would be read as
     a continuation. Hooks without such state (and your own hooks) are left alone.

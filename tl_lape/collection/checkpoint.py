@@ -8,7 +8,7 @@ temporary file beside the target, then :func:`os.replace`; a kill mid-write leav
 checkpoint intact). Started again with the same arguments, it skips the batches the checkpoint
 covers and ends with statistics identical to those of an uninterrupted run.
 
-Windows are enumerated deterministically (see :mod:`tl_lape.collect`), so "batches
+Windows are enumerated deterministically (see :mod:`tl_lape.collection.engine`), so "batches
 ``0 .. next_batch - 1`` are done" is the whole progress record. A checkpoint also records a
 fingerprint of the run (model name, shape, dtype and a sample of its weights; languages and a
 SHA-256 of each token-id tensor; window settings; process share; extra hook names) and a SHA-256
@@ -36,8 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_lape._adapter import ModelAdapter, adapt
-from tl_lape._io import atomic_path, existing_file
-from tl_lape.collect import (
+from tl_lape.collection.engine import (
     HookList,
     ShareCounts,
     WindowBatch,
@@ -47,6 +46,7 @@ from tl_lape.collect import (
     stats_from_counts,
 )
 from tl_lape.errors import LapeError
+from tl_lape.formats import atomic_path, existing_file
 from tl_lape.stats import ActivationStats
 
 __all__ = [
@@ -274,7 +274,8 @@ _Progress = ShareCounts
 
 
 class _Checkpointer:
-    """The :class:`~tl_lape.collect.CollectionObserver` that hashes, verifies and checkpoints.
+    """The :class:`~tl_lape.collection.engine.CollectionObserver` that hashes, verifies and
+    checkpoints.
 
     It hashes the token ids of every enumerated batch (all processes' shares) and, once the run
     reaches the checkpoint's ``start`` batch, compares the hash of batches ``0 .. start - 1``
@@ -361,13 +362,14 @@ def collect_share(
 ) -> ShareCounts:
     """Count the batches whose ``index % world_size == rank``, checkpointing if asked.
 
-    :func:`tl_lape.collect.count_share` with a checkpoint: it resumes from ``checkpoint_path``
+    :func:`tl_lape.collection.engine.count_share` with a checkpoint: it resumes from
+    ``checkpoint_path``
     if that file exists (after checking that it belongs to this run) and writes it every
     ``checkpoint_every`` counted windows. A finished checkpoint of a token-id corpus answers
     without enumerating the corpus (its fingerprint already holds the SHA-256 of every token
     tensor); a text corpus is tokenised again, to check that it still gives the same batches.
     Used by :func:`collect_activation_stats_resumable` and
-    :func:`tl_lape.distributed.collect_activation_stats_distributed`.
+    :func:`tl_lape.collection.distributed.collect_activation_stats_distributed`.
     """
     start: ShareCounts | None = None
     start_batch = 0

@@ -1,6 +1,6 @@
 """Data-parallel collection with ``torch.distributed``: many processes, one set of statistics.
 
-Windows are enumerated deterministically (see :mod:`tl_lape.collect`), so N processes can
+Windows are enumerated deterministically (see :mod:`tl_lape.collection.engine`), so N processes can
 split the work without talking to each other: process ``rank`` runs the batches whose index is
 ``rank`` modulo ``world_size``. At the end the counts, sums and token totals are summed with
 one ``all_reduce`` and every process holds the statistics of the whole corpus.
@@ -41,13 +41,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_lape._adapter import adapt
-from tl_lape.checkpoint import (
+from tl_lape.collection.checkpoint import (
     check_checkpoint_every,
     collect_share,
     collection_fingerprint,
     fingerprint_differences,
 )
-from tl_lape.collect import HookList, ShareCounts, make_settings, stats_from_counts
+from tl_lape.collection.engine import HookList, ShareCounts, make_settings, stats_from_counts
 from tl_lape.errors import LapeError
 from tl_lape.stats import ActivationStats
 

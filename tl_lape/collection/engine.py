@@ -11,7 +11,7 @@ d_vocab]`` logits). ``stop_at_layer`` cannot do this, as it stops before a block
 ``HookedTransformer`` and ``TransformerBridge`` leave no state behind when a hook raises.
 
 How text becomes windows (the paper's recipe, made explicit; the code is in
-:mod:`tl_lape.windows`, policy :data:`tl_lape.windows.COLLECTION`):
+:mod:`tl_lape.collection.windows`, policy :data:`tl_lape.collection.windows.COLLECTION`):
 
 1. Each language's documents are tokenized one by one without special tokens and concatenated
    into one token stream, with the tokenizer's EOS token between consecutive documents (no
@@ -41,18 +41,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_lape._adapter import ModelAdapter, adapt
+from tl_lape._version import __version__
+from tl_lape.collection.windows import WindowBatch, WindowSettings, iter_window_batches
 from tl_lape.errors import LapeError
 from tl_lape.stats import ActivationStats
-from tl_lape.windows import WindowBatch, WindowSettings, iter_window_batches
 
 __all__ = [
     "CollectionObserver",
     "ShareCounts",
-    "WindowBatch",
-    "WindowSettings",
     "collect_activation_stats",
     "count_share",
-    "iter_window_batches",
     "make_settings",
     "stats_from_counts",
 ]
@@ -360,7 +358,8 @@ def count_share(
     Enumerates the batches of ``corpus`` (:func:`iter_window_batches`) and counts those whose
     ``index >= start_batch`` and ``index % world_size == rank``, continuing from the counts
     ``start`` (a checkpoint's) if given. ``observer`` sees every batch (see
-    :class:`CollectionObserver`); :mod:`tl_lape.checkpoint` uses it to hash and checkpoint.
+    :class:`CollectionObserver`); :mod:`tl_lape.collection.checkpoint` uses it to hash and
+    checkpoint.
 
     Returns:
         The counts of this process's share (plus ``start``), on the CPU.
@@ -462,6 +461,4 @@ def _stats_metadata(
 
 
 def _tl_lape_version() -> str:
-    import tl_lape
-
-    return str(tl_lape.__version__)
+    return __version__
