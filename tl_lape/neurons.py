@@ -43,7 +43,6 @@ import hashlib
 import json
 import os
 import pickle
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +52,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tl_lape.checks import check_language_codes, check_languages, check_positive_int
 from tl_lape.errors import LapeError
 from tl_lape.formats import atomic_path, existing_file
 
@@ -63,50 +63,6 @@ _VERSION = 1
 #: Most layers a neuron-set file may declare: no model comes near it, and it bounds what a
 #: small, hostile file can make :meth:`LanguageNeurons.load` allocate.
 _MAX_LAYERS = 4096
-
-
-def check_languages(languages: Any, field_name: str = "languages") -> tuple[str, ...]:
-    """Validate a sequence of distinct, non-empty language codes and return it as a tuple."""
-    if isinstance(languages, str) or not isinstance(languages, Sequence):
-        raise LapeError(
-            f"{field_name} must be a sequence of language codes such as ('en', 'zh'); "
-            f"received {languages!r}"
-        )
-    langs = tuple(languages)
-    if not langs:
-        raise LapeError(f"{field_name} must name at least one language; received an empty sequence")
-    bad = [lang for lang in langs if not isinstance(lang, str) or not lang]
-    if bad:
-        raise LapeError(f"{field_name} must be non-empty strings; received {bad!r} in {langs!r}")
-    dupes = sorted({lang for lang in langs if langs.count(lang) > 1})
-    if dupes:
-        raise LapeError(f"{field_name} must be distinct; {dupes!r} repeated in {langs!r}")
-    return langs
-
-
-#: What a language code read from a file may look like: letters or digits (of any script), ``-``
-#: and ``_``, so it can never name another path when it becomes a file name (``DIR/<lang>.txt``).
-_CODE = re.compile(r"[^\W_][\w-]{0,63}")
-
-
-def check_language_codes(languages: Any, where: str) -> None:
-    """Refuse language codes that are not plain codes (path separators, dots, spaces...)."""
-    bad = [
-        lang
-        for lang in (languages if isinstance(languages, (list, tuple)) else [])
-        if not isinstance(lang, str) or not _CODE.fullmatch(lang)
-    ]
-    if bad:
-        raise LapeError(
-            f"{where} has invalid language codes {bad!r}: a code is 1-64 letters, digits, '-' "
-            "or '_' (such as 'en' or 'zh-Hans'), with no '/', '\\', '.' or spaces: never a path"
-        )
-
-
-def _check_positive_int(value: Any, field_name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LapeError(f"{field_name} must be a positive int; received {value!r}")
-    return value
 
 
 def check_metadata(metadata: Any) -> dict[str, Any]:
@@ -162,8 +118,8 @@ class LanguageNeurons:
 
     def __post_init__(self) -> None:
         langs = check_languages(self.languages)
-        n_layers = _check_positive_int(self.n_layers, "n_layers")
-        d_mlp = None if self.d_mlp is None else _check_positive_int(self.d_mlp, "d_mlp")
+        n_layers = check_positive_int(self.n_layers, "n_layers")
+        d_mlp = None if self.d_mlp is None else check_positive_int(self.d_mlp, "d_mlp")
         if not isinstance(self.neurons, Sequence) or len(self.neurons) != len(langs):
             got = len(self.neurons) if isinstance(self.neurons, Sequence) else type(self.neurons)
             raise LapeError(
@@ -251,7 +207,7 @@ class LanguageNeurons:
                 f"indices must map language -> {{layer: [neuron, ...]}}; received "
                 f"{type(indices).__name__}"
             )
-        n_layers = _check_positive_int(n_layers, "n_layers")
+        n_layers = check_positive_int(n_layers, "n_layers")
         langs = check_languages(list(indices))
         neurons = []
         for lang in langs:
@@ -765,7 +721,7 @@ class LanguageNeurons:
         p = existing_file(path, "neuron file")
         langs = check_languages(languages)
         if d_mlp is not None:
-            d_mlp = _check_positive_int(d_mlp, "d_mlp")
+            d_mlp = check_positive_int(d_mlp, "d_mlp")
         if model is not None:
             from tl_lape._adapter import adapt
 

@@ -46,6 +46,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_lape.checks import check_rate
 from tl_lape.errors import LapeError
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
@@ -161,21 +162,6 @@ def lap_scores(
     return _as_values(stats_or_probs, name="stats_or_probs", kind="probabilities")
 
 
-# A sensible value of each rate, quoted by the message for an invalid one (the paper's defaults).
-_RATE_EXAMPLES = {"top_rate": 0.01, "filter_rate": 0.95, "activation_bar_ratio": 0.95}
-
-
-def _check_rate(value: Any, name: str) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
-    if not ok:
-        raise LapeError(
-            f"{name} must be a number strictly between 0 and 1 (a fraction, e.g. "
-            f"{_RATE_EXAMPLES.get(name, 0.5)}); "
-            f"received {value!r}"
-        )
-    return float(value)
-
-
 def _kth_smallest(flat: Tensor, rate: float, name: str) -> float:
     """The ``round(rate * N)``-th smallest of ``flat`` (1-indexed, like ``torch.kthvalue``)."""
     n = flat.numel()
@@ -251,9 +237,9 @@ def identify_language_neurons(
         )
     if method not in METHODS:
         raise LapeError(f"method must be one of {list(METHODS)}; received {method!r}")
-    top_rate = _check_rate(top_rate, "top_rate")
-    filter_rate = _check_rate(filter_rate, "filter_rate")
-    activation_bar_ratio = _check_rate(activation_bar_ratio, "activation_bar_ratio")
+    top_rate = check_rate(top_rate, "top_rate")
+    filter_rate = check_rate(filter_rate, "filter_rate")
+    activation_bar_ratio = check_rate(activation_bar_ratio, "activation_bar_ratio")
     n_layers, d_mlp, n_lang = stats.n_layers, stats.d_mlp, stats.n_languages
 
     kind = "mean activations" if method == "lave" else "probabilities"

@@ -47,9 +47,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from tl_lape.checks import check_language_codes, check_languages
 from tl_lape.errors import LapeError
 from tl_lape.formats import atomic_path, existing_file
-from tl_lape.neurons import check_language_codes, check_languages, check_metadata
+from tl_lape.neurons import check_metadata
 
 __all__ = ["ActivationStats"]
 

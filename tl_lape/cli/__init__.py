@@ -668,7 +668,7 @@ def _split_list(value: str, option: str) -> tuple[str, ...]:
 
 def _parse_languages(value: str, option: str = "--languages") -> tuple[str, ...]:
     """``"en, fr"`` -> ``("en", "fr")``; refuses empty lists, empty items, repeats and non-codes."""
-    from tl_lape.neurons import check_language_codes
+    from tl_lape.checks import check_language_codes
 
     items = tuple(v.strip() for v in value.split(","))
     if not any(items):
@@ -1206,4 +1206,3 @@ def _save_figure(fig: Any, path: Path) -> None:
 def _atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-

@@ -30,6 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_lape._adapter import adapt
+from tl_lape.checks import check_languages
 from tl_lape.collection.engine import (
     CollectionObserver,
     ShareCounts,
@@ -41,7 +42,6 @@ from tl_lape.collection.windows import WindowBatch
 from tl_lape.errors import LapeError
 from tl_lape.formats import atomic_path
 from tl_lape.interventions.hooks import PositionSelector
-from tl_lape.neurons import check_languages
 from tl_lape.stats import ActivationStats
 
 __all__ = [
