@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 import tl_lape
-from tl_lape.cli import format_summary
 from tl_lape.experiments.analysis import StabilityReport, split_corpus, split_half_jaccard
 from tl_lape.experiments.evaluation import run_evaluation
+from tl_lape.experiments.reports import format_summary
 from tl_lape.plots import plot_neurons_per_layer, plot_overlap
 from tl_lape.sources.corpora import load_debian_handbook
 

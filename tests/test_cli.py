@@ -8,7 +8,8 @@ import torch
 from models import SENTENCES
 
 import tl_lape
-from tl_lape.cli import format_summary, main
+from tl_lape.cli import main
+from tl_lape.experiments.reports import format_summary
 from tl_lape.interventions.diffmean import ResidualMeans
 
 

@@ -17,6 +17,7 @@ from tl_lape.experiments.analysis import (
     neuron_cards,
     split_half_stability,
 )
+from tl_lape.experiments.demo import run_demo
 from tl_lape.experiments.evaluation import (
     EvaluationReport,
     PerplexityMatrix,
@@ -95,6 +96,7 @@ __all__ = [
     "patching_hooks",
     "perplexity_matrix",
     "random_matched_neurons",
+    "run_demo",
     "run_evaluation",
     "run_steering_study",
     "run_steering_sweep",

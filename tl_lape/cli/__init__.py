@@ -16,26 +16,24 @@ target and moved into place at the end, report folders are built in a temporary 
 """
 
 import argparse
-import dataclasses
 import logging
 import math
 import sys
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tl_lape.errors import LapeError
+from tl_lape.experiments.reports import format_summary, write_report
 from tl_lape.formats import (
     atomic_dir,
-    atomic_path,
     atomic_paths,
     check_output_file,
     check_output_folder,
 )
+from tl_lape.sources.models import DTYPES
 
 if TYPE_CHECKING:
     from tl_lape.neurons import LanguageNeurons
@@ -45,16 +43,11 @@ __all__ = ["main"]
 
 log = logging.getLogger("tl_lape")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def _dtype(name: str, device: str) -> torch.dtype:
-    """The dtype of a --dtype value; ``auto`` is bfloat16 where it is fast, float32 elsewhere."""
-    if name != "auto":
-        return _DTYPES[name]
-    from tl_lape.sources.models import fast_dtype
+    from tl_lape.sources.models import resolve_dtype
 
-    return fast_dtype(device)
+    return resolve_dtype(name, device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,7 +271,7 @@ def _add_dtype_option(parser: argparse.ArgumentParser, *, default: str) -> None:
     parser.add_argument(
         "--dtype",
         default=default,
-        choices=sorted([*_DTYPES, "auto"]),
+        choices=sorted([*DTYPES, "auto"]),
         help=f"model dtype; 'auto' is bfloat16 on a GPU or a CPU with AMX, else float32 "
         f"(default: {default})",
     )
@@ -310,7 +303,13 @@ def _add_collect_options(
     default_max_tokens: int | None = None,
     max_tokens_help: str | None = None,
 ) -> None:
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per window (default: the library's: 512 or the model's context if "
+        "shorter for collect, 256 for evaluate)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument(
         "--max-tokens-per-language",
@@ -484,10 +483,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         stats=stats,
         n_random=args.n_random,
         seed=args.seed,
-        seq_len=args.seq_len,
         batch_size=args.batch_size,
         max_tokens_per_language=args.max_tokens_per_language,
         progress=not args.no_progress,
+        **({} if args.seq_len is None else {"seq_len": args.seq_len}),
     )
     with atomic_dir(args.out) as tmp:
         text = _write_report(report, tmp, "evaluation")
@@ -633,30 +632,7 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
 def _write_report(
     report: Any, out: Path, stem: str, *, markdown: bool = True, files: list[str] | None = None
 ) -> str:
-    """Write a report's figures, ``<stem>.json`` and (with ``markdown``) ``<stem>.md`` to ``out``.
-
-    Each file is written atomically; the names written are appended to ``files`` if given.
-    The CLI passes a temporary folder (see :func:`tl_lape.formats.atomic_dir`).
-
-    Returns:
-        The report as Markdown.
-    """
-    import json
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, fig in report.figures().items():
-        _save_figure(fig, out / f"{name}.png")
-        written.append(f"{name}.png")
-    _atomic_write_text(out / f"{stem}.json", json.dumps(report.to_dict(), indent=1))
-    written.append(f"{stem}.json")
-    text = str(report.to_markdown())
-    if markdown:
-        _atomic_write_text(out / f"{stem}.md", text)
-        written.append(f"{stem}.md")
-    if files is not None:
-        files.extend(written)
-    return text
+    return write_report(report, out, stem, markdown=markdown, files=files)
 
 
 def _split_list(value: str, option: str) -> tuple[str, ...]:
@@ -756,301 +732,34 @@ def _run_sweep(
     )
 
 
-@dataclass(frozen=True)
-class _DemoPreset:
-    """Budgets of ``tl-lape demo`` for one kind of model (each overridable by an option)."""
-
-    max_tokens: int
-    prepend_bos: bool
-    evaluate: bool
-    eval_tokens: int
-    eval_random: int
-    selectors: tuple[str, ...]
-    steer_new_tokens: int
-    steering: str  # "example": a few prompts; "sweep": the library's prompt sets
-
-
-# A real model (Gemma 3 270M on 2 CPU cores): small budgets so that the whole run stays within
-# minutes; scripts/reproduce_gemma.py runs the full-size measurement (docs/model_card_gemma.md).
-# Gemma expects <bos> at the start of every sequence. The demo model's budgets are unchanged.
-_DEMO_PRESETS = {
-    "real": _DemoPreset(2048, True, True, 128, 1, (), 24, "example"),
-    "demo": _DemoPreset(60_000, False, False, 4096, 3, ("LAP", "LAVE"), 32, "sweep"),
-}
-
-
-def _demo_settings(args: argparse.Namespace) -> _DemoPreset:
-    """The preset of ``args.model`` with the options the user gave applied on top."""
-    preset = _DEMO_PRESETS["demo" if args.model == "demo" else "real"]
-    chosen = {
-        "max_tokens": args.max_tokens_per_language,
-        "evaluate": args.evaluate,
-        "eval_tokens": args.eval_tokens_per_language,
-        "eval_random": args.eval_random,
-        "steer_new_tokens": args.steer_new_tokens,
-    }
-    return dataclasses.replace(preset, **{k: v for k, v in chosen.items() if v is not None})
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from tl_lape.collection.engine import collect_activation_stats
-    from tl_lape.selection import identify_language_neurons
-    from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook
+    from tl_lape.experiments.demo import demo_settings, run_demo
 
-    _check_rates(args)
-    _check_report_folder(args.out)
-    _check_collect_sizes(args)
-    settings = _demo_settings(args)
-    for option, value in (
-        ("--max-tokens-per-language", settings.max_tokens),
-        ("--eval-tokens-per-language", settings.eval_tokens),
-        ("--eval-random", settings.eval_random),
-        ("--steer-new-tokens", settings.steer_new_tokens),
-    ):
-        if value < 1:
-            raise LapeError(f"{option} must be at least 1, got {value}.")
-    _check_model_source(args.model, args.device)
-    dtype = _dtype(args.dtype, args.device)
-    started = time.perf_counter()
-    steps = 6 if settings.evaluate else 4
-    print(f"[1/{steps}] building the handbook corpus (cached after the first run)", flush=True)
-    corpus = load_debian_handbook(languages=PAPER_LANGUAGES, split="train")
-    print(f"[2/{steps}] loading {args.model} ({str(dtype).removeprefix('torch.')})", flush=True)
-    t0 = time.perf_counter()
-    model = _load_model(args.model, args.device, dtype)
-    load_s = time.perf_counter() - t0
-    print(f"[3/{steps}] collecting activation statistics", flush=True)
-    t0 = time.perf_counter()
-    stats = collect_activation_stats(
-        model,
-        corpus,
+    settings = demo_settings(
+        args.model,
+        out=args.out,
+        device=args.device,
+        dtype=args.dtype,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
-        max_tokens_per_language=settings.max_tokens,
-        prepend_bos=settings.prepend_bos,
-        progress=not args.no_progress,
-    )
-    collect_s = time.perf_counter() - t0
-    print(f"[4/{steps}] identifying language neurons and writing the report", flush=True)
-    neurons = identify_language_neurons(
-        stats,
+        max_tokens_per_language=args.max_tokens_per_language,
         top_rate=args.top_rate,
         filter_rate=args.filter_rate,
         activation_bar_ratio=args.activation_bar_ratio,
+        evaluate=args.evaluate,
+        eval_tokens_per_language=args.eval_tokens_per_language,
+        eval_random=args.eval_random,
+        steer_new_tokens=args.steer_new_tokens,
+        progress=not args.no_progress,
     )
-    # Everything is written into a temporary folder beside --out and moved into place at the
-    # end, so an interrupted run never leaves new files beside an earlier report's.
-    times = {"started": started, "load": load_s, "collect": collect_s}
-    with atomic_dir(args.out) as out:
-        summary, sections, elapsed = _demo_report(
-            model, neurons, stats, out, args, settings, dtype, times
-        )
+    result = run_demo(settings, echo=lambda line: print(line, flush=True))
     print()
-    print(summary)
-    for section in sections:
+    print(result.summary)
+    for section in result.sections:
         print()
         print(section)
-    print(f"\nreport written to {args.out}/ in {elapsed:.1f} s")
+    print(f"\nreport written to {args.out}/ in {result.seconds:.1f} s")
     return 0
-
-
-def _demo_report(
-    model: Any,
-    neurons: Any,
-    stats: "ActivationStats",
-    out: Path,
-    args: argparse.Namespace,
-    settings: _DemoPreset,
-    dtype: torch.dtype,
-    times: Mapping[str, float],
-) -> tuple[str, list[str], float]:
-    """Write the demo report's files into ``out``; return its summary, sections and time."""
-    from tl_lape.plots import plot_neurons_per_layer, plot_overlap
-
-    stats.save(out / "stats.safetensors")
-    neurons.save(out / "neurons.json")
-    _save_figure(plot_neurons_per_layer(neurons), out / "neurons_per_layer.png")
-    _save_figure(plot_overlap(neurons), out / "overlap.png")
-    summary = format_summary(neurons, stats=stats)
-    files = ["stats.safetensors", "neurons.json", "neurons_per_layer.png", "overlap.png"]
-    sections: list[str] = []
-    if settings.evaluate:
-        sections = _demo_evaluation(model, neurons, stats, out, files, args, settings)
-    elapsed = time.perf_counter() - times["started"]
-    about = (
-        "the embedded demo model"
-        if args.model == "demo"
-        else f"{args.model} ({str(dtype).removeprefix('torch.')})"
-    )
-    text = (
-        "# tl-lape demo report\n\n"
-        f"Model: {about}, {stats.n_layers} layers x {stats.d_mlp} MLP neurons. "
-        "Corpus: the Debian Administrator's Handbook, train split "
-        f"({settings.max_tokens:,} tokens per language at most).\n\n"
-        f"{summary}\n\n"
-        + "".join(f"{section}\n" for section in sections)
-        + f"Files: {', '.join(files)}.\n"
-        f"Wall time: {elapsed:.1f} s (model load {times['load']:.1f} s, statistics "
-        f"{times['collect']:.1f} s).\n"
-    )
-    _atomic_write_text(out / "summary.md", text)
-    return summary, sections, elapsed
-
-
-# The steering configuration of `tl-lape demo --model demo --evaluate`: `add` x10 at 5% of
-# neurons with the other languages' neurons switched off. Of the configurations rerun on fresh
-# prompts (docs/model_card.md) it reached the most targets over both prompt settings together.
-_DEMO_SWEEP: dict[str, Any] = {
-    "modes": ("add",),
-    "strengths": {"add": (10.0,)},
-    "top_rates": (0.05,),
-    "settings": ("english", "neutral"),
-    "deactivate": "others",
-}
-
-
-def _demo_evaluation(
-    model: Any,
-    neurons: Any,
-    stats: "ActivationStats",
-    out: Path,
-    files: list[str],
-    args: argparse.Namespace,
-    settings: _DemoPreset,
-) -> list[str]:
-    """Perplexity under deactivation and steering, on the held-out split."""
-    from tl_lape.experiments.evaluation import run_evaluation
-    from tl_lape.sources.corpora import load_debian_handbook
-
-    print("[5/6] evaluating: perplexity under deactivation (held-out split)", flush=True)
-    heldout = load_debian_handbook(languages=stats.languages, split="heldout")
-    progress = not args.no_progress
-    evaluation = run_evaluation(
-        model,
-        neurons,
-        heldout,
-        stats=stats,
-        n_random=settings.eval_random,
-        selectors=settings.selectors,
-        seq_len=min(args.seq_len, settings.eval_tokens),
-        batch_size=args.batch_size,
-        max_tokens_per_language=settings.eval_tokens,
-        progress=progress,
-    )
-    evaluation_text = _write_report(evaluation, out, "evaluation", markdown=False, files=files)
-    if settings.steering == "example":
-        print("[6/6] steering a few English prompts", flush=True)
-        steering_text = _steering_example(model, neurons, stats, settings.steer_new_tokens)
-        _atomic_write_text(out / "steering_example.md", steering_text)
-        files.append("steering_example.md")
-        return [evaluation_text, steering_text]
-    print("[6/6] steering generation sweep", flush=True)
-    sweep = {**_DEMO_SWEEP, "max_new_tokens": settings.steer_new_tokens}
-    steering = _run_sweep(model, stats, heldout, sweep, progress=progress)
-    steering_text = _write_report(steering, out, "steering", markdown=False, files=files)
-    return [evaluation_text, steering_text]
-
-
-# The short steering example of `tl-lape demo` on a real model: English prompts, the English
-# neurons switched off and the target's set to `strength` times their mean activation on the
-# target's text, at the generated tokens only. docs/model_card_gemma.md says how it was chosen.
-_EXAMPLE_PROMPTS = (
-    "The package manager downloads",
-    "To configure the network, the administrator",
-    "The weather today is",
-)
-_EXAMPLE_TARGETS = ("fr", "es", "zh")
-_EXAMPLE_STEERING: dict[str, Any] = {"mode": "replace", "strength": 2.0, "deactivate": "en"}
-
-
-def _steering_example(
-    model: Any, neurons: "LanguageNeurons", stats: "ActivationStats", max_new_tokens: int
-) -> str:
-    """Greedy continuations of a few English prompts, unsteered and steered to each target."""
-    from tl_lape.interventions.generation import generate_with_hooks
-    from tl_lape.interventions.hooks import steering_hooks
-    from tl_lape.judging.identification import LanguageIdentifier
-
-    targets = [t for t in _EXAMPLE_TARGETS if t in neurons.languages and t in stats.languages]
-    identifier = LanguageIdentifier(list(stats.languages))
-    prompts = list(_EXAMPLE_PROMPTS)
-    outputs: dict[str, list[str]] = {
-        "-": cast(list[str], generate_with_hooks(model, prompts, max_new_tokens=max_new_tokens))
-    }
-    for target in targets:
-        hooks = steering_hooks(
-            neurons, stats, target, **_EXAMPLE_STEERING, positions="new", model=model
-        )
-        outputs[target] = cast(
-            list[str],
-            generate_with_hooks(model, prompts, fwd_hooks=hooks, max_new_tokens=max_new_tokens),
-        )
-    config = ", ".join(f"{k}={v!r}" for k, v in _EXAMPLE_STEERING.items())
-    lines = [
-        "### Steering example",
-        "",
-        f"Greedy continuations ({max_new_tokens} tokens) of English prompts, unsteered (target "
-        f"'-') and steered with `steering_hooks(..., {config}, positions='new')`; the last "
-        "column is the language py3langid reads in the continuation.",
-        "",
-        "| prompt | target | continuation | language |",
-        "| --- | --- | --- | --- |",
-    ]
-    for target, texts in outputs.items():
-        for prompt, text in zip(prompts, texts, strict=True):
-            shown = " ".join(text.split()).replace("|", "\\|")
-            judged = (identifier(text) if text.strip() else None) or "-"
-            lines.append(f"| {prompt} | {target} | {shown} | {judged} |")
-    return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------- summary
-
-
-def format_summary(neurons: "LanguageNeurons", *, stats: "ActivationStats | None" = None) -> str:
-    """A Markdown summary of a neuron set: counts per language, layer spread, overlaps.
-
-    Args:
-        neurons: A :class:`~tl_lape.neurons.LanguageNeurons`.
-        stats: The :class:`~tl_lape.stats.ActivationStats` it came from, to report tokens.
-
-    Returns:
-        Markdown text with two tables.
-    """
-    counts = neurons.counts()
-    per_layer = neurons.counts_per_layer()  # [lang, n_layers]
-    n_layers = neurons.n_layers
-    third = max(1, n_layers // 3)
-    union = int(neurons.union().sum())  # a LapeError here if the width is unknown
-    total_neurons = neurons.n_layers * cast(int, neurons.d_mlp)
-    lines = [
-        f"Selected {union:,} of {total_neurons:,} MLP neurons "
-        f"({100 * union / total_neurons:.2f}%) in {n_layers} layers.",
-        "",
-        "| language | tokens | neurons | bottom third | middle | top third |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for k, lang in enumerate(neurons.languages):
-        row = per_layer[k]
-        bottom = int(row[:third].sum())
-        top = int(row[n_layers - third :].sum())
-        middle = int(row.sum()) - bottom - top
-        tokens = "-"
-        if stats is not None and lang in stats.languages:
-            tokens = f"{int(stats.n_tokens[stats.languages.index(lang)]):,}"
-        lines.append(f"| {lang} | {tokens} | {counts[lang]} | {bottom} | {middle} | {top} |")
-    jaccard = neurons.jaccard()
-    overlap = neurons.overlap()
-    pairs = []
-    langs = list(neurons.languages)
-    for i in range(len(langs)):
-        for j in range(i + 1, len(langs)):
-            pairs.append((float(jaccard[i, j]), int(overlap[i, j]), langs[i], langs[j]))
-    pairs.sort(key=lambda item: (-item[0], item[2], item[3]))
-    lines += ["", "| pair | shared neurons | Jaccard |", "| --- | ---: | ---: |"]
-    for jac, shared, a, b in pairs[:5]:
-        lines.append(f"| {a}-{b} | {shared} | {jac:.3f} |")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -1065,20 +774,10 @@ def _load_model(name: str, device: str, dtype: torch.dtype | None) -> Any:
 def _load_corpus(
     source: str, languages: str | None, split: str, hf_config: str
 ) -> Mapping[str, Any]:
-    from tl_lape.sources import corpora
+    from tl_lape.sources.corpora import load_corpus
 
-    langs = _parse_languages(languages) if languages is not None else tuple(corpora.PAPER_LANGUAGES)
-    if source == "handbook":
-        return corpora.load_debian_handbook(languages=langs, split=split)
-    if source.startswith("text:"):
-        folder = Path(source[len("text:") :])
-        return corpora.load_text_files({lang: folder / f"{lang}.txt" for lang in langs})
-    if source.startswith("hf:"):
-        return corpora.load_hf_dataset(source[len("hf:") :], hf_config, langs)
-    raise LapeError(
-        f"unknown corpus source {source!r}. Use 'handbook', 'text:DIR' (with DIR/<lang>.txt) "
-        "or 'hf:DATASET'."
-    )
+    langs = _parse_languages(languages) if languages is not None else None
+    return load_corpus(source, languages=langs, split=split, hf_config=hf_config)
 
 
 def _check_rates(args: argparse.Namespace) -> None:
@@ -1099,7 +798,9 @@ def _check_at_least_one(args: argparse.Namespace, names: Sequence[str]) -> None:
 
 def _check_collect_sizes(args: argparse.Namespace) -> None:
     """--seq-len, --batch-size and --max-tokens-per-language, checked before any loading."""
-    _check_at_least_one(args, ("seq_len", "batch_size"))
+    _check_at_least_one(args, ("batch_size",))
+    if args.seq_len is not None:
+        _check_at_least_one(args, ("seq_len",))
     if args.max_tokens_per_language is not None:
         _check_at_least_one(args, ("max_tokens_per_language",))
 
@@ -1113,70 +814,10 @@ def _check_report_folder(out: Path) -> None:
     check_output_folder(out, f"the report folder {str(out)!r}")
 
 
-def _check_device(device: str) -> None:
-    """Refuse a device torch does not know or this machine does not have, before any loading."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise LapeError(
-            f"--device {device!r} is not a torch device; give cpu, cuda, cuda:N or mps."
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LapeError(
-            f"--device {device!r} needs CUDA, which is not available on this machine (torch "
-            f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu."
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise LapeError(
-            f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-            "give cuda:0 or another existing index."
-        )
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise LapeError(f"--device {device!r}: MPS is not available here; use --device cpu.")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise LapeError(f"--device {device!r} is not supported; give cpu, cuda, cuda:N or mps.")
-
-
 def _check_model_source(name: str, device: str) -> None:
-    """Check --device and a local --model folder before the model is loaded.
+    from tl_lape.sources.models import check_model_source
 
-    A name that is clearly a path (absolute, starting with ``.`` or ``~``, or with more than
-    one ``/``) must be an existing folder, and a ``model.safetensors`` in it must be whole.
-    """
-    from tl_lape.sources.models import MODEL_ALIASES
-
-    _check_device(device)
-    if name in MODEL_ALIASES:
-        return
-    path = Path(name).expanduser()
-    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
-    if not path.exists():
-        if looks_like_path:
-            raise LapeError(
-                f"--model {name!r}: no such file or folder; give 'gemma-3-270m', 'demo', a "
-                ".gguf file, an existing folder saved with save_pretrained, or a Hugging Face "
-                "model name such as 'gpt2'."
-            )
-        return
-    if not path.is_dir():
-        if path.suffix == ".gguf":
-            return  # read and checked by tl_lape.load_model, before anything is cached
-        raise LapeError(
-            f"--model {name!r} is a file but not a .gguf file; give a .gguf file or the "
-            "folder that holds a model saved with save_pretrained (with config.json)."
-        )
-    weights = path / "model.safetensors"
-    if weights.is_file():
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(weights), framework="pt") as f:
-                f.keys()
-        except (SafetensorError, OSError, ValueError) as err:
-            raise LapeError(
-                f"--model {name!r}: {str(weights)!r} is damaged or truncated "
-                f"({str(err)[:120]}); save the model again or download it again."
-            ) from None
+    check_model_source(name, device=device)
 
 
 def _check_stats_cover(
@@ -1196,13 +837,3 @@ def _check_stats_cover(
             f"d_mlp={stats.d_mlp}, but the neuron set {str(neurons_path)!r} has "
             f"n_layers={neurons.n_layers}, d_mlp={neurons.d_mlp}; give statistics of its model."
         )
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")

@@ -47,6 +47,7 @@ __all__ = [
     "filter_language",
     "find_debian_handbook",
     "handbook_locale",
+    "load_corpus",
     "load_debian_handbook",
     "load_handbook_parallel",
     "load_hf_dataset",
@@ -744,3 +745,37 @@ def filter_language(
         if joined:
             kept.append(joined)
     return kept
+
+
+def load_corpus(
+    source: str,
+    *,
+    languages: Sequence[str] | None = None,
+    split: str = "train",
+    hf_config: str = "{lang}",
+) -> dict[str, Any]:
+    """A corpus named by a source string, as the command line names it.
+
+    Args:
+        source: ``"handbook"`` (:func:`load_debian_handbook`, with ``split``), ``"text:DIR"``
+            (:func:`load_text_files` of ``DIR/<lang>.txt``) or ``"hf:DATASET"``
+            (:func:`load_hf_dataset`, with ``hf_config``).
+        languages: Language codes (default: :data:`PAPER_LANGUAGES`).
+        split: The handbook split: ``"train"``, ``"heldout"`` or ``"all"``.
+        hf_config: The dataset config per language, with ``{lang}``.
+
+    Returns:
+        Maps each language to its documents.
+    """
+    langs = tuple(PAPER_LANGUAGES if languages is None else languages)
+    if source == "handbook":
+        return dict(load_debian_handbook(languages=langs, split=split))
+    if source.startswith("text:"):
+        folder = Path(source[len("text:") :])
+        return dict(load_text_files({lang: folder / f"{lang}.txt" for lang in langs}))
+    if source.startswith("hf:"):
+        return dict(load_hf_dataset(source[len("hf:") :], hf_config, langs))
+    raise LapeError(
+        f"unknown corpus source {source!r}. Use 'handbook', 'text:DIR' (with DIR/<lang>.txt) "
+        "or 'hf:DATASET'."
+    )

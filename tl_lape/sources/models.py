@@ -42,12 +42,16 @@ from tl_lape.errors import LapeError
 from tl_lape.sources.demo_model import hub_offline
 
 __all__ = [
+    "DTYPES",
     "GEMMA_3_270M",
     "MODEL_ALIASES",
+    "check_device",
+    "check_model_source",
     "fast_dtype",
     "gguf_cache_path",
     "load_hf_gguf",
     "load_model",
+    "resolve_dtype",
 ]
 
 logger = logging.getLogger(__name__)
@@ -220,23 +224,111 @@ def fast_dtype(device: str | torch.device | None = None) -> torch.dtype:
     return torch.float32
 
 
+# ----------------------------------------------------------------------------- checks
+
+#: The model dtypes a user can name (``"auto"`` is resolved by :func:`resolve_dtype`).
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """The dtype a name gives: one of :data:`DTYPES`, or ``"auto"`` (:func:`fast_dtype`).
+
+    Example:
+        >>> resolve_dtype("float32")
+        torch.float32
+    """
+    if name == "auto":
+        return fast_dtype(device)
+    if name not in DTYPES:
+        raise LapeError(f"dtype must be one of {[*DTYPES, 'auto']}; received {name!r}")
+    return DTYPES[name]
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device ``device`` names, if this machine has it; else a LapeError.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise LapeError(
+            f"device {device!r} is not a torch device; give cpu, cuda, cuda:N or mps."
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LapeError(
+            f"device {device!r} needs CUDA, which is not available on this machine (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda}); use cpu."
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LapeError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "give cuda:0 or another existing index."
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LapeError(f"device {device!r}: MPS is not available here; use cpu.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise LapeError(f"device {device!r} is not supported; give cpu, cuda, cuda:N or mps.")
+    return dev
+
+
+def check_model_source(name: str, *, device: str | torch.device = "cpu") -> None:
+    """Check a model name and the device before :func:`load_model` spends time on them.
+
+    A name that is clearly a path (absolute, starting with ``.`` or ``~``, or with more than
+    one ``/``) must exist; a folder's ``model.safetensors`` must be whole. Hub names and the
+    short names of :data:`MODEL_ALIASES` pass (they are checked when loaded).
+
+    Example:
+        >>> check_model_source("demo", device="cpu")
+    """
+    check_device(device)
+    if name in MODEL_ALIASES:
+        return
+    path = Path(name).expanduser()
+    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+    if not path.exists():
+        if looks_like_path:
+            raise LapeError(
+                f"model {name!r}: no such file or folder; give 'gemma-3-270m', 'demo', a "
+                ".gguf file, an existing folder saved with save_pretrained, or a Hugging Face "
+                "model name such as 'gpt2'."
+            )
+        return
+    if not path.is_dir():
+        if path.suffix == ".gguf":
+            return  # read and checked by load_model, before anything is cached
+        raise LapeError(
+            f"model {name!r} is a file but not a .gguf file; give a .gguf file or the "
+            "folder that holds a model saved with save_pretrained (with config.json)."
+        )
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as err:
+            raise LapeError(
+                f"model {name!r}: {str(weights)!r} is damaged or truncated "
+                f"({str(err)[:120]}); save the model again or download it again."
+            ) from None
+
+
 # ----------------------------------------------------------------------------- resolution
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise LapeError(
-            f"unknown torch device {device!r} ({error}); use e.g. 'cpu', 'cuda' or 'cuda:0'."
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LapeError(f"device {device!r} was asked for, but CUDA is not available; use 'cpu'.")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise LapeError(f"device {device!r} was asked for, but MPS is not available; use 'cpu'.")
-    return dev
+    return check_device(device)
 
 
 def _resolve_dtype(dtype: torch.dtype | None) -> torch.dtype:
