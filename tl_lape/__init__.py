@@ -17,7 +17,7 @@ from tl_lape.experiments.analysis import (
     neuron_cards,
     split_half_stability,
 )
-from tl_lape.experiments.demo import run_demo
+from tl_lape.experiments.demo import DemoResult, run_demo
 from tl_lape.experiments.evaluation import (
     EvaluationReport,
     PerplexityMatrix,
@@ -58,6 +58,7 @@ from tl_lape.stats import ActivationStats
 __all__ = [
     "PAPER_LANGUAGES",
     "ActivationStats",
+    "DemoResult",
     "EvaluationReport",
     "LanguageIdentifier",
     "LanguageNeurons",

@@ -45,18 +45,28 @@ import os
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import einops
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tl_lape.checks import check_language_codes, check_languages, check_positive_int
+from tl_lape.checks import (
+    check_choice,
+    check_language_codes,
+    check_languages,
+    check_positive_int,
+    check_seed,
+)
 from tl_lape.errors import LapeError
 from tl_lape.formats import atomic_path, existing_file
 
-__all__ = ["LanguageNeurons", "random_matched_neurons"]
+__all__ = ["MATCH_ON", "LanguageNeurons", "MatchOn", "activity_gap", "random_matched_neurons"]
+
+#: What a random control set is matched on (see :func:`random_matched_neurons`).
+MatchOn = Literal["layer", "activity"]
+MATCH_ON: tuple[MatchOn, ...] = get_args(MatchOn)
 
 _FORMAT = "tl_lape.LanguageNeurons"
 _VERSION = 1
@@ -818,18 +828,34 @@ def random_matched_neurons(
     *,
     seed: int = 0,
     exclude_selected: bool = True,
+    match: MatchOn = "layer",
+    stats: Any = None,
+    pool: int = 10,
 ) -> LanguageNeurons:
     """Random neuron sets matched to each language's set in size and distribution over layers.
 
     For every language and layer, draws as many neurons as the language has in that layer,
-    uniformly without replacement, from the layer's neurons (by default excluding every neuron
-    selected for any language, so the control contains no language neuron). Languages are
-    drawn independently; the draw is a pure function of ``seed``.
+    without replacement, from the layer's neurons (by default excluding every neuron selected
+    for any language, so the control contains no language neuron). Languages are drawn
+    independently; the draw is a pure function of ``seed``.
+
+    ``match="layer"`` draws uniformly. ``match="activity"`` also matches how the neurons behave
+    on the language itself: for each selected neuron, in a random order, it draws uniformly
+    among the ``pool`` not-yet-drawn eligible neurons of the same layer nearest to it in firing
+    rate and mean activation on that language (``stats``, each feature divided by its spread in
+    the layer). Such a control answers "does switching off *any* strongly firing neurons do
+    this?"; :func:`activity_gap` reports how close the match came.
 
     Args:
         neurons: The neuron set to match.
         seed: Seed of the draw; different seeds give independent draws.
         exclude_selected: Draw only from neurons outside ``neurons.union()``.
+        match: ``"layer"`` (layer and size) or ``"activity"`` (also firing rate and mean
+            activation on the language; needs ``stats`` with activation values).
+        stats: The :class:`~tl_lape.stats.ActivationStats` the set was selected from (for
+            ``match="activity"``).
+        pool: Nearest candidates each draw chooses from, with ``match="activity"`` (1: always
+            the nearest, the same set for every seed).
 
     Returns:
         A :class:`LanguageNeurons` with the same languages and the same
@@ -844,8 +870,10 @@ def random_matched_neurons(
         >>> bool((control.counts_per_layer() == ln.counts_per_layer()).all())
         True
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise LapeError(f"seed must be an int; received {seed!r}")
+    check_seed(seed)
+    check_choice(match, MATCH_ON, "match")
+    features = _activity_features(neurons, stats) if match == "activity" else None
+    check_positive_int(pool, "pool")
     generator = torch.Generator().manual_seed(seed)
     per_layer = neurons.counts_per_layer()  # lang n_layers
     union = neurons.union()  # n_layers d_mlp (a LapeError if the set's width is unknown)
@@ -864,15 +892,91 @@ def random_matched_neurons(
                     f"(exclude_selected={exclude_selected}). Pass exclude_selected=False or use "
                     "a smaller neuron set."
                 )
-            pick = torch.randperm(eligible.numel(), generator=generator)[:want]
-            masks[k, layer, eligible[pick]] = True
+            if features is None:
+                pick = eligible[torch.randperm(eligible.numel(), generator=generator)[:want]]
+            else:
+                selected = torch.nonzero(neurons.masks()[k, layer]).flatten()
+                pick = _draw_nearest(features[layer, :, k], selected, eligible, pool, generator)
+            masks[k, layer, pick] = True
     metadata = {
         "selector": "random_matched",
         "seed": seed,
         "exclude_selected": exclude_selected,
+        "match": match,
+        **({"pool": pool} if match == "activity" else {}),
         "matched_to": dict(neurons.metadata),
     }
     return LanguageNeurons.from_masks(masks, neurons.languages, metadata)
+
+
+def _activity_features(neurons: LanguageNeurons, stats: Any) -> Tensor:
+    """``[n_layers, d_mlp, lang, 2]``: firing rate and mean activation per language of the set."""
+    probabilities = getattr(stats, "probabilities", None)
+    if probabilities is None or not hasattr(stats, "languages"):
+        raise LapeError(
+            "match='activity' needs the ActivationStats the set was selected from; pass "
+            f"stats=...; received {type(stats).__name__}"
+        )
+    missing = [lang for lang in neurons.languages if lang not in stats.languages]
+    if missing or (stats.n_layers, stats.d_mlp) != (neurons.n_layers, neurons.d_mlp):
+        raise LapeError(
+            f"stats must cover the set's languages and shape: the set has "
+            f"{list(neurons.languages)} on {neurons.n_layers} x {neurons.d_mlp}; stats have "
+            f"{list(stats.languages)} on {stats.n_layers} x {stats.d_mlp}"
+        )
+    order = [stats.languages.index(lang) for lang in neurons.languages]
+    rate = stats.probabilities[..., order]  # n_layers d_mlp lang
+    mean = stats.mean_activations[..., order]  # a LapeError when built from counts alone
+    return torch.stack([rate, mean], dim=-1).cpu()  # n_layers d_mlp lang 2
+
+
+def _draw_nearest(
+    features: Tensor, selected: Tensor, eligible: Tensor, pool: int, generator: torch.Generator
+) -> Tensor:
+    """For each selected neuron (random order), one of the ``pool`` nearest unused candidates."""
+    spread = features.std(dim=0).clamp_min(1e-12)  # 2: per-feature spread in the layer
+    scaled = features / spread
+    available = torch.ones(eligible.numel(), dtype=torch.bool)
+    picks = []
+    for i in torch.randperm(selected.numel(), generator=generator).tolist():
+        target = scaled[selected[i]]
+        distance = (scaled[eligible] - target).norm(dim=-1)
+        distance[~available] = torch.inf
+        nearest = torch.argsort(distance, stable=True)[: min(pool, int(available.sum()))]
+        choice = int(nearest[torch.randint(nearest.numel(), (1,), generator=generator)])
+        available[choice] = False
+        picks.append(int(eligible[choice]))
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def activity_gap(neurons: LanguageNeurons, control: LanguageNeurons, stats: Any) -> dict[str, Any]:
+    """How well a control matches a set on its own language: mean firing rate and mean
+    activation of each, per language (the control's minus the set's in ``"gap"``).
+
+    Example:
+        >>> import torch
+        >>> from tl_lape.stats import ActivationStats
+        >>> counts = torch.tensor([[[9, 1], [8, 2], [1, 9], [5, 5]]])
+        >>> s = ActivationStats.from_counts(counts, [10, 10], ["en", "fr"], counts * 0.5)
+        >>> ln = LanguageNeurons.from_indices({"en": {0: [0]}, "fr": {0: [2]}}, n_layers=1, d_mlp=4)
+        >>> c = LanguageNeurons.from_indices({"en": {0: [1]}, "fr": {0: [3]}}, n_layers=1, d_mlp=4)
+        >>> round(activity_gap(ln, c, s)["en"]["gap"]["firing_rate"], 2)
+        -0.1
+    """
+    features = _activity_features(neurons, stats)
+    out: dict[str, Any] = {}
+    set_masks, control_masks = neurons.masks(), control.masks()
+    for k, lang in enumerate(neurons.languages):
+        row: dict[str, Any] = {}
+        for name, masks in (("set", set_masks), ("control", control_masks)):
+            chosen = features[..., k, :][masks[k]]  # n 2
+            values = chosen.mean(0) if chosen.numel() else torch.full((2,), float("nan"))
+            row[name] = {"firing_rate": float(values[0]), "mean_activation": float(values[1])}
+        row["gap"] = {
+            key: row["control"][key] - row["set"][key] for key in ("firing_rate", "mean_activation")
+        }
+        out[lang] = row
+    return out
 
 
 class _RepeatedKey(ValueError):
