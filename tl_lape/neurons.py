@@ -531,6 +531,11 @@ class LanguageNeurons:
         counts = ", ".join(f"{lang}={n}" for lang, n in self.counts().items())
         return f"LanguageNeurons(n_layers={self.n_layers}, d_mlp={self.d_mlp}, {counts})"
 
+    def _repr_html_(self) -> str:
+        from tl_lape.html import neurons_html
+
+        return neurons_html(self)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LanguageNeurons):
             return NotImplemented

@@ -218,6 +218,11 @@ class ActivationStats:
             f"languages={self.languages!r}, n_tokens={self.n_tokens.tolist()})"
         )
 
+    def _repr_html_(self) -> str:
+        from tl_lape.html import stats_html
+
+        return stats_html(self)
+
     # ------------------------------------------------------------------ combining
 
     def merge(self, other: "ActivationStats") -> "ActivationStats":

@@ -1,0 +1,88 @@
+"""The rich notebook views: well-formed HTML that shows the right numbers."""
+
+from html.parser import HTMLParser
+
+import torch
+
+from tl_lape.html import bar_chart, colour, neurons_html, stats_html, table
+from tl_lape.neurons import LanguageNeurons
+from tl_lape.stats import ActivationStats
+
+VOID = {"br", "img", "meta", "hr", "input", "link"}
+
+
+class _Checker(HTMLParser):
+    """Fails on a closing tag that does not match the open one; collects the text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs) -> None:
+        pass
+
+    def handle_endtag(self, tag) -> None:
+        assert self.stack and self.stack[-1] == tag, (tag, self.stack[-5:])
+        self.stack.pop()
+
+    def handle_data(self, data) -> None:
+        self.text.append(data)
+
+
+def well_formed_text(fragment: str) -> str:
+    checker = _Checker()
+    checker.feed(fragment)
+    checker.close()
+    assert checker.stack == []
+    return " ".join(checker.text)
+
+
+def _neurons() -> LanguageNeurons:
+    return LanguageNeurons.from_indices(
+        {"en": {0: [1, 2], 5: [3]}, "fr": {0: [2], 2: [4, 5]}, "zh": {}}, n_layers=6, d_mlp=8
+    )
+
+
+def test_neurons_view_is_well_formed_and_counts_right() -> None:
+    neurons = _neurons()
+    page = neurons._repr_html_()
+    assert page == neurons_html(neurons)
+    text = well_formed_text(page)
+    assert "LanguageNeurons" in text and "6 layers" in text
+    assert "5 selected (10.42%)" in text  # union of 6 memberships sharing one neuron, of 48
+    # en: 3 neurons, bottom third (layers 0-1) 2, middle 0, top third (layers 4-5) 1
+    assert "en 3 2 0 1" in " ".join(text.split())
+    assert "fr 3 1 2 0" in " ".join(text.split())
+    assert "en-fr 1" in " ".join(text.split())  # the one shared neuron
+    assert "<script" not in page  # dependency-free, no script
+    assert repr(neurons).startswith("LanguageNeurons(")  # the plain repr stays
+
+
+def test_stats_view_shows_tokens_and_rates() -> None:
+    counts = torch.tensor([[[5, 0], [10, 10]]])  # one layer, two neurons, two languages
+    stats = ActivationStats.from_counts(counts, [10, 20], ["en", "fr"])
+    text = " ".join(well_formed_text(stats._repr_html_()).split())
+    assert stats._repr_html_() == stats_html(stats)
+    assert "en 10 0.750 0.500 0.000" in text  # rates 0.5 and 1.0
+    assert "fr 20 0.250 0.000 0.500" in text  # rates 0.0 and 0.5
+
+
+def test_tables_escape_and_shade() -> None:
+    page = table(["a", "b"], [["<x>", 1.0]], shade=[[None, 1.0]], scale=(0.0, 1.0))
+    assert "&lt;x&gt;" in page and "<x>" not in page
+    assert colour(1.0, 0.0, 1.0) in page
+    assert colour(float("nan"), 0.0, 1.0) == "rgb(230,230,230)"
+    assert colour(-1.0, -1.0, 1.0, diverging=True) == "rgb(33,102,172)"
+    assert colour(1.0, -1.0, 1.0, diverging=True) == "rgb(178,24,43)"
+
+
+def test_bar_chart_draws_one_bar_per_value_with_whiskers() -> None:
+    svg = bar_chart(["a", "b", "c"], [1.0, -0.5, float("nan")], errors=[(0.5, 1.5), None, None])
+    well_formed_text(svg)
+    assert svg.count("<rect") == 2  # the NaN has no bar
+    assert svg.count("<line") == 2  # one whisker and the zero line
