@@ -6,15 +6,20 @@ checks that the table and these tests agree. The CLI tests run ``tl_lape.cli.mai
 on tiny local models and assert the message, the exit status and that nothing was written.
 """
 
+import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -411,17 +416,40 @@ def test_identify_both_or_neither(stats_file: Path, tmp_path: Path, capsys) -> N
     assert _listing(tmp_path) == ["stats.safetensors"]
 
 
+@contextlib.contextmanager
+def _python_ctrl_c() -> Iterator[None]:
+    """For the block, SIGINT raises KeyboardInterrupt here, whatever the runner set.
+
+    A parent that ignores SIGINT (CI runners, nohup) passes SIG_IGN on, and Python then installs
+    no handler; a blocked SIGINT would never arrive. Both are set explicitly, and restored.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        signal.signal(signal.SIGINT, previous)
+
+
+def _wait_for_the_signal(timeout: float = 60.0) -> None:
+    """Let a pending signal's handler run (it raises); give up after a generous ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.01)  # the handler runs between these bytecodes, at the latest
+
+
 def test_report_interrupted_leaves_the_old_report(tmp_path: Path) -> None:
     from tl_lape.formats import atomic_dir
 
     target = tmp_path / "report"
     target.mkdir()
     (target / "summary.md").write_text("old: 154 neurons", encoding="utf-8")
-    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+    with _python_ctrl_c(), pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
         (tmp / "stats.safetensors").write_bytes(b"new")
         (tmp / "neurons.json").write_text("{}", encoding="utf-8")
         os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to this process
-        time.sleep(5)
+        _wait_for_the_signal()
     assert _listing(target) == ["summary.md"]
     assert (target / "summary.md").read_text(encoding="utf-8") == "old: 154 neurons"
     assert _listing(tmp_path) == ["report", "report/summary.md"]
@@ -538,25 +566,68 @@ def test_neurons_metadata_type(tmp_path: Path, metadata: object) -> None:
     assert type(metadata).__name__ in str(info.value)
 
 
+def _read_lines(stream: Any, lines: "queue.Queue[str | None]") -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _read_all(stream: Any, into: list[str]) -> None:
+    into.append(stream.read())
+
+
 def test_ctrl_c(handbook_cache: Path, tmp_path: Path) -> None:
     """A real SIGINT during `tl-lape demo` over an earlier report: one line, 130, nothing new."""
     out = tmp_path / "report"
     out.mkdir()
     (out / "summary.md").write_text("an earlier report", encoding="utf-8")
     env = {**os.environ, "TL_LAPE_CACHE": str(handbook_cache), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "tl_lape.cli", "demo", "--model", "demo", "--out", str(out)]
+    # The child sets its own SIGINT handler (and unblocks SIGINT) before running the CLI, so a
+    # parent that ignores or blocks SIGINT (CI runners, nohup) does not change the result; its
+    # own session keeps a Ctrl-C typed at this test run away from it.
+    child = (
+        "import runpy, signal, sys; "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+        "signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('tl_lape.cli', run_name='__main__', alter_sys=True)"
+    )
+    argv = [sys.executable, "-c", child, "demo", "--model", "demo", "--out", str(out)]
     argv += ["--no-progress"]
     argv += ["--max-tokens-per-language", "1000000", "--seq-len", "64"]
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
-    assert proc.stdout is not None
-    for line in proc.stdout:  # wait for the collection step, then press Ctrl-C
-        if line.startswith("[3/"):
-            break
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        # Wait (generously) for the line that starts the collection step, then press Ctrl-C:
+        # from that line on the program is inside the step, whatever the machine's load.
+        lines: queue.Queue[str | None] = queue.Queue()
+        errors: list[str] = []
+        readers = [
+            threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True),
+            threading.Thread(target=_read_all, args=(proc.stderr, errors), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + 600
+        while True:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, "the demo ended before its collection step"
+            if line.startswith("[3/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for reader in readers:
+        reader.join(timeout=60)  # the pipes close when the child ends
+    err = "".join(errors)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     # (transformers draws a progress bar on stderr while the demo model loads)

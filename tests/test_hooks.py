@@ -1,6 +1,8 @@
 """Intervention hooks against the same interventions done by hand on the Hugging Face modules."""
 
 import dataclasses
+import types
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -348,3 +350,37 @@ def test_bad_positions_and_sources(tiny_model):
     with pytest.raises(LapeError, match=r"target 'zh' is not among the languages of stats"):
         steering_hooks(neurons, stats, "zh", model=tm.bridge)
     assert_no_hooks_attached(tm.bridge)
+
+
+def test_hook_fn_with_a_plain_hook_object(tiny_model):
+    """``fn(act, hook=hook)`` works with any object with a ``.name``, weak-referenceable or not."""
+    tm = tiny_model("llama")
+    neurons = random_neurons()
+    stats = random_stats()
+    act = torch.randn(2, 5, D_MLP)
+    factories = [
+        deactivation_hooks(neurons, ["fr"]),
+        steering_hooks(neurons, stats, "fr", mode="scale", strength=2.0),
+        steering_hooks(neurons, stats, "fr", mode="add", strength=2.0, gated=False),
+    ]
+    for hooks in factories:
+        for name, fn in hooks:
+            hook = types.SimpleNamespace(name=name)
+            with pytest.raises(TypeError):
+                weakref.ref(hook)  # the point of the test: not weak-referenceable
+            out = fn(act, hook=hook)
+            assert out is None or out.shape == act.shape
+            out = fn(act, hook=hook)  # and again: no state left half-made
+    # A wrong model is still caught when the hooks run inside its forward pass.
+    deeper = LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=N_LAYERS + 2, d_mlp=D_MLP)
+    first_layer = deactivation_hooks(deeper, "en")  # hooks for layer 0 only
+    with pytest.raises(LapeError, match=f"n_layers={N_LAYERS + 2}"):
+        tm.bridge.run_with_hooks(tokens_for(tm.bridge), fwd_hooks=first_layer)
+    # ... also when a hook of your own passes a plain stand-in on, inside the model's pass.
+    ((name, fn),) = first_layer
+
+    def passes_a_stand_in(act, *, hook):
+        return fn(act, hook=types.SimpleNamespace(name=hook.name))
+
+    with pytest.raises(LapeError, match=f"n_layers={N_LAYERS + 2}"):
+        tm.bridge.run_with_hooks(tokens_for(tm.bridge), fwd_hooks=[(name, passes_a_stand_in)])

@@ -191,3 +191,33 @@ def test_bad_input_attaches_nothing(setup):
         pass
     assert attached(bridge) == 0
     assert "generate" not in vars(bridge)
+
+
+@pytest.mark.parametrize("order", ["first-entered-first", "last-entered-first"])
+def test_exits_in_any_order_restore_the_model(setup, order):
+    """Blocks closed out of order (ExitStack, generators) leave no stale ``generate`` wrapper."""
+    bridge, neurons, stats, tokens = setup
+    before = bridge.generate
+    outer = tl_lape.deactivated(bridge, neurons, ["en"], positions="new")
+    inner = tl_lape.steered(bridge, neurons, stats, "fr", mode="add", strength=8.0, positions="new")
+    outer.__enter__()
+    inner.__enter__()
+    first, second = (outer, inner) if order == "first-entered-first" else (inner, outer)
+    first.__exit__(None, None, None)
+    # The block still open keeps its hooks, and its "new" positions are fresh at every generate.
+    still = second is inner
+    alone = (
+        tl_lape.steered(bridge, neurons, stats, "fr", mode="add", strength=8.0, positions="new")
+        if still
+        else tl_lape.deactivated(bridge, neurons, ["en"], positions="new")
+    )
+    got = [generate(bridge, tokens), generate(bridge, tokens[:, :3])]
+    second.__exit__(None, None, None)
+    assert attached(bridge) == 0
+    assert "generate" not in vars(bridge)
+    assert bridge.generate == before
+    with alone:
+        want = [generate(bridge, tokens), generate(bridge, tokens[:, :3])]
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+    assert "generate" not in vars(bridge)

@@ -268,8 +268,11 @@ def _running_model(point: Any) -> Any:
 
     A hook point does not know its model, so this looks up the call stack for the nearest
     ``self`` that is a TransformerLens model (``run_with_hooks`` and a ``hook_dict`` holding
-    ``point``). It runs once per hook point (see :class:`_Fit`), never on later passes.
+    ``point``). It runs once per hook point (see :class:`_Fit`), never on later passes. Any
+    other object with a ``.name`` (the documented ``fn(act, *, hook)`` protocol, e.g. a hook of
+    your own passing a stand-in on) matches the nearest model with a hook point of that name.
     """
+    by_name = None if isinstance(point, torch.nn.Module) else getattr(point, "name", None)
     frame: FrameType | None = sys._getframe(1)
     for _ in range(_MAX_FRAMES):
         if frame is None:
@@ -284,7 +287,10 @@ def _running_model(point: Any) -> Any:
                 hook_dict = owner.hook_dict
             except Exception:  # not a model we can read: look further up
                 hook_dict = None
-            if isinstance(hook_dict, Mapping) and any(p is point for p in hook_dict.values()):
+            if isinstance(hook_dict, Mapping) and (
+                any(p is point for p in hook_dict.values())
+                or (isinstance(by_name, str) and by_name in hook_dict)
+            ):
                 return owner
         frame = frame.f_back
     return None
@@ -298,7 +304,9 @@ class _Fit:
     not: the layer count of the model running it (see :func:`_running_model`), which must equal
     the set's. The hook points of a model that passed are remembered (weakly), so a later pass
     costs one set lookup; where no model is found (not a TransformerLens model's forward pass),
-    only the width is checked.
+    only the width is checked. A ``hook`` that cannot be weakly referenced (any object with a
+    ``.name`` will do, as the hook protocol says) is not remembered: it is checked at every
+    pass it is given to.
     """
 
     def __init__(self, neurons: LanguageNeurons) -> None:
@@ -312,17 +320,13 @@ class _Fit:
         """Check, once per hook point, that the model ``hook`` belongs to has our layer count."""
         if hook is None:
             return
-        try:
-            if hook in self._checked:
-                return
-            point = getattr(hook, "_target", hook)  # TransformerLens' aliased view of a hook point
-            if point in self._checked:
-                return
-        except TypeError:  # not weak-referenceable: not a TransformerLens hook point
+        point = getattr(hook, "_target", hook)  # TransformerLens' aliased view of a hook point
+        # WeakSet membership is False (never an error) for an object it cannot refer to weakly.
+        if hook in self._checked or point in self._checked:
             return
         model = _running_model(point)
         if model is None:
-            self._checked.add(point)
+            self._remember(point)
             return
         n_layers = _model_n_layers(model)
         if n_layers != self.n_layers:
@@ -335,7 +339,12 @@ class _Fit:
                 "neurons.for_model(model)) to have this caught before anything runs"
             )
         self._checked.update(model.hook_dict.values())
-        self._checked.add(point)
+        self._remember(point)
+
+    def _remember(self, point: Any) -> None:
+        """Remember ``point`` as checked, if it can be referred to weakly (else check it again)."""
+        with contextlib.suppress(TypeError):  # e.g. types.SimpleNamespace(name=...)
+            self._checked.add(point)
 
 
 def _check_act(act: Tensor, hook: Any, fit: _Fit, name: str) -> None:
@@ -820,37 +829,77 @@ def _patch_hook(idx: Tensor, src: Tensor, fit: _Fit, layer: int, positions: Posi
 # --------------------------------------------------------------------------- scoped interventions
 
 
+#: The attribute of the ``generate`` wrapper that :func:`_attached` puts on a model.
+_SCOPES = "_lape_scopes"
+_MISSING = object()
+
+
+class _GenerateScopes:
+    """The one ``generate`` wrapper of a model while tl_lape blocks are open on it.
+
+    The first block to open puts it on the instance, remembering the attribute it replaces;
+    every open block registers its hooks; the last one to close (in whatever order they close)
+    puts the old attribute back, so no stale wrapper stays behind.
+    """
+
+    def __init__(self, model: Any, inner: Callable[..., Any]) -> None:
+        self.previous = vars(model).get("generate", _MISSING)
+        self.open: dict[int, FwdHooks] = {}
+        self._next = 0
+
+        @functools.wraps(inner)
+        def generate_afresh(*args: Any, **kwargs: Any) -> Any:
+            for hooks in list(self.open.values()):
+                reset_positions(hooks)
+            return inner(*args, **kwargs)
+
+        setattr(generate_afresh, _SCOPES, self)
+        self.wrapper = generate_afresh
+        model.generate = generate_afresh
+
+    @staticmethod
+    def on(model: Any) -> "_GenerateScopes | None":
+        """The scopes whose wrapper is ``model.generate`` now, if any."""
+        return getattr(vars(model).get("generate"), _SCOPES, None)
+
+    def enter(self, hooks: FwdHooks) -> int:
+        self._next += 1
+        self.open[self._next] = hooks
+        return self._next
+
+    def exit(self, model: Any, key: int) -> None:
+        self.open.pop(key, None)
+        if self.open or vars(model).get("generate") is not self.wrapper:
+            return  # blocks still open, or someone replaced the wrapper: leave theirs alone
+        if self.previous is _MISSING:
+            del model.generate
+        else:
+            model.generate = self.previous
+
+
 @contextlib.contextmanager
 def _attached(model: Any, hooks: FwdHooks) -> Iterator[Any]:
     """Attach ``hooks`` to ``model`` for the block; reset their positions at each ``generate``.
 
     The hooks go through ``model.hooks(...)``, so they nest with the caller's own blocks and are
     removed on exit, exception or not. For the block, ``model.generate`` is wrapped (on the
-    instance; the previous attribute is restored on exit) so that every generation starts with
-    fresh ``"new"``/``"prompt"`` position state.
+    instance, one wrapper for all open blocks) so that every generation starts with fresh
+    ``"new"``/``"prompt"`` position state; when the last open block exits, in whatever order
+    the blocks exit, the attribute it replaced is restored.
     """
+    scopes: _GenerateScopes | None = None
+    key = 0
     generate = getattr(model, "generate", None)
-    missing = object()
-    previous = vars(model).get("generate", missing)
     if callable(generate):
-        inner: Callable[..., Any] = generate
-
-        @functools.wraps(inner)
-        def generate_afresh(*args: Any, **kwargs: Any) -> Any:
-            reset_positions(hooks)
-            return inner(*args, **kwargs)
-
-        model.generate = generate_afresh
+        scopes = _GenerateScopes.on(model) or _GenerateScopes(model, generate)
+        key = scopes.enter(hooks)
     try:
         with model.hooks(fwd_hooks=hooks):
             yield model
     finally:
         reset_positions(hooks)
-        if callable(generate):
-            if previous is missing:
-                del model.generate
-            else:
-                model.generate = previous
+        if scopes is not None:
+            scopes.exit(model, key)
 
 
 @contextlib.contextmanager
