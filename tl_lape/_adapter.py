@@ -7,7 +7,9 @@ GPT-2 and BLOOM), the activation function, and the hook names of every layer:
 
 * ``blocks.{l}.mlp.hook_pre``: the pre-activation (in a gated MLP, the gate projection);
 * ``blocks.{l}.mlp.hook_pre_linear``: the up projection of a gated MLP (absent otherwise);
-* ``blocks.{l}.mlp.hook_post``: ``act_fn(hook_pre)``, times ``hook_pre_linear`` if gated.
+* ``blocks.{l}.mlp.hook_post``: ``act_fn(hook_pre)``, times ``hook_pre_linear`` if gated;
+* ``blocks.{l}.hook_resid_pre``: the residual stream entering block ``l`` (DiffMean reads and
+  edits it; :meth:`ModelAdapter.hook_resid_pre`).
 
 Both TransformerLens 4.x ``TransformerBridge`` and 2.x/3.x ``HookedTransformer`` use these names,
 so the adapter is duck-typed: anything with ``run_with_hooks``, ``hooks`` and ``hook_dict`` works.
@@ -154,6 +156,20 @@ class ModelAdapter:
     def hook_post(self, layer: int) -> str:
         """Name of layer ``layer``'s post-activation hook (the down projection's input)."""
         return f"blocks.{layer}.mlp.hook_post"
+
+    @staticmethod
+    def hook_resid_pre(layer: int | str) -> str:
+        """Name of the residual stream entering block ``layer`` (``blocks.{layer}.hook_resid_pre``).
+
+        A static method: DiffMean hooks are built without a model at hand, as
+        ``ModelAdapter.hook_resid_pre(layer)``. A placeholder such as ``"{l}"`` for ``layer``
+        gives the name pattern (for metadata and messages).
+
+        Example:
+            >>> ModelAdapter.hook_resid_pre(3)
+            'blocks.3.hook_resid_pre'
+        """
+        return f"blocks.{layer}.hook_resid_pre"
 
     def hook_patterns(self) -> dict[str, str]:
         """The MLP hook names with a ``{layer}`` placeholder, by kind (for metadata)."""

@@ -2,14 +2,26 @@
 
 Every file written through these helpers gets the ordinary mode of a new file (``0o666`` less
 the process umask), not the ``0o600`` of :func:`tempfile.mkstemp`.
+
+Tagged safetensors files (:func:`save_tagged_safetensors`, :func:`load_tagged_safetensors`):
+a ``.safetensors`` file whose header's ``__metadata__`` holds ``format`` (what the file is, e.g.
+``"tl_lape.ResidualMeans"``), ``version`` and ``checksum`` (:func:`tensors_checksum`:
+``"sha256:..."`` of every tensor's name, dtype, shape and bytes and of every other header entry).
+Loading checks all three, so a file of another kind, of another version or with any byte
+changed is refused with a one-line :class:`~tl_lape.LapeError` naming the file.
 """
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 from tl_lape.errors import LapeError
 
@@ -20,6 +32,9 @@ __all__ = [
     "check_output_file",
     "check_output_folder",
     "existing_file",
+    "load_tagged_safetensors",
+    "save_tagged_safetensors",
+    "tensors_checksum",
 ]
 
 
@@ -208,3 +223,134 @@ def existing_file(path: str | os.PathLike[str], what: str) -> Path:
             f"the working directory {os.getcwd()!r})"
         )
     return p
+
+
+# --------------------------------------------------------------------------- tagged safetensors
+
+
+def tensors_checksum(tensors: Mapping[str, Tensor], header: Mapping[str, str] | None = None) -> str:
+    """``"sha256:..."`` of each tensor's name, dtype, shape and bytes (in name order), then of
+    the ``header`` entries (in key order; a ``"checksum"`` entry is left out).
+
+    Without ``header`` it is the checksum :class:`~tl_lape.ActivationStats` files record.
+
+    Example:
+        >>> tensors_checksum({"x": torch.zeros(2)})[:7]
+        'sha256:'
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if header is not None:
+        entries = {key: header[key] for key in sorted(header) if key != "checksum"}
+        digest.update(b"header|" + json.dumps(entries, ensure_ascii=False).encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def save_tagged_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Tensor],
+    *,
+    tag: str,
+    version: int | str,
+    header: Mapping[str, str],
+    fsync: bool = False,
+) -> None:
+    """Write ``tensors`` with ``header`` plus ``format``, ``version`` and ``checksum``, atomically.
+
+    Args:
+        path: The file; its folder must exist.
+        tensors: The tensors (written contiguous, from the CPU).
+        tag: The format tag (the header's ``format``), e.g. ``"tl_lape.ResidualMeans"``.
+        version: The format version.
+        header: Further string entries of the header.
+        fsync: Flush the file to disk before it replaces ``path`` (for checkpoints, whose
+            previous version must survive a crash).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.safetensors"
+        >>> save_tagged_safetensors(p, {"x": torch.ones(2)}, tag="demo", version=1, header={})
+        >>> load_tagged_safetensors(p, what="demo file", tag="demo", version=1)[0]["x"]
+        tensor([1., 1.])
+    """
+    from safetensors.torch import save_file
+
+    cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    full = {**header, "format": tag, "version": str(version)}
+    full["checksum"] = tensors_checksum(cpu, full)
+    with atomic_path(path) as tmp:
+        save_file(cpu, str(tmp), metadata=full)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def load_tagged_safetensors(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    tag: str,
+    version: int | str,
+    advice: str = "write it again",
+    required: Collection[str] = (),
+    legacy_keys: Collection[str] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a file written by :func:`save_tagged_safetensors`, checking tag, version and checksum.
+
+    Args:
+        path: The file.
+        what: What it should be, for messages (e.g. ``"residual-means file"``).
+        tag: The expected format tag (the header's ``format``).
+        version: The version this tl_lape reads.
+        advice: What the user should do if the file is refused (ends every message).
+        required: Tensors the file must hold.
+        legacy_keys: A header with exactly these keys is a file written before the format tag
+            existed: it is read without the tag, version and checksum checks.
+
+    Returns:
+        ``(tensors, header)``, on the CPU; ``header`` without ``format``, ``version`` and
+        ``checksum``.
+
+    Raises:
+        LapeError: The file is missing, unreadable, of another format or version, lacks a
+            required tensor, or its checksum differs (a damaged file); one line, naming the file.
+    """
+    from safetensors import safe_open
+
+    p = existing_file(path, what)
+    name = repr(str(p))
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors raises several types for a damaged file
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise LapeError(f"{name} is not a readable {what} ({reason}); {advice}") from None
+    legacy = legacy_keys is not None and set(header) == set(legacy_keys)
+    if not legacy:
+        if header.get("format") != tag:
+            raise LapeError(
+                f"{name} is not a tl_lape {what} (format {header.get('format')!r}, expected "
+                f"{tag!r}); {advice}"
+            )
+        if header.get("version") != str(version):
+            raise LapeError(
+                f"{name} is a {what} of version {header.get('version')!r}; this tl_lape reads "
+                f"version {version}; {advice}"
+            )
+        expected = header.get("checksum")
+        found = tensors_checksum(tensors, header)
+        if expected != found:
+            raise LapeError(
+                f"{name} is damaged: the checksum of its content is {found}, but its header "
+                f"records {expected!r}; restore it from a copy or {advice}"
+            )
+    missing = sorted(set(required) - set(tensors))
+    if missing:
+        raise LapeError(f"{name} is a damaged {what}: it lacks the tensors {missing}; {advice}")
+    for key in ("format", "version", "checksum"):
+        header.pop(key, None)
+    return tensors, header

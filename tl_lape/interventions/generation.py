@@ -24,7 +24,7 @@ from torch import Tensor
 
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.interventions.hooks import check_fwd_hooks, reset_positions
+from tl_lape.interventions.hooks import check_fwd_hooks, reset_positions, resettable
 
 __all__ = [
     "generate_texts_and_tokens",
@@ -240,8 +240,7 @@ def _row_block_hooks(hook_sets: list[list[tuple[str, Any]]], rows_per_set: int) 
         def reset() -> None:
             reset_positions([("", fn) for _, fn in entries])
 
-        hook_fn.reset_positions = reset  # type: ignore[attr-defined]
-        return hook_fn
+        return resettable(hook_fn, reset)
 
     return [(name, make(entries)) for name, entries in by_name.items()]
 

@@ -81,6 +81,7 @@ __all__ = [
     "deactivation_hooks",
     "patching_hooks",
     "reset_positions",
+    "resettable",
     "steered",
     "steering_hooks",
 ]
@@ -431,8 +432,13 @@ def _positions_on(pos: Tensor | None, device: torch.device) -> Tensor | None:
 _RESET = "reset_positions"
 
 
-def _resettable(fn: HookFn, reset: Callable[[], None]) -> HookFn:
-    """Give ``fn`` a ``reset_positions()`` that :func:`reset_positions` calls."""
+def resettable(fn: HookFn, reset: Callable[[], None]) -> HookFn:
+    """Give ``fn`` a ``reset_positions()`` that :func:`reset_positions` calls; returns ``fn``.
+
+    The one position-reset protocol: a hook of your own that keeps position state (e.g. with a
+    :class:`PositionSelector`) registers its reset here, e.g.
+    ``resettable(fn, selector.reset)``.
+    """
     setattr(fn, _RESET, reset)
     return fn
 
@@ -549,7 +555,7 @@ def _zero_hook(idx: Tensor, fit: _Fit, layer: int, positions: Positions) -> Hook
         i = indices.on(act.device)
         return _write(act, pos, i, torch.zeros((), dtype=act.dtype, device=act.device))
 
-    return _fitted(_resettable(deactivate, selector.reset), fit)
+    return _fitted(resettable(deactivate, selector.reset), fit)
 
 
 # --------------------------------------------------------------------------- steering
@@ -725,7 +731,7 @@ def _steer_layer_hooks(
     hooks: FwdHooks = []
     if needs_up:
         hooks.append((_pre_linear_name(layer), _fitted(stash_up, fit)))
-    hooks.append((name, _fitted(_resettable(steer, reset), fit)))
+    hooks.append((name, _fitted(resettable(steer, reset), fit)))
     return hooks
 
 
@@ -823,7 +829,7 @@ def _patch_hook(idx: Tensor, src: Tensor, fit: _Fit, layer: int, positions: Posi
             )
         return _write(act, pos_dev, i, values.expand(act.shape[0], -1, -1))
 
-    return _fitted(_resettable(patch, selector.reset), fit)
+    return _fitted(resettable(patch, selector.reset), fit)
 
 
 # --------------------------------------------------------------------------- scoped interventions
