@@ -187,6 +187,49 @@ class ModelAdapter:
             names["pre_linear"] = [self.hook_pre_linear(layer) for layer in layers]
         return names
 
+    def hook_final_residual(self) -> str:
+        """Name of the hook whose output the unembedding reads: the final norm's output.
+
+        ``ln_final.hook_out`` on a ``TransformerBridge``, ``ln_final.hook_normalized`` on a
+        ``HookedTransformer`` (after the norm's weight and bias, or folded ones), and the last
+        block's ``hook_resid_post`` on a model without a final norm. :meth:`unembed` turns it
+        into logits.
+        """
+        hook_dict = _hook_dict(self.model)
+        for name in ("ln_final.hook_out", "ln_final.hook_normalized"):
+            if name in hook_dict:
+                return name
+        return f"blocks.{self.n_layers - 1}.hook_resid_post"
+
+    def hooks_after_final_residual(self) -> list[str]:
+        """The hook points that fire after :meth:`hook_final_residual` (the unembedding's)."""
+        return [
+            name
+            for name in _hook_dict(self.model)
+            if name.startswith("unembed.") or name == "hook_unembed"
+        ]
+
+    def unembed(self, resid: Tensor) -> Tensor:
+        """Logits ``[..., d_vocab]`` of rows ``[..., d_model]`` of :meth:`hook_final_residual`.
+
+        ``resid @ W_U + b_U`` (as ``F.linear``, the kernel of a Hugging Face ``lm_head``), then
+        the model's final logit transform: on a ``TransformerBridge`` its architecture adapter's
+        ``apply_output_logits_transform`` (Gemma 2's soft cap, Cohere's or Granite's scaling),
+        on a ``HookedTransformer`` ``cfg.output_logits_soft_cap`` when positive. Gemma 3 has no
+        final soft cap (``final_logit_softcapping`` is None). Only the rows given are computed.
+        """
+        model = self.model
+        w_u = model.W_U  # d_model d_vocab
+        b_u = getattr(model, "b_U", None)  # d_vocab or None
+        logits = F.linear(resid, w_u.T, b_u)  # ... d_vocab
+        transform = getattr(getattr(model, "adapter", None), "apply_output_logits_transform", None)
+        if callable(transform):
+            return transform(logits)  # type: ignore[no-any-return]
+        cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", None)
+        if isinstance(cap, (int, float)) and cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
     @property
     def device(self) -> torch.device:
         """The device of the model's inputs (its embedding), where token ids must be sent."""
