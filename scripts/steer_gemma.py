@@ -3,7 +3,8 @@
 Steps:
 
 1. Firing statistics and per-language residual means on the handbook's train split, in one
-   streaming pass (``collect_stats_and_residual_means``), ``--tokens`` tokens per language.
+   streaming pass (``collect_activation_stats(..., residual_means=True)``), ``--tokens`` tokens
+   per language.
 2. :func:`tl_lape.experiments.steering_study.run_steering_study`: a sweep on the development prompts
    (English, neutral and handbook-content prompts), then the chosen configuration of each method
    on fresh prompts, judged by py3langid and lingua, fluency (the unsteered model's NLL against
@@ -25,8 +26,9 @@ from pathlib import Path
 import torch
 
 import tl_lape
+from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.experiments.steering_study import run_steering_study
-from tl_lape.interventions.diffmean import ResidualMeans, collect_stats_and_residual_means
 from tl_lape.sources.corpora import load_debian_handbook, load_handbook_parallel
 
 
@@ -76,8 +78,13 @@ def main() -> None:
                 f"{stats.metadata.get('model_name')!r}); delete them or choose another --out"
             )
     else:
-        stats, means = collect_stats_and_residual_means(
-            model, train, max_tokens_per_language=args.tokens, prepend_bos=True, progress=False
+        stats, means = collect_activation_stats(
+            model,
+            train,
+            max_tokens_per_language=args.tokens,
+            prepend_bos=True,
+            progress=False,
+            residual_means=True,
         )
         stats.save(stats_path)
         means.save(means_path)

@@ -13,7 +13,7 @@ import torch
 from models import SENTENCES
 
 from tl_lape import LapeError
-from tl_lape.collection.checkpoint import CollectionCheckpoint, collect_activation_stats_resumable
+from tl_lape.collection.checkpoint import CollectionCheckpoint
 from tl_lape.collection.engine import collect_activation_stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,9 @@ def test_uninterrupted_run_equals_collect_and_finished_checkpoint_is_reused(tiny
     kwargs = {"seq_len": SEQ_LEN, "batch_size": BATCH, "progress": False}
     reference = collect_activation_stats(bridge, corpus, **kwargs)
     path = tmp_path / "run.ckpt"
-    stats = collect_activation_stats_resumable(bridge, corpus, path, checkpoint_every=3, **kwargs)
+    stats = collect_activation_stats(
+        bridge, corpus, checkpoint_path=path, checkpoint_every=3, **kwargs
+    )
     assert_identical(stats, reference)
     checkpoint = CollectionCheckpoint.load(path)
     assert checkpoint.finished
@@ -52,7 +54,7 @@ def test_uninterrupted_run_equals_collect_and_finished_checkpoint_is_reused(tiny
     with bridge.hooks(
         fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: forward_passes.append(1))]
     ):
-        again = collect_activation_stats_resumable(bridge, corpus, path, **kwargs)
+        again = collect_activation_stats(bridge, corpus, checkpoint_path=path, **kwargs)
     assert forward_passes == []  # the finished checkpoint answered; the model did not run
     assert_identical(again, reference)
 
@@ -62,7 +64,7 @@ CHILD = textwrap.dedent(
     import os, sys, time
     import torch
     from transformer_lens.model_bridge import TransformerBridge
-    from tl_lape.collection.checkpoint import collect_activation_stats_resumable
+    from tl_lape.collection.engine import collect_activation_stats
 
     model_dir, checkpoint, n_threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
     torch.set_num_threads(n_threads)
@@ -80,8 +82,8 @@ CHILD = textwrap.dedent(
         if os.path.exists(checkpoint):
             time.sleep(60)
 
-    collect_activation_stats_resumable(
-        bridge, corpus, checkpoint, checkpoint_every=3, seq_len=8, batch_size=2,
+    collect_activation_stats(
+        bridge, corpus, checkpoint_path=checkpoint, checkpoint_every=3, seq_len=8, batch_size=2,
         progress=False, fwd_hooks=[("blocks.0.hook_resid_pre", stall_once_checkpointed)],
     )
     """
@@ -132,8 +134,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_model, tmp_path):
         "progress": False,
         "fwd_hooks": [("blocks.0.hook_resid_pre", idle)],
     }
-    resumed = collect_activation_stats_resumable(
-        tm.bridge, corpus, path, checkpoint_every=3, **kwargs
+    resumed = collect_activation_stats(
+        tm.bridge, corpus, checkpoint_path=path, checkpoint_every=3, **kwargs
     )
     reference = collect_activation_stats(tm.bridge, corpus, **kwargs)
     assert_identical(resumed, reference)
@@ -156,7 +158,7 @@ def test_refuses_checkpoint_of_another_run(tiny_model, tmp_path, change, match):
     corpus = token_corpus(bridge.cfg.d_vocab)
     kwargs = {"seq_len": SEQ_LEN, "batch_size": BATCH, "progress": False}
     path = tmp_path / "run.ckpt"
-    collect_activation_stats_resumable(bridge, corpus, path, checkpoint_every=5, **kwargs)
+    collect_activation_stats(bridge, corpus, checkpoint_path=path, checkpoint_every=5, **kwargs)
     before = path.read_bytes()
 
     model = bridge
@@ -168,7 +170,7 @@ def test_refuses_checkpoint_of_another_run(tiny_model, tmp_path, change, match):
         corpus = {"fr": corpus["fr"], "en": corpus["en"]}
     kwargs.update({k: v for k, v in change.items() if k not in ("model", "corpus")})
     with pytest.raises(LapeError, match=match) as info:
-        collect_activation_stats_resumable(model, corpus, path, **kwargs)
+        collect_activation_stats(model, corpus, checkpoint_path=path, **kwargs)
     assert "delete the checkpoint" in str(info.value)
     assert path.read_bytes() == before  # refused before any work: nothing written
 
@@ -178,12 +180,12 @@ def test_refuses_text_corpus_that_tokenizes_differently(tiny_model, tmp_path):
     kwargs = {"seq_len": 6, "batch_size": 1, "progress": False}
     path = tmp_path / "run.ckpt"
     corpus = {"en": SENTENCES["en"], "fr": SENTENCES["fr"]}
-    collect_activation_stats_resumable(bridge, corpus, path, **kwargs)
+    collect_activation_stats(bridge, corpus, checkpoint_path=path, **kwargs)
     other = {"en": SENTENCES["en"][::-1], "fr": SENTENCES["fr"]}
     with pytest.raises(LapeError, match="belongs to another corpus: the token ids of its first"):
-        collect_activation_stats_resumable(bridge, other, path, **kwargs)
+        collect_activation_stats(bridge, other, checkpoint_path=path, **kwargs)
     # The same text again is accepted (answered by the finished checkpoint).
-    again = collect_activation_stats_resumable(bridge, corpus, path, **kwargs)
+    again = collect_activation_stats(bridge, corpus, checkpoint_path=path, **kwargs)
     assert_identical(again, collect_activation_stats(bridge, corpus, **kwargs))
 
 
@@ -193,7 +195,9 @@ def test_bad_checkpoint_files_and_settings(tiny_model, tmp_path):
     damaged = tmp_path / "damaged.ckpt"
     damaged.write_bytes(b"not a checkpoint at all")
     with pytest.raises(LapeError, match=r"not a readable collection checkpoint.*delete it"):
-        collect_activation_stats_resumable(bridge, corpus, damaged, seq_len=SEQ_LEN, progress=False)
+        collect_activation_stats(
+            bridge, corpus, checkpoint_path=damaged, seq_len=SEQ_LEN, progress=False
+        )
     assert damaged.read_bytes() == b"not a checkpoint at all"
 
     stats_file = tmp_path / "stats.safetensors"
@@ -203,13 +207,76 @@ def test_bad_checkpoint_files_and_settings(tiny_model, tmp_path):
 
     for every in (0, -1, True):
         with pytest.raises(LapeError, match=f"checkpoint_every must be a positive int.*{every!r}"):
-            collect_activation_stats_resumable(
-                bridge, corpus, tmp_path / "x.ckpt", checkpoint_every=every, progress=False
+            collect_activation_stats(
+                bridge,
+                corpus,
+                checkpoint_path=tmp_path / "x.ckpt",
+                checkpoint_every=every,
+                progress=False,
             )
     with pytest.raises(LapeError, match="does not exist"):
-        collect_activation_stats_resumable(
-            bridge, corpus, tmp_path / "no" / "dir" / "x.ckpt", seq_len=SEQ_LEN, progress=False
+        collect_activation_stats(
+            bridge,
+            corpus,
+            checkpoint_path=tmp_path / "no" / "dir" / "x.ckpt",
+            seq_len=SEQ_LEN,
+            progress=False,
         )
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def small_checkpoint() -> CollectionCheckpoint:
+    gen = torch.Generator().manual_seed(0)
+    return CollectionCheckpoint(
+        fingerprint={"model": {"name": "m", "d_mlp": 3}, "share": {"rank": 0, "world_size": 1}},
+        next_batch=7,
+        tokens_sha256="ab" * 32,
+        finished=False,
+        n_tokens=torch.tensor([40, 24]),
+        n_windows=torch.tensor([5, 3]),
+        active_counts=torch.randint(0, 24, (2, 3, 2), generator=gen),
+        activation_sums=torch.rand(2, 3, 2, generator=gen, dtype=torch.float64),
+    )
+
+
+def test_checkpoint_file_round_trips(tmp_path):
+    checkpoint = small_checkpoint()
+    path = tmp_path / "run.ckpt"
+    checkpoint.save(path)
+    back = CollectionCheckpoint.load(path)
+    assert back.fingerprint == checkpoint.fingerprint
+    assert (back.next_batch, back.tokens_sha256, back.finished) == (7, "ab" * 32, False)
+    for name in ("n_tokens", "n_windows", "active_counts", "activation_sums"):
+        assert torch.equal(getattr(back, name), getattr(checkpoint, name)), name
+    assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]  # no temporary file left
+
+
+def test_checkpoint_with_any_byte_flipped_is_refused(tmp_path):
+    path = tmp_path / "run.ckpt"
+    small_checkpoint().save(path)
+    good = path.read_bytes()
+    damaged = tmp_path / "damaged.ckpt"
+    for i in range(len(good)):
+        damaged.write_bytes(good[:i] + bytes([good[i] ^ 0xFF]) + good[i + 1 :])
+        with pytest.raises(LapeError) as info:
+            CollectionCheckpoint.load(damaged)
+        message = str(info.value)
+        assert "damaged.ckpt" in message and "\n" not in message, (i, message)
+        assert "delete it to start the collection afresh" in message, (i, message)
+
+
+def test_damaged_checkpoint_is_refused_before_resuming(tiny_model, tmp_path):
+    bridge = tiny_model("llama").bridge
+    corpus = token_corpus(bridge.cfg.d_vocab)
+    kwargs = {"seq_len": SEQ_LEN, "batch_size": BATCH, "progress": False}
+    path = tmp_path / "run.ckpt"
+    collect_activation_stats(bridge, corpus, checkpoint_path=path, checkpoint_every=5, **kwargs)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # a bit of the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(LapeError, match=r"run\.ckpt' is damaged: the checksum of its content"):
+        collect_activation_stats(bridge, corpus, checkpoint_path=path, **kwargs)
+    assert path.read_bytes() == bytes(data)  # left alone for the user to inspect
 
 
 def test_unreadable_weights_leave_the_fingerprint_without_a_sample_and_say_so(caplog):

@@ -9,8 +9,8 @@ from models import SENTENCES
 
 import tl_lape
 from tl_lape.cli import main
+from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.experiments.reports import format_summary
-from tl_lape.interventions.diffmean import ResidualMeans
 
 
 @pytest.fixture()

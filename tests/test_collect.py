@@ -171,6 +171,13 @@ def test_progress_bar_can_be_shown(tiny_model, capsys):
         ({"en": ["text"]}, {"seq_len": 10_000}, "seq_len=10000 exceeds the context length"),
         ({"en": ["text"]}, {"batch_size": 0}, "batch_size must be a positive int; received 0"),
         ({"en": ["text"]}, {"max_tokens_per_language": -1}, "max_tokens_per_language must be"),
+        ({"en": ["text"]}, {"seq_len": 0}, "seq_len must be a positive int; received 0"),
+        ({"en": ["text"]}, {"checkpoint_every": 0}, "checkpoint_every must be a positive int"),
+        (
+            {"en": ["text"]},
+            {"checkpoint_path": "no/such/folder/x.ckpt"},
+            r"its folder 'no/such/folder' does not exist",
+        ),
     ],
 )
 def test_bad_input(tiny_model, corpus, kwargs, match):
@@ -178,3 +185,45 @@ def test_bad_input(tiny_model, corpus, kwargs, match):
     kwargs = {"seq_len": 8, "progress": False, **kwargs}
     with pytest.raises(LapeError, match=match):
         collect_activation_stats(tm.bridge, corpus, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive int; received 0"),
+        ({"checkpoint_every": -1}, "checkpoint_every must be a positive int; received -1"),
+        ({"residual_means": True, "checkpoint_path": "x.ckpt"}, "does not work with checkpoint"),
+        ({"group": "my-group"}, r"needs an initialised torch\.distributed process group"),
+    ],
+)
+def test_options_are_checked_before_the_model_is_touched(kwargs, match):
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name}) before the options were checked")
+
+    with pytest.raises(LapeError, match=match):
+        collect_activation_stats(Untouchable(), {"en": ["text"]}, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["prepend_bos", "drop_last", "progress", "residual_means"])
+def test_flags_must_be_bools(name):
+    from tl_lape.collection.engine import _check_options
+
+    options = {
+        "seq_len": None,
+        "batch_size": 8,
+        "max_tokens_per_language": None,
+        "prepend_bos": False,
+        "drop_last": True,
+        "fwd_hooks": (),
+        "progress": True,
+        "checkpoint_path": None,
+        "checkpoint_every": 1000,
+        "residual_means": False,
+    }
+    with pytest.raises(LapeError, match=f"{name} must be True or False; received 1"):
+        _check_options(**{**options, name: 1})
+    for hooks in ("blocks.0.mlp.hook_pre", [("blocks.0.mlp.hook_pre", "not a function")]):
+        with pytest.raises(LapeError, match=r"fwd_hooks must be a list of \(hook_name, fn\) pairs"):
+            _check_options(**{**options, "fwd_hooks": hooks})
+    assert _check_options(**{**options, "fwd_hooks": iter([("h", print)])}) == [("h", print)]

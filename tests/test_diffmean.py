@@ -4,13 +4,10 @@ import pytest
 import torch
 
 from tl_lape import LapeError
+from tl_lape._adapter import ModelAdapter
 from tl_lape.collection.engine import collect_activation_stats
-from tl_lape.interventions.diffmean import (
-    ResidualMeans,
-    collect_stats_and_residual_means,
-    diffmean_hooks,
-    resid_hook_name,
-)
+from tl_lape.collection.residual_means import ResidualMeans
+from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
 from tl_lape.sources.demo_model import load_demo_model
 
@@ -37,8 +34,8 @@ def corpus(llama):
 
 @pytest.fixture(scope="module")
 def collected(llama, corpus):
-    return collect_stats_and_residual_means(
-        llama, corpus, seq_len=SEQ_LEN, batch_size=2, progress=False
+    return collect_activation_stats(
+        llama, corpus, seq_len=SEQ_LEN, batch_size=2, progress=False, residual_means=True
     )
 
 
@@ -46,7 +43,7 @@ def hand_means(model, corpus, *, prepend_bos: bool = False) -> torch.Tensor:
     """Mean ``hook_resid_pre`` per layer and language from ``run_with_cache`` on the windows."""
     n_layers = model.cfg.n_layers
     width = SEQ_LEN - int(prepend_bos)
-    names = [resid_hook_name(layer) for layer in range(n_layers)]
+    names = [ModelAdapter.hook_resid_pre(layer) for layer in range(n_layers)]
     columns = []
     for ids in corpus.values():
         n = ids.numel() // width * width
@@ -74,8 +71,14 @@ def test_stats_are_those_of_collect_activation_stats(llama, corpus, collected):
 
 @pytest.mark.parametrize("prepend_bos", [False, True])
 def test_means_equal_hand_computation(llama, corpus, prepend_bos):
-    stats, means = collect_stats_and_residual_means(
-        llama, corpus, seq_len=SEQ_LEN, batch_size=2, prepend_bos=prepend_bos, progress=False
+    stats, means = collect_activation_stats(
+        llama,
+        corpus,
+        seq_len=SEQ_LEN,
+        batch_size=2,
+        prepend_bos=prepend_bos,
+        progress=False,
+        residual_means=True,
     )
     assert means.languages == ("en", "fr", "zh")
     assert means.sums.shape == (llama.cfg.n_layers, llama.cfg.d_model, 3)
@@ -101,7 +104,9 @@ def test_hooks_equal_hand_computed_residual_edit(llama, collected, corpus):
     def by_hand(resid, hook):
         return resid + vector
 
-    expected = llama.run_with_hooks(tokens, fwd_hooks=[(resid_hook_name(layer), by_hand)])
+    expected = llama.run_with_hooks(
+        tokens, fwd_hooks=[(ModelAdapter.hook_resid_pre(layer), by_hand)]
+    )
     hooks = diffmean_hooks(means, "fr", source="en", layer=layer, strength=strength, model=llama)
     got = llama.run_with_hooks(tokens, fwd_hooks=hooks)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -186,8 +191,103 @@ def test_bad_input(llama, collected, tmp_path):
         ResidualMeans.load(tmp_path / "missing.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not safetensors")
-    with pytest.raises(LapeError, match="is not a residual-means file"):
+    with pytest.raises(LapeError, match="is not a readable residual-means file"):
         ResidualMeans.load(bad)
     (_, hook), *_ = diffmean_hooks(means, "fr", layer=0)
     with pytest.raises(LapeError, match=r"received shape \(1, 3, 5\)"):
         hook(torch.zeros(1, 3, 5))
+
+
+def test_stats_with_extra_hooks_are_those_of_collect_activation_stats(llama, corpus):
+    """``fwd_hooks`` and ``residual_means`` together: the hooks act, the means see their edit."""
+
+    def double(resid, hook):
+        return resid * 2
+
+    hooks = [(ModelAdapter.hook_resid_pre(1), double)]
+    kwargs = {"seq_len": SEQ_LEN, "batch_size": 2, "progress": False, "fwd_hooks": hooks}
+    stats, means = collect_activation_stats(llama, corpus, residual_means=True, **kwargs)
+    plain = collect_activation_stats(llama, corpus, **kwargs)
+    assert torch.equal(stats.active_counts, plain.active_counts)
+    torch.testing.assert_close(stats.activation_sums, plain.activation_sums, rtol=0, atol=0)
+    _, clean = collect_activation_stats(
+        llama, corpus, seq_len=SEQ_LEN, batch_size=2, progress=False, residual_means=True
+    )
+    torch.testing.assert_close(means.sums[1], clean.sums[1] * 2)
+    torch.testing.assert_close(means.sums[0], clean.sums[0])
+
+
+def test_residual_means_options_are_checked_before_the_model_runs(llama, corpus, tmp_path):
+    with pytest.raises(LapeError, match="residual_means=True does not work with checkpoint_path"):
+        collect_activation_stats(
+            llama, corpus, residual_means=True, checkpoint_path=tmp_path / "x.ckpt"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def small_means() -> ResidualMeans:
+    gen = torch.Generator().manual_seed(0)
+    return ResidualMeans(
+        ("en", "zh-Hans"),
+        torch.randn(2, 3, 2, generator=gen, dtype=torch.float64),
+        torch.tensor([5, 7]),
+        {"model_name": "tiny", "hook": "blocks.{l}.hook_resid_pre", "seq_len": 8},
+    )
+
+
+def test_small_means_file_round_trips_with_format_tag_and_checksum(tmp_path):
+    from safetensors import safe_open
+
+    means = small_means()
+    path = tmp_path / "means.safetensors"
+    means.save(path)
+    with safe_open(str(path), framework="pt") as fh:
+        header = fh.metadata()
+    assert header["format"] == "tl_lape.ResidualMeans" and header["version"] == "1"
+    assert header["checksum"].startswith("sha256:")
+    back = ResidualMeans.load(path)
+    assert back.languages == means.languages and back.metadata == means.metadata
+    assert torch.equal(back.sums, means.sums) and torch.equal(back.n_tokens, means.n_tokens)
+
+
+def test_means_file_with_any_byte_flipped_is_refused(tmp_path):
+    path = tmp_path / "means.safetensors"
+    small_means().save(path)
+    good = path.read_bytes()
+    damaged = tmp_path / "damaged.safetensors"
+    for i in range(len(good)):
+        damaged.write_bytes(good[:i] + bytes([good[i] ^ 0xFF]) + good[i + 1 :])
+        with pytest.raises(LapeError) as info:
+            ResidualMeans.load(damaged)
+        message = str(info.value)
+        assert "damaged.safetensors" in message and "\n" not in message, (i, message)
+        assert "collect the residual means again" in message, (i, message)
+
+
+def test_means_file_of_another_kind_or_version_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    means = small_means()
+    other = tmp_path / "stats.safetensors"
+    tensors = {"sums": means.sums, "n_tokens": means.n_tokens}
+    save_file(tensors, str(other), metadata={"format": "tl_lape.ActivationStats", "version": "1"})
+    with pytest.raises(LapeError, match="is not a tl_lape residual-means file"):
+        ResidualMeans.load(other)
+    newer = tmp_path / "newer.safetensors"
+    header = {"format": "tl_lape.ResidualMeans", "version": "9", "languages": '["en", "zh-Hans"]'}
+    save_file(tensors, str(newer), metadata=header)
+    with pytest.raises(LapeError, match="of version '9'; this tl_lape reads version 1"):
+        ResidualMeans.load(newer)
+
+
+def test_means_file_written_before_the_format_tag_still_loads(tmp_path):
+    """Files of the first release of DiffMean (e.g. benchmarks/results/...) had no tag."""
+    from safetensors.torch import save_file
+
+    means = small_means()
+    legacy = tmp_path / "legacy.safetensors"
+    header = {"languages": '["en", "zh-Hans"]', "metadata": '{"seq_len": 8}'}
+    save_file({"sums": means.sums, "n_tokens": means.n_tokens}, str(legacy), metadata=header)
+    back = ResidualMeans.load(legacy)
+    assert back.languages == ("en", "zh-Hans") and back.metadata == {"seq_len": 8}
+    assert torch.equal(back.sums, means.sums)

@@ -11,11 +11,9 @@ import torch
 
 from tl_lape import LapeError
 from tl_lape.collection.checkpoint import CollectionCheckpoint
-from tl_lape.collection.distributed import (
-    collect_activation_stats_distributed,
-    rank_checkpoint_path,
-)
+from tl_lape.collection.distributed import rank_checkpoint_path
 from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.stats import ActivationStats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +30,7 @@ WORKER = textwrap.dedent(
     import torch
     import torch.distributed as dist
     from transformer_lens.model_bridge import TransformerBridge
-    from tl_lape.collection.distributed import collect_activation_stats_distributed
+    from tl_lape.collection.engine import collect_activation_stats
 
     model_dir, out_dir, init, rank, world, seq_len = sys.argv[1:7]
     rank, world = int(rank), int(world)
@@ -48,11 +46,18 @@ WORKER = textwrap.dedent(
             "fr": torch.randint(3, d_vocab, (8 * 3,), generator=gen),  # 2 batches
             "zh": torch.randint(3, d_vocab, (8 * 1,), generator=gen),  # 1 batch: rank 0 only
         }
-        stats = collect_activation_stats_distributed(
+        # The process group is initialised: the one entry point splits the work.
+        stats = collect_activation_stats(
             bridge, corpus, seq_len=int(seq_len), batch_size=2, progress=False,
             checkpoint_path=f"{out_dir}/run.ckpt", checkpoint_every=2,
         )
         stats.save(f"{out_dir}/rank{rank}.safetensors")
+        with_means, means = collect_activation_stats(
+            bridge, corpus, seq_len=int(seq_len), batch_size=2, progress=False,
+            residual_means=True, group=dist.group.WORLD,
+        )
+        with_means.save(f"{out_dir}/rank{rank}.with-means.safetensors")
+        means.save(f"{out_dir}/rank{rank}.means.safetensors")
     finally:
         dist.destroy_process_group()
     """
@@ -123,8 +128,13 @@ def test_two_processes_equal_one(tiny_model, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' setting, so that the matmuls round the same way
     try:
-        single = collect_activation_stats(
-            tm.bridge, corpus_for(tm.bridge.cfg.d_vocab), seq_len=8, batch_size=2, progress=False
+        single, single_means = collect_activation_stats(
+            tm.bridge,
+            corpus_for(tm.bridge.cfg.d_vocab),
+            seq_len=8,
+            batch_size=2,
+            progress=False,
+            residual_means=True,
         )
     finally:
         torch.set_num_threads(threads)
@@ -139,6 +149,15 @@ def test_two_processes_equal_one(tiny_model, tmp_path):
             stats.activation_sums, single.activation_sums, rtol=1e-12, atol=1e-12
         )
         assert stats.metadata == single.metadata
+        # The same pass with residual means: the same statistics, and the means of the corpus.
+        with_means = ActivationStats.load(tmp_path / f"rank{rank}.with-means.safetensors")
+        assert torch.equal(with_means.active_counts, single.active_counts)
+        assert torch.equal(with_means.n_tokens, single.n_tokens)
+        means = ResidualMeans.load(tmp_path / f"rank{rank}.means.safetensors")
+        assert means.languages == single_means.languages
+        assert torch.equal(means.n_tokens, single_means.n_tokens)
+        torch.testing.assert_close(means.sums, single_means.sums, rtol=1e-12, atol=1e-9)
+        assert means.metadata == single_means.metadata
         # Each process checkpointed its own share, and only its share.
         share = CollectionCheckpoint.load(rank_checkpoint_path(tmp_path / "run.ckpt", rank, WORLD))
         assert share.finished
@@ -164,10 +183,13 @@ def test_processes_with_different_settings_are_refused(tiny_model, tmp_path):
     assert not list(tmp_path.glob("rank*.safetensors"))
 
 
-def test_needs_an_initialised_process_group(tiny_model):
+def test_group_needs_an_initialised_process_group(tiny_model):
     bridge = tiny_model("llama").bridge
+    assert not torch.distributed.is_initialized()
     with pytest.raises(LapeError, match=r"needs an initialised torch\.distributed process group"):
-        collect_activation_stats_distributed(bridge, corpus_for(bridge.cfg.d_vocab), seq_len=8)
+        collect_activation_stats(
+            bridge, corpus_for(bridge.cfg.d_vocab), seq_len=8, group="my-group", progress=False
+        )
 
 
 def test_model_split_by_device_map_counts_identically(tiny_model, tmp_path):

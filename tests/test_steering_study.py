@@ -9,6 +9,8 @@ import torch
 from matplotlib.figure import Figure
 
 from tl_lape import LapeError
+from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.experiments.steering_study import (
     FRESH_ENGLISH_PROMPTS,
     FRESH_NEUTRAL_PROMPTS,
@@ -21,7 +23,6 @@ from tl_lape.experiments.steering_study import (
     harmonic_mean,
     run_steering_study,
 )
-from tl_lape.interventions.diffmean import ResidualMeans, collect_stats_and_residual_means
 from tl_lape.judging.identification import LanguageIdentifier, language_id_accuracy
 from tl_lape.judging.metrics import sequence_nll
 from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook, load_handbook_parallel
@@ -119,8 +120,8 @@ STRENGTHS = {"replace": (1.0, 2.0), "add": (2.0,)}
 @pytest.fixture(scope="module")
 def study(demo, heldout, parallel, handbook_cache) -> SteeringStudy:
     train = load_debian_handbook(PAPER_LANGUAGES, split="train", cache_dir=handbook_cache)
-    stats, means = collect_stats_and_residual_means(
-        demo, train, max_tokens_per_language=2048, progress=False
+    stats, means = collect_activation_stats(
+        demo, train, max_tokens_per_language=2048, progress=False, residual_means=True
     )
     prompts = {"english": FRESH_ENGLISH_PROMPTS[:3], "neutral": FRESH_NEUTRAL_PROMPTS[:3]}
     return run_steering_study(
@@ -229,8 +230,8 @@ def test_study_report_files(study, tmp_path):
 
 def test_study_bad_input(demo, heldout, parallel, handbook_cache):
     train = load_debian_handbook(["en", "fr"], split="train", cache_dir=handbook_cache)
-    stats, means = collect_stats_and_residual_means(
-        demo, train, max_tokens_per_language=256, seq_len=64, progress=False
+    stats, means = collect_activation_stats(
+        demo, train, max_tokens_per_language=256, seq_len=64, progress=False, residual_means=True
     )
     kwargs = {"reference_corpus": heldout, "progress": False}
     with pytest.raises(LapeError, match=r"unknown language\(s\) \['xx'\]"):
@@ -240,7 +241,7 @@ def test_study_bad_input(demo, heldout, parallel, handbook_cache):
     with pytest.raises(LapeError, match="parallel has 3 items; the content setting needs"):
         run_steering_study(demo, stats, means, parallel=parallel[:3], n_content=2, **kwargs)
     full_stats = load_debian_handbook(PAPER_LANGUAGES[:3], split="train", cache_dir=handbook_cache)
-    other, _ = collect_stats_and_residual_means(
+    other = collect_activation_stats(
         demo, full_stats, max_tokens_per_language=256, seq_len=64, progress=False
     )
     with pytest.raises(LapeError, match="the residual means have languages"):

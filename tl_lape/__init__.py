@@ -6,9 +6,8 @@ firing is concentrated on few languages.
 """
 
 from tl_lape._version import __version__
-from tl_lape.collection.checkpoint import collect_activation_stats_resumable
-from tl_lape.collection.distributed import collect_activation_stats_distributed
 from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.errors import LapeError
 from tl_lape.experiments.analysis import (
     NeuronCard,
@@ -27,11 +26,7 @@ from tl_lape.experiments.evaluation import (
 )
 from tl_lape.experiments.steering import SteeringOutputs, SteeringReport, run_steering_sweep, steer
 from tl_lape.experiments.steering_study import SteeringStudy, run_steering_study
-from tl_lape.interventions.diffmean import (
-    ResidualMeans,
-    collect_stats_and_residual_means,
-    diffmean_hooks,
-)
+from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
 from tl_lape.interventions.hooks import (
     deactivated,
@@ -72,9 +67,6 @@ __all__ = [
     "SteeringStudy",
     "__version__",
     "collect_activation_stats",
-    "collect_activation_stats_distributed",
-    "collect_activation_stats_resumable",
-    "collect_stats_and_residual_means",
     "deactivated",
     "deactivation_hooks",
     "demo_model_path",

@@ -380,7 +380,6 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from tl_lape.collection.checkpoint import collect_activation_stats_resumable
     from tl_lape.collection.engine import collect_activation_stats
 
     check_output_file(args.out, "statistics file")
@@ -410,13 +409,15 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         "progress": not args.no_progress,
     }
     if args.resume is not None:
-        stats = collect_activation_stats_resumable(
-            model, corpus, args.resume, checkpoint_every=args.checkpoint_every, **window_kwargs
+        stats = collect_activation_stats(
+            model,
+            corpus,
+            checkpoint_path=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            **window_kwargs,
         )
     elif args.residual_means is not None:
-        from tl_lape.interventions.diffmean import collect_stats_and_residual_means
-
-        stats, means = collect_stats_and_residual_means(model, corpus, **window_kwargs)
+        stats, means = collect_activation_stats(model, corpus, residual_means=True, **window_kwargs)
         with atomic_paths([args.out, args.residual_means]) as (stats_tmp, means_tmp):
             stats.save(stats_tmp)  # both files are moved into place together, or neither
             means.save(means_tmp)
@@ -534,12 +535,12 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 def _cmd_steer_study(args: argparse.Namespace) -> int:
     """``steer --study``: :func:`~tl_lape.experiments.steering_study.run_steering_study`, its
     report folder."""
+    from tl_lape.collection.residual_means import ResidualMeans
     from tl_lape.experiments.steering_study import (
         DEFAULT_STRENGTHS,
         check_study_inputs,
         run_steering_study,
     )
-    from tl_lape.interventions.diffmean import ResidualMeans
     from tl_lape.stats import ActivationStats
 
     sweep_only = [

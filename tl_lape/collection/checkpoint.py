@@ -2,13 +2,13 @@
 
 Collecting statistics on 100M tokens per language takes hours; a run that is killed (a
 preempted job, an out-of-memory kill, a reboot) should not start over.
-:func:`collect_activation_stats_resumable` is :func:`tl_lape.collect_activation_stats` plus a
-checkpoint file: every ``checkpoint_every`` windows it writes the counts so far, atomically (a
-temporary file beside the target, then :func:`os.replace`; a kill mid-write leaves the previous
+``collect_activation_stats(..., checkpoint_path=...)`` (:func:`tl_lape.collect_activation_stats`)
+writes the counts so far every ``checkpoint_every`` windows, atomically (a temporary file beside
+the target, flushed to disk, then :func:`os.replace`; a kill mid-write leaves the previous
 checkpoint intact). Started again with the same arguments, it skips the batches the checkpoint
 covers and ends with statistics identical to those of an uninterrupted run.
 
-Windows are enumerated deterministically (see :mod:`tl_lape.collection.engine`), so "batches
+Windows are enumerated deterministically (see :mod:`tl_lape.collection.windows`), so "batches
 ``0 .. next_batch - 1`` are done" is the whole progress record. A checkpoint also records a
 fingerprint of the run (model name, shape, dtype and a sample of its weights; languages and a
 SHA-256 of each token-id tensor; window settings; process share; extra hook names) and a SHA-256
@@ -16,17 +16,23 @@ of the token ids of every batch it covers. Resuming with another model, corpus o
 :class:`~tl_lape.LapeError` naming what differs, before any work; a text corpus whose first
 batches tokenize differently is refused when the resumed run reaches the checkpoint's batch.
 
+A checkpoint is a tagged safetensors file (:mod:`tl_lape.formats`): format tag, version and a
+checksum of its tensors and header, verified when it is read, so a damaged checkpoint is refused
+instead of resumed from.
+
 Example:
-    >>> stats = collect_activation_stats_resumable(  # doctest: +SKIP
-    ...     model, corpus, "run.ckpt", checkpoint_every=500, seq_len=512
+    >>> stats = collect_activation_stats(  # doctest: +SKIP
+    ...     model, corpus, checkpoint_path="run.ckpt", checkpoint_every=500, seq_len=512
     ... )
+    >>> CollectionCheckpoint.load("run.ckpt").finished  # doctest: +SKIP
+    True
 """
 
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,32 +41,19 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_lape._adapter import ModelAdapter, adapt
-from tl_lape.collection.engine import (
-    HookList,
-    ShareCounts,
-    WindowBatch,
-    WindowSettings,
-    count_share,
-    make_settings,
-    stats_from_counts,
-)
+from tl_lape._adapter import ModelAdapter
+from tl_lape.collection.counting import HookList, ShareCounts, count_share
+from tl_lape.collection.windows import WindowBatch, WindowSettings
 from tl_lape.errors import LapeError
-from tl_lape.formats import atomic_path, existing_file
-from tl_lape.stats import ActivationStats
+from tl_lape.formats import load_tagged_safetensors, save_tagged_safetensors
 
-__all__ = [
-    "CollectionCheckpoint",
-    "collect_activation_stats_resumable",
-    "collect_share",
-    "collection_fingerprint",
-    "fingerprint_differences",
-]
+__all__ = ["CollectionCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "tl_lape.collection_checkpoint"
-CHECKPOINT_VERSION = 1
+#: Version 2 added the checksum.
+CHECKPOINT_VERSION = 2
 #: Values of the model's first parameter hashed into the fingerprint (cheap, catches other
 #: weights of the same architecture).
 _WEIGHT_SAMPLE = 4096
@@ -92,67 +85,57 @@ class CollectionCheckpoint:
     activation_sums: Float[Tensor, "n_layers d_mlp lang"]
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the checkpoint atomically (safetensors; the fields above in its header).
+        """Write the checkpoint atomically and durably (safetensors; the fields above in its
+        header, with a format tag, a version and a checksum).
 
         Example:
             >>> checkpoint.save("run.ckpt")  # doctest: +SKIP
         """
-        from safetensors.torch import save_file
-
         tensors = {
-            "n_tokens": self.n_tokens.contiguous(),
-            "n_windows": self.n_windows.contiguous(),
-            "active_counts": self.active_counts.contiguous(),
-            "activation_sums": self.activation_sums.contiguous(),
+            "n_tokens": self.n_tokens,
+            "n_windows": self.n_windows,
+            "active_counts": self.active_counts,
+            "activation_sums": self.activation_sums,
         }
         header = {
-            "format": CHECKPOINT_FORMAT,
-            "version": str(CHECKPOINT_VERSION),
             "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
             "next_batch": str(self.next_batch),
             "tokens_sha256": self.tokens_sha256,
             "finished": json.dumps(self.finished),
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
-            with open(tmp, "rb") as f:  # on disk before it replaces the previous checkpoint
-                os.fsync(f.fileno())
+        # fsync: on disk before it replaces the previous checkpoint
+        save_tagged_safetensors(
+            path,
+            tensors,
+            tag=CHECKPOINT_FORMAT,
+            version=CHECKPOINT_VERSION,
+            header=header,
+            fsync=True,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "CollectionCheckpoint":
-        """Read a checkpoint written by :meth:`save`.
+        """Read a checkpoint written by :meth:`save`, verifying its checksum.
 
         Raises:
-            LapeError: The file is missing, not a tl_lape collection checkpoint, or damaged.
+            LapeError: The file is missing, not a tl_lape collection checkpoint, of another
+                version, or damaged (one line naming the file).
 
         Example:
             >>> CollectionCheckpoint.load("run.ckpt").next_batch  # doctest: +SKIP
             120
         """
-        from safetensors import safe_open
-
-        p = existing_file(path, "collection checkpoint")
         advice = "delete it to start the collection afresh"
+        tensors, header = load_tagged_safetensors(
+            path,
+            what="collection checkpoint",
+            tag=CHECKPOINT_FORMAT,
+            version=CHECKPOINT_VERSION,
+            advice=advice,
+            required=("n_tokens", "n_windows", "active_counts", "activation_sums"),
+        )
         try:
-            with safe_open(str(p), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-        except Exception as err:
-            raise LapeError(
-                f"{str(p)!r} is not a readable collection checkpoint ({err}); {advice}"
-            ) from None
-        if header.get("format") != CHECKPOINT_FORMAT:
-            raise LapeError(
-                f"{str(p)!r} is not a tl_lape collection checkpoint (format "
-                f"{header.get('format')!r}, expected {CHECKPOINT_FORMAT!r}); {advice}"
-            )
-        if header.get("version") != str(CHECKPOINT_VERSION):
-            raise LapeError(
-                f"{str(p)!r} is a collection checkpoint of version {header.get('version')!r}; "
-                f"this tl_lape reads version {CHECKPOINT_VERSION}; {advice}"
-            )
-        try:
-            checkpoint = cls(
+            return cls(
                 fingerprint=json.loads(header["fingerprint"]),
                 next_batch=int(header["next_batch"]),
                 tokens_sha256=header["tokens_sha256"],
@@ -164,9 +147,9 @@ class CollectionCheckpoint:
             )
         except (KeyError, ValueError) as err:
             raise LapeError(
-                f"{str(p)!r} is a damaged collection checkpoint ({err}); {advice}"
+                f"{str(path)!r} is a damaged collection checkpoint ({type(err).__name__}: "
+                f"{err}); {advice}"
             ) from None
-        return checkpoint
 
     def check_matches(self, fingerprint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
         """Raise :class:`LapeError` naming every field where ``fingerprint`` differs from ours."""
@@ -269,12 +252,8 @@ def collection_fingerprint(
     }
 
 
-#: Counts of one process's share (the former private name; see :class:`ShareCounts`).
-_Progress = ShareCounts
-
-
 class _Checkpointer:
-    """The :class:`~tl_lape.collection.engine.CollectionObserver` that hashes, verifies and
+    """The :class:`~tl_lape.collection.counting.CollectionObserver` that hashes, verifies and
     checkpoints.
 
     It hashes the token ids of every enumerated batch (all processes' shares) and, once the run
@@ -362,14 +341,12 @@ def collect_share(
 ) -> ShareCounts:
     """Count the batches whose ``index % world_size == rank``, checkpointing if asked.
 
-    :func:`tl_lape.collection.engine.count_share` with a checkpoint: it resumes from
-    ``checkpoint_path``
-    if that file exists (after checking that it belongs to this run) and writes it every
-    ``checkpoint_every`` counted windows. A finished checkpoint of a token-id corpus answers
-    without enumerating the corpus (its fingerprint already holds the SHA-256 of every token
-    tensor); a text corpus is tokenised again, to check that it still gives the same batches.
-    Used by :func:`collect_activation_stats_resumable` and
-    :func:`tl_lape.collection.distributed.collect_activation_stats_distributed`.
+    :func:`tl_lape.collection.counting.count_share` with a checkpoint: it resumes from
+    ``checkpoint_path`` if that file exists (after checking that it belongs to this run) and
+    writes it every ``checkpoint_every`` counted windows. A finished checkpoint of a token-id
+    corpus answers without enumerating the corpus (its fingerprint already holds the SHA-256 of
+    every token tensor); a text corpus is tokenised again, to check that it still gives the same
+    batches. Without ``checkpoint_path`` it is :func:`~tl_lape.collection.counting.count_share`.
     """
     start: ShareCounts | None = None
     start_batch = 0
@@ -408,90 +385,3 @@ def collect_share(
         start_batch=start_batch,
         observer=observer,
     )
-
-
-def check_checkpoint_every(checkpoint_every: Any) -> int:
-    """``checkpoint_every`` if it is a positive int, else a :class:`LapeError` naming it."""
-    if (
-        isinstance(checkpoint_every, bool)
-        or not isinstance(checkpoint_every, int)
-        or checkpoint_every < 1
-    ):
-        raise LapeError(
-            f"checkpoint_every must be a positive int (windows between checkpoints); "
-            f"received {checkpoint_every!r}"
-        )
-    return checkpoint_every
-
-
-def collect_activation_stats_resumable(
-    model: Any,
-    corpus: Mapping[str, Iterable[str] | Int[Tensor, " n_tokens"]],
-    checkpoint_path: str | os.PathLike[str],
-    *,
-    checkpoint_every: int = 1000,
-    seq_len: int | None = None,
-    batch_size: int = 8,
-    max_tokens_per_language: int | None = None,
-    prepend_bos: bool = False,
-    drop_last: bool = True,
-    fwd_hooks: HookList = (),
-    progress: bool = True,
-) -> ActivationStats:
-    """:func:`tl_lape.collect_activation_stats` that survives being killed.
-
-    Every ``checkpoint_every`` windows the statistics so far are written atomically to
-    ``checkpoint_path``; if that file exists when the function starts, the run resumes from it.
-    The result is identical (counts, sums, token totals, metadata) to an uninterrupted
-    :func:`~tl_lape.collect_activation_stats` with the same arguments. When the run completes
-    the checkpoint is kept, marked finished: calling again returns the same statistics without
-    running the model. Delete it to collect afresh.
-
-    Args:
-        model: A TransformerLens ``TransformerBridge`` or ``HookedTransformer``.
-        corpus: As for :func:`~tl_lape.collect_activation_stats`. A text corpus must yield the
-            same documents in the same order when the run is restarted.
-        checkpoint_path: The checkpoint file; its directory must exist.
-        checkpoint_every: Windows (of ``seq_len`` tokens) between checkpoints.
-        seq_len: As for :func:`~tl_lape.collect_activation_stats`.
-        batch_size: As for :func:`~tl_lape.collect_activation_stats`.
-        max_tokens_per_language: As for :func:`~tl_lape.collect_activation_stats`.
-        prepend_bos: As for :func:`~tl_lape.collect_activation_stats`.
-        drop_last: As for :func:`~tl_lape.collect_activation_stats`.
-        fwd_hooks: As for :func:`~tl_lape.collect_activation_stats`.
-        progress: As for :func:`~tl_lape.collect_activation_stats`.
-
-    Returns:
-        :class:`~tl_lape.ActivationStats` of the whole corpus.
-
-    Raises:
-        LapeError: Anything :func:`~tl_lape.collect_activation_stats` refuses; a checkpoint of
-            another model, corpus or setting (naming what differs); a damaged checkpoint.
-
-    Example:
-        >>> stats = collect_activation_stats_resumable(  # doctest: +SKIP
-        ...     model, {"en": en_ids, "zh": zh_ids}, "lape.ckpt", checkpoint_every=200
-        ... )
-        >>> stats.n_tokens  # doctest: +SKIP
-        tensor([1000448, 1000448])
-    """
-    adapter = adapt(model)
-    settings = make_settings(
-        adapter,
-        corpus,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        max_tokens_per_language=max_tokens_per_language,
-        prepend_bos=prepend_bos,
-        drop_last=drop_last,
-    )
-    done = collect_share(
-        adapter,
-        corpus,
-        settings,
-        fwd_hooks=fwd_hooks,
-        progress=progress,
-        checkpoint_path=checkpoint_path,
-        checkpoint_every=check_checkpoint_every(checkpoint_every),
-    )
-    return stats_from_counts(adapter, corpus, settings, done)

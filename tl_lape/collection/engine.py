@@ -1,14 +1,22 @@
-"""Streaming per-language activation statistics: the first step of LAPE.
+"""Streaming per-language activation statistics: the first step of LAPE, one entry point.
 
 :func:`collect_activation_stats` runs a corpus per language through a TransformerLens model and
 counts, for every MLP neuron, on how many tokens it fires (``hook_pre > 0``, the paper's
-``act_fn(gate) > 0``) and the sum of its activation value ``act_fn(hook_pre)``. Counting happens
-inside hooks on ``hook_pre``, on the model's device (no host synchronisation per batch), so
-memory does not grow with the corpus. The forward pass stops right after the last layer's
-``hook_pre``: its hook raises a private exception that ends the pass, which skips the last
-layer's up and down projections, the final norm and the unembedding (and the ``[batch, pos,
-d_vocab]`` logits). ``stop_at_layer`` cannot do this, as it stops before a block, and both
-``HookedTransformer`` and ``TransformerBridge`` leave no state behind when a hook raises.
+``act_fn(gate) > 0``) and the sum of its activation value ``act_fn(hook_pre)``, streaming, on the
+model's device, stopping each forward pass after the last layer's ``hook_pre``. The same call
+covers the large-scale cases, each an option:
+
+- ``checkpoint_path=``: checkpoint every ``checkpoint_every`` windows and resume after a crash
+  (:mod:`tl_lape.collection.checkpoint`);
+- an initialised ``torch.distributed`` process group (``group=`` optional): every process runs
+  its share of the windows and all get the statistics of the whole corpus
+  (:mod:`tl_lape.collection.distributed`);
+- ``residual_means=True``: the per-language mean residual streams in the same pass, for DiffMean
+  (:mod:`tl_lape.collection.residual_means`).
+
+The folder, in the order the data flows: :mod:`~tl_lape.collection.windows` (text to windows),
+:mod:`~tl_lape.collection.counting` (the counting loop), the three modules above (observers and
+reductions around that loop), and this module, which checks the options and composes them.
 
 How text becomes windows (the paper's recipe, made explicit; the code is in
 :mod:`tl_lape.collection.windows`, policy :data:`tl_lape.collection.windows.COLLECTION`):
@@ -29,192 +37,44 @@ stream order, grouped into batches of ``batch_size`` windows that never mix lang
 batch of a language may be smaller; a short remainder window is a batch of its own).
 """
 
-import importlib.metadata
-import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, overload
 
-import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from tl_lape._adapter import ModelAdapter, adapt
-from tl_lape._version import __version__
-from tl_lape.collection.windows import WindowBatch, WindowSettings, iter_window_batches
+from tl_lape._adapter import adapt
+from tl_lape.checks import check_positive_int
+from tl_lape.collection.checkpoint import collect_share
+from tl_lape.collection.counting import (
+    HookList,
+    ShareCounts,
+    check_corpus,
+    count_share,
+    make_settings,
+    stats_from_counts,
+)
+from tl_lape.collection.distributed import (
+    check_same_run,
+    process_share,
+    rank_checkpoint_path,
+    sum_over_processes,
+)
+from tl_lape.collection.residual_means import ResidualMeans, ResidualSums
 from tl_lape.errors import LapeError
+from tl_lape.formats import check_output_file
 from tl_lape.stats import ActivationStats
 
-__all__ = [
-    "CollectionObserver",
-    "ShareCounts",
-    "collect_activation_stats",
-    "count_share",
-    "make_settings",
-    "stats_from_counts",
-]
+__all__ = ["collect_activation_stats"]
 
-logger = logging.getLogger(__name__)
-
-#: Default window length when the model's context is at least this long.
-DEFAULT_SEQ_LEN = 512
-
-CorpusSource = Iterable[str] | Tensor
-HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
+Corpus = Mapping[str, Iterable[str] | Int[Tensor, " n_tokens"]]
 
 
-class _StopForward(Exception):
-    """Raised by the last layer's counting hook: nothing after it is needed."""
-
-
-class _Accumulator:
-    """Per-layer counters living on the device where each layer's activations arrive.
-
-    With ``start`` the counters of each layer begin at those counts (a resumed run), created on
-    the device of the layer's first activation, so that the float64 sums are added in exactly
-    the order of an uninterrupted run.
-    """
-
-    def __init__(
-        self,
-        adapter: ModelAdapter,
-        n_languages: int,
-        skip_positions: int,
-        start: "ShareCounts | None" = None,
-    ) -> None:
-        self.adapter = adapter
-        self.n_languages = n_languages
-        self.skip = skip_positions
-        self.start = start
-        self.lang_index = 0
-        # counts[layer]: [lang, d_mlp] int64; sums[layer]: [lang, d_mlp] float64.
-        self.counts: list[Tensor | None] = [None] * adapter.n_layers
-        self.sums: list[Tensor | None] = [None] * adapter.n_layers
-
-    def hooks(self) -> list[tuple[str, Callable[..., None]]]:
-        last = self.adapter.n_layers - 1
-        return [
-            (self.adapter.hook_pre(layer), self._make_hook(layer, stop=layer == last))
-            for layer in range(self.adapter.n_layers)
-        ]
-
-    def _make_hook(self, layer: int, *, stop: bool) -> Callable[..., None]:
-        act_fn = self.adapter.act_fn
-
-        def count_hook(act: Tensor, hook: Any) -> None:
-            pre = act[:, self.skip :] if self.skip else act  # batch pos d_mlp
-            counts, sums = self.counts[layer], self.sums[layer]
-            if counts is None or sums is None:
-                counts, sums = self._first_counters(layer, pre.shape[-1], pre.device)
-            counts[self.lang_index] += (pre > 0).sum(dim=(0, 1))  # d_mlp
-            sums[self.lang_index] += act_fn(pre).sum(dim=(0, 1), dtype=torch.float64)  # d_mlp
-            if stop:
-                raise _StopForward
-
-        return count_hook
-
-    def _first_counters(
-        self, layer: int, d_mlp: int, device: torch.device
-    ) -> tuple[Tensor, Tensor]:
-        if self.start is None:
-            shape = (self.n_languages, d_mlp)
-            counts = torch.zeros(shape, dtype=torch.int64, device=device)
-            sums = torch.zeros(shape, dtype=torch.float64, device=device)
-        else:
-            # [n_layers, d_mlp, lang] -> this layer's [lang, d_mlp] on the activation's device
-            counts = self.start.active_counts[layer].T.contiguous().to(device)
-            sums = self.start.activation_sums[layer].T.contiguous().to(device)
-        self.counts[layer], self.sums[layer] = counts, sums
-        return counts, sums
-
-    def result(self) -> tuple[Tensor, Tensor]:
-        """``(active_counts, activation_sums)`` as ``[n_layers, d_mlp, lang]`` CPU tensors.
-
-        A layer no batch reached keeps its starting counts (zeros without ``start``).
-        """
-        shape = (self.n_languages, self.adapter.d_mlp)
-        counts, sums = [], []
-        for layer, (c, s) in enumerate(zip(self.counts, self.sums, strict=True)):
-            if c is not None and s is not None:
-                counts.append(c.cpu())
-                sums.append(s.cpu())
-            elif self.start is not None:
-                counts.append(self.start.active_counts[layer].T)
-                sums.append(self.start.activation_sums[layer].T)
-            else:
-                counts.append(torch.zeros(shape, dtype=torch.int64))
-                sums.append(torch.zeros(shape, dtype=torch.float64))
-        # n_layers lang d_mlp -> n_layers d_mlp lang
-        return (
-            torch.stack(counts).permute(0, 2, 1).contiguous(),
-            torch.stack(sums).permute(0, 2, 1).contiguous(),
-        )
-
-
-def _run_counting(
-    adapter: ModelAdapter, tokens: Tensor, hooks: HookList, extra_hooks: HookList
-) -> None:
-    model = adapter.model
-    kwargs: dict[str, Any] = {}
-    tokenizer = getattr(model, "tokenizer", None)
-    if getattr(tokenizer, "padding_side", "right") == "left":
-        # Some models infer an attention mask from pad tokens when padding left; our windows
-        # have no padding, and a pad id inside the text (GPT-2: pad == EOS) must not be masked.
-        kwargs["attention_mask"] = torch.ones_like(tokens)
-    try:
-        model.run_with_hooks(tokens, fwd_hooks=[*extra_hooks, *hooks], return_type=None, **kwargs)
-    except _StopForward:
-        return
-    raise LapeError(  # pragma: no cover - a model whose last hook_pre never fires
-        f"the forward pass of {adapter.model_name!r} never reached "
-        f"{adapter.hook_pre(adapter.n_layers - 1)!r}; tl_lape cannot count its neurons"
-    )
-
-
-def _package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _resolve_seq_len(adapter: ModelAdapter, seq_len: int | None) -> int:
-    n_ctx = adapter.n_ctx
-    if seq_len is None:
-        return min(DEFAULT_SEQ_LEN, n_ctx) if n_ctx else DEFAULT_SEQ_LEN
-    if n_ctx is not None and isinstance(seq_len, int) and seq_len > n_ctx:
-        raise LapeError(
-            f"seq_len={seq_len} exceeds the context length n_ctx={n_ctx} of "
-            f"{adapter.model_name!r}; pass seq_len <= {n_ctx}"
-        )
-    return seq_len
-
-
-def _check_corpus(corpus: Any) -> None:
-    if not isinstance(corpus, Mapping):
-        raise LapeError(
-            f"corpus must map language codes to texts (e.g. {{'en': [...], 'zh': [...]}}); "
-            f"received {type(corpus).__name__}"
-        )
-    if not corpus:
-        raise LapeError("corpus is empty: give at least one language with some text")
-    for language, source in corpus.items():
-        if not isinstance(language, str) or not language:
-            raise LapeError(f"corpus keys must be non-empty language codes; received {language!r}")
-        empty = (isinstance(source, Tensor) and source.numel() == 0) or (
-            isinstance(source, Sequence) and not isinstance(source, str) and len(source) == 0
-        )
-        if empty:
-            raise LapeError(
-                f"corpus[{language!r}] is empty (no documents); give every language some text or "
-                "leave the language out"
-            )
-
-
+@overload
 def collect_activation_stats(
     model: Any,
-    corpus: Mapping[str, Iterable[str] | Int[Tensor, " n_tokens"]],
+    corpus: Corpus,
     *,
     seq_len: int | None = None,
     batch_size: int = 8,
@@ -223,13 +83,79 @@ def collect_activation_stats(
     drop_last: bool = True,
     fwd_hooks: HookList = (),
     progress: bool = True,
-) -> ActivationStats:
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1000,
+    residual_means: Literal[False] = False,
+    group: Any = None,
+) -> ActivationStats: ...
+
+
+@overload
+def collect_activation_stats(
+    model: Any,
+    corpus: Corpus,
+    *,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    max_tokens_per_language: int | None = None,
+    prepend_bos: bool = False,
+    drop_last: bool = True,
+    fwd_hooks: HookList = (),
+    progress: bool = True,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1000,
+    residual_means: Literal[True],
+    group: Any = None,
+) -> tuple[ActivationStats, ResidualMeans]: ...
+
+
+@overload
+def collect_activation_stats(
+    model: Any,
+    corpus: Corpus,
+    *,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    max_tokens_per_language: int | None = None,
+    prepend_bos: bool = False,
+    drop_last: bool = True,
+    fwd_hooks: HookList = (),
+    progress: bool = True,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1000,
+    residual_means: bool = False,
+    group: Any = None,
+) -> ActivationStats | tuple[ActivationStats, ResidualMeans]: ...
+
+
+def collect_activation_stats(
+    model: Any,
+    corpus: Corpus,
+    *,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    max_tokens_per_language: int | None = None,
+    prepend_bos: bool = False,
+    drop_last: bool = True,
+    fwd_hooks: HookList = (),
+    progress: bool = True,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1000,
+    residual_means: bool = False,
+    group: Any = None,
+) -> ActivationStats | tuple[ActivationStats, ResidualMeans]:
     """Count how often, and how strongly, every MLP neuron fires on each language's text.
+
+    Every option is checked before the model runs. Called in every process of an initialised
+    ``torch.distributed`` process group, each process counts its share of the windows and all
+    return the statistics of the whole corpus (see :mod:`tl_lape.collection.distributed`).
 
     Args:
         model: A TransformerLens ``TransformerBridge`` or ``HookedTransformer``.
         corpus: Maps a language code to its text: an iterable of documents (strings, tokenized
-            with the model's tokenizer, streamed one at a time) or a 1-D tensor of token ids.
+            with the model's tokenizer, streamed one at a time) or a 1-D tensor of token ids. A
+            text corpus resumed from a checkpoint must yield the same documents in the same
+            order; with a process group every process is given the same corpus.
         seq_len: Window length in tokens (default: 512, or the context length if shorter).
         batch_size: Windows per forward pass.
         max_tokens_per_language: Counted tokens per language at most (default: all).
@@ -239,226 +165,164 @@ def collect_activation_stats(
         fwd_hooks: Extra ``(hook_name, fn)`` pairs active during collection, e.g.
             :func:`tl_lape.deactivation_hooks` to collect statistics under an intervention.
         progress: Show a tqdm progress bar (in tokens).
+        checkpoint_path: If given, write the statistics so far to this file every
+            ``checkpoint_every`` windows (atomically), and resume from it if it exists: the
+            result is identical to an uninterrupted run. A finished checkpoint is kept; calling
+            again returns its statistics without running the model (delete it to collect
+            afresh). With a process group each process checkpoints its own share to
+            :func:`~tl_lape.collection.distributed.rank_checkpoint_path` of it.
+        checkpoint_every: Windows (of this process) between checkpoints.
+        residual_means: Also sum the residual stream entering every block
+            (``blocks.{l}.hook_resid_pre``) over the same counted tokens, and return
+            ``(stats, means)`` (for :func:`tl_lape.diffmean_hooks`). Not with
+            ``checkpoint_path``.
+        group: The ``torch.distributed`` process group to split the work over (default: the
+            default group, when one is initialised).
 
     Returns:
         :class:`~tl_lape.ActivationStats` with ``active_counts[l, n, k]`` = number of language
         k's tokens with ``hook_pre > 0`` at neuron n of layer l, ``activation_sums`` = the sum of
-        ``act_fn(hook_pre)`` (float64) and ``n_tokens[k]``; on the CPU.
+        ``act_fn(hook_pre)`` (float64) and ``n_tokens[k]``; on the CPU. With
+        ``residual_means=True``, ``(stats, means)`` with means a
+        :class:`~tl_lape.ResidualMeans`.
 
     Raises:
         LapeError: Bad corpus (empty language, a lone string, token ids outside the
-            vocabulary, too few tokens for one window), bad settings, or a model tl_lape cannot
-            read.
+            vocabulary, too few tokens for one window), bad options, a model tl_lape cannot
+            read, a checkpoint of another run (naming what differs) or a damaged one, processes
+            given different runs, or ``group`` without an initialised process group.
 
     Example:
         >>> corpus = {"en": ["The cat sat on the mat."], "fr": ["Le chat est assis."]}
         >>> stats = collect_activation_stats(model, corpus, seq_len=4)  # doctest: +SKIP
         >>> stats.active_counts.shape  # [n_layers, d_mlp, lang]  # doctest: +SKIP
         torch.Size([2, 64, 2])
+        >>> stats, means = collect_activation_stats(  # doctest: +SKIP
+        ...     model, corpus, seq_len=4, residual_means=True, checkpoint_path=None
+        ... )
     """
+    hooks = _check_options(
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_tokens_per_language=max_tokens_per_language,
+        prepend_bos=prepend_bos,
+        drop_last=drop_last,
+        fwd_hooks=fwd_hooks,
+        progress=progress,
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=checkpoint_every,
+        residual_means=residual_means,
+    )
+    check_corpus(corpus)
+    share = process_share(group)  # None: this process alone
+    rank, world_size = share if share is not None else (0, 1)
     adapter = adapt(model)
     settings = make_settings(
         adapter,
-        corpus,
         seq_len=seq_len,
         batch_size=batch_size,
         max_tokens_per_language=max_tokens_per_language,
         prepend_bos=prepend_bos,
         drop_last=drop_last,
     )
-    counts = count_share(adapter, corpus, settings, fwd_hooks=fwd_hooks, progress=progress)
-    return stats_from_counts(adapter, corpus, settings, counts)
-
-
-def make_settings(
-    adapter: ModelAdapter,
-    corpus: Any,
-    *,
-    seq_len: int | None,
-    batch_size: int,
-    max_tokens_per_language: int | None,
-    prepend_bos: bool,
-    drop_last: bool,
-) -> WindowSettings:
-    """Check the corpus and build the window settings of a collection run.
-
-    The one place where the arguments of every ``collect_activation_stats*`` function become
-    :class:`WindowSettings` (``seq_len=None``: 512, or the context length if shorter).
-
-    Raises:
-        LapeError: A corpus that is not a non-empty mapping of languages to texts, or bad
-            settings (naming the argument and the value received).
-    """
-    _check_corpus(corpus)
-    return WindowSettings(
-        seq_len=_resolve_seq_len(adapter, seq_len),
-        batch_size=batch_size,
-        max_tokens_per_language=max_tokens_per_language,
-        prepend_bos=prepend_bos,
-        drop_last=drop_last,
-    )
-
-
-@dataclass
-class ShareCounts:
-    """Counts of one process's share of a collection run, on the CPU.
-
-    Attributes:
-        active_counts: ``hook_pre > 0`` counts, ``[n_layers, d_mlp, lang]`` int64.
-        activation_sums: Sums of ``act_fn(hook_pre)``, ``[n_layers, d_mlp, lang]`` float64.
-        n_tokens: Counted tokens per language, ``[lang]`` int64.
-        n_windows: Windows per language, ``[lang]`` int64.
-    """
-
-    active_counts: Int[Tensor, "n_layers d_mlp lang"]
-    activation_sums: Float[Tensor, "n_layers d_mlp lang"]
-    n_tokens: Int[Tensor, " lang"]
-    n_windows: Int[Tensor, " lang"]
-
-
-@runtime_checkable
-class CollectionObserver(Protocol):
-    """What :func:`count_share` tells an observer (a checkpoint writer) while it runs."""
-
-    def before_batch(self, batch: WindowBatch) -> None:
-        """Called for every enumerated batch, before it is counted (may raise to stop)."""
-
-    def after_batch(
-        self,
-        batch: WindowBatch,
-        *,
-        counted: bool,
-        next_batch: int,
-        snapshot: Callable[[], ShareCounts],
-    ) -> None:
-        """Called after every enumerated batch; ``counted``: it was this process's to count."""
-
-    def end_of_corpus(self) -> None:
-        """Called once the enumeration is exhausted (may raise)."""
-
-    def finish(self, next_batch: int, counts: ShareCounts) -> None:
-        """Called with the final counts, outside inference mode."""
-
-
-def count_share(
-    adapter: ModelAdapter,
-    corpus: Mapping[str, Any],
-    settings: WindowSettings,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    fwd_hooks: HookList = (),
-    progress: bool = True,
-    start: ShareCounts | None = None,
-    start_batch: int = 0,
-    observer: CollectionObserver | None = None,
-) -> ShareCounts:
-    """The collection loop shared by plain, resumable and distributed collection.
-
-    Enumerates the batches of ``corpus`` (:func:`iter_window_batches`) and counts those whose
-    ``index >= start_batch`` and ``index % world_size == rank``, continuing from the counts
-    ``start`` (a checkpoint's) if given. ``observer`` sees every batch (see
-    :class:`CollectionObserver`); :mod:`tl_lape.collection.checkpoint` uses it to hash and
-    checkpoint.
-
-    Returns:
-        The counts of this process's share (plus ``start``), on the CPU.
-    """
-    n_lang = len(corpus)
-    accumulator = _Accumulator(adapter, n_lang, int(settings.prepend_bos), start=start)
-    hooks = accumulator.hooks()
-    if start is None:
-        n_tokens = torch.zeros(n_lang, dtype=torch.int64)
-        n_windows = torch.zeros(n_lang, dtype=torch.int64)
+    if share is not None:
+        options = {"residual_means": residual_means}
+        check_same_run(adapter, corpus, settings, group, world_size, options)
+    if residual_means:
+        resid = ResidualSums(model, adapter.n_layers, len(corpus), int(settings.prepend_bos))
+        counts = count_share(
+            adapter,
+            corpus,
+            settings,
+            rank=rank,
+            world_size=world_size,
+            fwd_hooks=[*hooks, *resid.hooks()],
+            progress=progress,
+            observer=resid,
+        )
+        resid_sums = resid.result()
     else:
-        n_tokens, n_windows = start.n_tokens.clone(), start.n_windows.clone()
-    next_batch = start_batch
-
-    def snapshot() -> ShareCounts:
-        counts, sums = accumulator.result()  # [n_layers, d_mlp, lang] each, on the CPU
-        return ShareCounts(counts, sums, n_tokens.clone(), n_windows.clone())
-
-    total = None
-    if settings.max_tokens_per_language is not None:
-        total = settings.max_tokens_per_language * n_lang // world_size
-    with (
-        tqdm(
-            total=total,
-            initial=int(n_tokens.sum()),
-            unit="tok",
-            unit_scale=True,
-            disable=not progress,
-            desc="LAPE" if world_size == 1 else f"LAPE rank {rank}",
-        ) as bar,
-        torch.inference_mode(),
-    ):
-        for batch in iter_window_batches(adapter, corpus, settings):
-            if observer is not None:
-                observer.before_batch(batch)
-            counted = batch.index >= start_batch and batch.index % world_size == rank
-            if counted:
-                accumulator.lang_index = batch.lang_index
-                _run_counting(adapter, batch.tokens.to(adapter.device), hooks, fwd_hooks)
-                n_tokens[batch.lang_index] += batch.n_counted
-                n_windows[batch.lang_index] += batch.tokens.shape[0]
-                bar.set_postfix_str(batch.language, refresh=False)
-                bar.update(batch.n_counted)
-            next_batch = max(next_batch, batch.index + 1)
-            if observer is not None:
-                observer.after_batch(
-                    batch, counted=counted, next_batch=next_batch, snapshot=snapshot
-                )
-        if observer is not None:
-            observer.end_of_corpus()
-    counts = snapshot()  # outside inference mode: ordinary tensors
-    if observer is not None:
-        observer.finish(next_batch, counts)
-    return counts
+        path = checkpoint_path
+        if path is not None and share is not None:
+            path = rank_checkpoint_path(path, rank, world_size)
+        counts = collect_share(
+            adapter,
+            corpus,
+            settings,
+            rank=rank,
+            world_size=world_size,
+            fwd_hooks=hooks,
+            progress=progress,
+            checkpoint_path=path,
+            checkpoint_every=checkpoint_every,
+        )
+    if share is not None:
+        tensors = [counts.active_counts, counts.activation_sums, counts.n_tokens, counts.n_windows]
+        if residual_means:
+            tensors.append(resid_sums)
+        totals = sum_over_processes(tensors, group)
+        counts = ShareCounts(*totals[:4])
+        if residual_means:
+            resid_sums = totals[4]
+    stats = stats_from_counts(adapter, corpus, settings, counts)
+    if not residual_means:
+        return stats
+    return stats, resid.means(adapter, corpus, settings, resid_sums, counts.n_tokens)
 
 
-def stats_from_counts(
-    adapter: ModelAdapter,
-    corpus: Mapping[str, Any],
-    settings: WindowSettings,
-    counts: ShareCounts,
-) -> ActivationStats:
-    """The :class:`~tl_lape.ActivationStats` of a finished run, with its provenance metadata."""
-    languages = tuple(corpus)
-    return ActivationStats(
-        languages=languages,
-        n_tokens=counts.n_tokens,
-        active_counts=counts.active_counts,
-        activation_sums=counts.activation_sums,
-        metadata=_stats_metadata(adapter, settings, languages, counts.n_windows.tolist()),
-    )
+def _check_options(
+    *,
+    seq_len: Any,
+    batch_size: Any,
+    max_tokens_per_language: Any,
+    prepend_bos: Any,
+    drop_last: Any,
+    fwd_hooks: Any,
+    progress: Any,
+    checkpoint_path: Any,
+    checkpoint_every: Any,
+    residual_means: Any,
+) -> HookList:
+    """Every option of :func:`collect_activation_stats`, checked before any model work.
 
-
-def _stats_metadata(
-    adapter: ModelAdapter,
-    settings: WindowSettings,
-    languages: tuple[str, ...],
-    n_windows: Sequence[int],
-) -> dict[str, Any]:
-    """The provenance recorded in the statistics' metadata (JSON-serialisable)."""
-    return {
-        "model_name": adapter.model_name,
-        "n_layers": adapter.n_layers,
-        "d_mlp": adapter.d_mlp,
-        "gated": adapter.gated,
-        "act_fn": adapter.act_fn_name,
-        "hook_names": adapter.hook_patterns(),
-        "counted": "hook_pre > 0",
-        **settings.to_dict(),
-        "document_separator": "eos" if adapter.eos_token_id is not None else None,
-        "n_windows": dict(zip(languages, (int(n) for n in n_windows), strict=True)),
-        "versions": {
-            "torch": torch.__version__,
-            "transformer_lens": _package_version("transformer-lens"),
-            "transformers": _package_version("transformers"),
-            "tl_lape": _tl_lape_version(),
-        },
+    Returns ``fwd_hooks`` as a list (an iterator is read once, here).
+    """
+    if seq_len is not None:
+        check_positive_int(seq_len, "seq_len")
+    check_positive_int(batch_size, "batch_size")
+    if max_tokens_per_language is not None:
+        check_positive_int(max_tokens_per_language, "max_tokens_per_language")
+    check_positive_int(checkpoint_every, "checkpoint_every")
+    flags = {
+        "prepend_bos": prepend_bos,
+        "drop_last": drop_last,
+        "progress": progress,
+        "residual_means": residual_means,
     }
-
-
-def _tl_lape_version() -> str:
-    return __version__
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise LapeError(f"{name} must be True or False; received {value!r}")
+    if isinstance(fwd_hooks, str | bytes) or not isinstance(fwd_hooks, Iterable):
+        raise LapeError(
+            f"fwd_hooks must be a list of (hook_name, fn) pairs; received {fwd_hooks!r}"
+        )
+    hooks = list(fwd_hooks)
+    for item in hooks:
+        if not (isinstance(item, tuple | list) and len(item) == 2 and callable(item[1])):
+            raise LapeError(
+                f"fwd_hooks must be a list of (hook_name, fn) pairs; received the item {item!r}"
+            )
+    if checkpoint_path is not None:
+        if not isinstance(checkpoint_path, str | os.PathLike):
+            raise LapeError(
+                f"checkpoint_path must be a file path (str or pathlib.Path) or None; received "
+                f"{checkpoint_path!r}"
+            )
+        if residual_means:
+            raise LapeError(
+                "residual_means=True does not work with checkpoint_path (a checkpoint keeps the "
+                f"firing counts only; received checkpoint_path={str(checkpoint_path)!r}); drop "
+                "one of them"
+            )
+        check_output_file(checkpoint_path, "collection checkpoint")
+    return hooks

@@ -47,6 +47,7 @@ from typing import Any
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.errors import LapeError
 from tl_lape.experiments.steering import (
     ENGLISH_PROMPTS,
@@ -57,7 +58,7 @@ from tl_lape.experiments.steering import (
     one_line,
 )
 from tl_lape.formats import atomic_dir
-from tl_lape.interventions.diffmean import ResidualMeans, diffmean_hooks
+from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_texts_and_tokens, generate_with_hook_sets
 from tl_lape.interventions.hooks import steering_hooks
 from tl_lape.judging.identification import LanguageIdentifier
@@ -624,7 +625,8 @@ def check_study_inputs(
         if tuple(means.languages) != languages:
             raise LapeError(
                 f"the residual means have languages {list(means.languages)}, the statistics "
-                f"{list(languages)}: collect both in one pass (collect_stats_and_residual_means)"
+                f"{list(languages)}: collect both in one pass "
+                "(collect_activation_stats(..., residual_means=True))"
             )
         cfg = getattr(model, "cfg", None)
         shape = (getattr(cfg, "n_layers", n_layers), getattr(cfg, "d_model", means.d_model))
@@ -702,7 +704,7 @@ def run_steering_study(
     Args:
         model: A TransformerLens model.
         stats: Its :class:`~tl_lape.stats.ActivationStats` (with activation sums).
-        means: Its :class:`~tl_lape.interventions.diffmean.ResidualMeans` for the DiffMean baseline
+        means: Its :class:`~tl_lape.ResidualMeans` for the DiffMean baseline
         (None: no
             DiffMean).
         reference_corpus: Held-out ``{language: texts}``: the fluency yardstick.
