@@ -1,5 +1,6 @@
 """Generation under steering hooks, output judging and the steering sweep, on tiny models."""
 
+import inspect
 import json
 
 import pytest
@@ -9,18 +10,24 @@ from models import SENTENCES
 
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.errors import LapeError
+from tl_lape.experiments import steering as steering_module
 from tl_lape.experiments.steering import (
+    DEFAULT_MAX_NEW_TOKENS,
     ENGLISH_PROMPTS,
     NEUTRAL_PROMPTS,
+    SteeringConfig,
     SteeringReport,
+    config_hooks,
     run_steering_sweep,
     steer,
 )
+from tl_lape.experiments.steering_study import run_steering_study
 from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
-from tl_lape.interventions.hooks import steering_hooks
+from tl_lape.interventions.hooks import DEFAULT_MODE, steering_hooks
 from tl_lape.judging.identification import LanguageIdentifier, language_id_accuracy
 from tl_lape.judging.metrics import reference_nll, repetition_rate, sequence_nll
 from tl_lape.judging.nll import window_nll
+from tl_lape.judging.outputs import DEFAULT_MAX_REPETITION, DEFAULT_NLL_MARGIN
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons
 
@@ -221,3 +228,81 @@ def test_bad_input(llama, neurons, stats):
     other = LanguageNeurons.from_indices({"fr": {0: [1]}}, n_layers=2, d_mlp=32)
     with pytest.raises(LapeError, match="d_mlp"):
         steer(llama.bridge, other, stats, "fr", PROMPTS)
+
+
+def test_one_configuration_makes_the_hooks_everywhere(llama, neurons, stats):
+    """steer, the sweep and the study build hooks through config_hooks; it equals the hooks of
+    steering_hooks with the languages deactivated_languages names."""
+    model = llama.bridge
+    config = SteeringConfig(mode="replace", strength=3.0, deactivate="others")
+    ours = config_hooks(config, neurons, stats, "zh", model=model)
+    theirs = steering_hooks(
+        neurons, stats, "zh", mode="replace", strength=3.0, deactivate=["en", "fr", "ru"],
+        model=model,
+    )  # fmt: skip
+    tokens = model.to_tokens(PROMPTS[1])
+    torch.testing.assert_close(
+        model.run_with_hooks(tokens, fwd_hooks=ours), model.run_with_hooks(tokens, fwd_hooks=theirs)
+    )
+    assert SteeringConfig().mode == DEFAULT_MODE == "add"
+    with pytest.raises(LapeError, match=r"mode must be one of .*received 'boost'"):
+        SteeringConfig(mode="boost")
+    with pytest.raises(LapeError, match=r"deactivate must be one of .*received 'all'"):
+        SteeringConfig(deactivate="all")
+    with pytest.raises(LapeError, match="needs the prompts' language; received source=None"):
+        config_hooks(SteeringConfig(deactivate="source"), neurons, stats, "fr", model=model)
+
+
+def test_each_steering_option_has_one_default():
+    from tl_lape.cli import _build_parser
+
+    for fn in (steer, run_steering_sweep, run_steering_study):
+        params = inspect.signature(fn).parameters
+        assert params["max_new_tokens"].default == DEFAULT_MAX_NEW_TOKENS, fn.__name__
+        assert params["nll_margin"].default == DEFAULT_NLL_MARGIN, fn.__name__
+        assert params["max_repetition"].default == DEFAULT_MAX_REPETITION, fn.__name__
+        assert "random_seed" not in params, fn.__name__
+        for name in ("mode", "strength", "nll_margin", "max_repetition", "filter_rate"):
+            if name in params:
+                assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (fn.__name__, name)
+    assert inspect.signature(steer).parameters["mode"].default == DEFAULT_MODE
+    args = _build_parser().parse_args(["steer", "s.safetensors", "--model", "m", "--out", "o"])
+    assert args.max_new_tokens == DEFAULT_MAX_NEW_TOKENS
+    assert args.filter_rate is None and args.activation_bar_ratio is None  # the selection's
+
+
+def test_cli_steer_thresholds_reach_the_neuron_selection(llama, stats, tmp_path, monkeypatch):
+    """``tl-lape steer --filter-rate/--activation-bar-ratio`` select the steered neurons with
+    those thresholds, not the paper's defaults."""
+    from tl_lape.cli import main
+
+    real = steering_module.identify_language_neurons
+    seen = []
+
+    def spy(stats, **kwargs):
+        seen.append(kwargs)
+        return real(stats, **kwargs)
+
+    monkeypatch.setattr(steering_module, "identify_language_neurons", spy)
+    stats_path = tmp_path / "stats.safetensors"
+    stats.save(stats_path)
+    argv = ["steer", str(stats_path), "--model", str(llama.path), "--reference-corpus", "none"]
+    argv += ["--targets", "fr", "--modes", "add", "--strengths", "add=4", "--top-rates", "0.1"]
+    argv += ["--settings", "neutral", "--max-new-tokens", "2", "--no-progress"]
+    argv += ["--filter-rate", "0.5", "--activation-bar-ratio", "0.9"]
+    assert main([*argv, "--out", str(tmp_path / "steering")]) == 0
+    assert seen == [{"top_rate": 0.1, "filter_rate": 0.5, "activation_bar_ratio": 0.9}]
+    report = json.loads((tmp_path / "steering" / "steering.json").read_text(encoding="utf-8"))
+    assert report["metadata"]["selection_thresholds"] == {
+        "filter_rate": 0.5,
+        "activation_bar_ratio": 0.9,
+    }
+    expected = identify_language_neurons(
+        stats, top_rate=0.1, filter_rate=0.5, activation_bar_ratio=0.9
+    )
+    assert report["metadata"]["neuron_counts"]["0.1"] == expected.counts()
+    assert expected.counts() != identify_language_neurons(stats, top_rate=0.1).counts()
+    # A bad threshold is refused before the model is loaded, and nothing is written.
+    bad = tmp_path / "bad"
+    assert main([*argv[:-4], "--filter-rate", "1.5", "--out", str(bad)]) == 2
+    assert not bad.exists()

@@ -17,12 +17,10 @@ from tl_lape.experiments.steering_study import (
     SteeringStudy,
     _check_numbers,
     check_study_inputs,
-    chrf,
-    content_gain,
     content_prompts,
-    harmonic_mean,
     run_steering_study,
 )
+from tl_lape.judging.content import chrf, content_gain, harmonic_mean
 from tl_lape.judging.identification import LanguageIdentifier, language_id_accuracy
 from tl_lape.judging.metrics import sequence_nll
 from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook, load_handbook_parallel

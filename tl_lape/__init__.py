@@ -24,7 +24,7 @@ from tl_lape.experiments.evaluation import (
     run_evaluation,
     selectivity,
 )
-from tl_lape.experiments.steering import SteeringOutputs, SteeringReport, run_steering_sweep, steer
+from tl_lape.experiments.steering import SteeringReport, run_steering_sweep, steer
 from tl_lape.experiments.steering_study import SteeringStudy, run_steering_study
 from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
@@ -36,6 +36,7 @@ from tl_lape.interventions.hooks import (
     steering_hooks,
 )
 from tl_lape.judging.identification import LanguageIdentifier
+from tl_lape.judging.outputs import SteeringOutputs
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.selection import identify_language_neurons, lap_scores, lape_scores, lave_scores
 from tl_lape.sources.corpora import (

@@ -27,6 +27,7 @@ import torch
 
 from tl_lape.errors import LapeError
 from tl_lape.experiments.reports import format_summary, write_report
+from tl_lape.experiments.steering import DEFAULT_MAX_NEW_TOKENS
 from tl_lape.formats import (
     atomic_dir,
     atomic_paths,
@@ -343,6 +344,18 @@ def _add_steer_options(parser: argparse.ArgumentParser) -> None:
         "--top-rates", default="0.01,0.02,0.05", help="comma-separated neuron budgets"
     )
     parser.add_argument(
+        "--filter-rate",
+        type=float,
+        default=None,
+        help="quantile of the selection's firing filter (default: the paper's, 0.95)",
+    )
+    parser.add_argument(
+        "--activation-bar-ratio",
+        type=float,
+        default=None,
+        help="quantile above which a neuron belongs to a language (default: the paper's, 0.95)",
+    )
+    parser.add_argument(
         "--settings",
         default=None,
         help="prompt settings of the sweep: english and/or neutral (default: both)",
@@ -357,7 +370,12 @@ def _add_steer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=None, help="seed of the sweep's random sets (default: 0)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per output")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"tokens per output (default: {DEFAULT_MAX_NEW_TOKENS})",
+    )
     parser.add_argument(
         "--generation-batch-size", type=int, default=256, help="rows per generation batch"
     )
@@ -607,6 +625,8 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
         "targets": sweep.get("targets"),
         "n_content": max(2, n_content),
         "top_rates": sweep["top_rates"],
+        "filter_rate": sweep.get("filter_rate"),
+        "activation_bar_ratio": sweep.get("activation_bar_ratio"),
         "strengths": strengths,
         "deactivate": (args.deactivate,) if args.deactivate else ("none", "others"),
         "diffmean_layers": layers,
@@ -687,10 +707,19 @@ def _steer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "top_rates": _floats(_split_list(args.top_rates, "--top-rates"), "--top-rates"),
         "settings": _split_list(args.settings or "english,neutral", "--settings"),
         "deactivate": args.deactivate or "none",
-        "random_seed": 0 if args.seed is None else args.seed,
+        "seed": 0 if args.seed is None else args.seed,
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.generation_batch_size,
     }
+    for name in ("filter_rate", "activation_bar_ratio"):
+        value = getattr(args, name)
+        if value is not None:
+            if not 0.0 < value < 1.0:
+                raise LapeError(
+                    f"--{name.replace('_', '-')} must lie strictly between 0 and 1, got {value}; "
+                    "leave it out for the paper's 0.95."
+                )
+            kwargs[name] = value
     if args.targets is not None:
         kwargs["targets"] = _parse_languages(args.targets, "--targets")
     bad_rates = [r for r in kwargs["top_rates"] if not 0.0 < r < 1.0]

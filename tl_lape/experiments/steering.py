@@ -1,28 +1,22 @@
-"""Steering generation with language neurons, and judging whether it worked.
+"""Steering generation with language neurons: one run, and a sweep with random controls.
 
 The paper's second causal test: while the model generates, switch other languages' neurons off
 and push the target language's neurons on (:func:`~tl_lape.interventions.hooks.steering_hooks`),
-and see
-whether the output changes language. This module runs that test honestly:
+and see whether the output changes language. This module runs that test honestly:
 
-- Generation under the hooks is :mod:`tl_lape.interventions.generation`
-  (:func:`~tl_lape.interventions.generation.generate_with_hooks`, batched, greedy by default, with
-  the KV
-  cache; :func:`~tl_lape.interventions.generation.generate_with_hook_sets`, many hook sets in one
-  batch).
+- A steering configuration (:class:`SteeringConfig`: mode, strength, which languages' neurons
+  to switch off) becomes hooks in one place, :func:`config_hooks`.
+- Generation under the hooks is :mod:`tl_lape.interventions.generation` (batched, greedy by
+  default, with the KV cache; many hook sets in one batch).
 - Two prompt settings: :data:`ENGLISH_PROMPTS` (the paper's cross-lingual setting: the model
   must leave the prompt's language) and :data:`NEUTRAL_PROMPTS` (a command name, a number, a
   path, a bare line start: the language is open and the intervention alone decides it).
-- The output language, judged by an offline identifier restricted to the languages of the
-  study (:class:`~tl_lape.judging.identification.LanguageIdentifier`: ``py3langid`` by default,
-  chosen
-  by measured accuracy on held-out handbook paragraphs; ``lingua`` optional).
-- Quality, so that a switch into gibberish does not count (:mod:`tl_lape.judging.metrics`): the
-  *unsteered* model's NLL of the generated text against its NLL on natural text of the target
-  language of the same length, and the share of repeated token trigrams. An output is *fluent*
-  when its NLL is at most ``nll_margin`` above the target language's reference and its
-  repetition at most ``max_repetition``; *success* is an output that is in the target language
-  and fluent.
+- The outputs are judged by :func:`~tl_lape.judging.outputs.judge_outputs`: the output
+  language by an offline identifier restricted to the languages of the study
+  (:class:`~tl_lape.judging.identification.LanguageIdentifier`), and fluency, so that a switch
+  into gibberish does not count: the *unsteered* model's NLL of the generated text against its
+  NLL on natural text of the target language of the same length, and the share of repeated
+  token trigrams. *Success* is an output that is in the target language and fluent.
 - :func:`run_steering_sweep`: success and off-target rates per setting, target, mode, strength
   and neuron budget (``top_rate``), each next to a random neuron set matched in size and layers.
 
@@ -35,41 +29,53 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import torch
-from jaxtyping import Float
 from matplotlib.figure import Figure
-from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_lape.checks import check_choice, check_rate, check_seed
 from tl_lape.errors import LapeError
 from tl_lape.interventions.generation import (
     generate_texts_and_tokens,
     generate_with_hook_sets,
 )
-from tl_lape.interventions.hooks import MODES, Mode, steering_hooks
+from tl_lape.interventions.hooks import DEFAULT_MODE, MODES, FwdHooks, Mode, steering_hooks
 from tl_lape.judging.identification import LanguageIdentifier
-from tl_lape.judging.metrics import reference_nll, repetition_rate, sequence_nll
+from tl_lape.judging.metrics import reference_nll
+from tl_lape.judging.outputs import (
+    DEFAULT_MAX_REPETITION,
+    DEFAULT_NLL_MARGIN,
+    OutputJudge,
+    SteeringOutputs,
+)
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
+from tl_lape.selection import identify_language_neurons
 from tl_lape.stats import ActivationStats
 
 __all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
     "ENGLISH_PROMPTS",
     "NEUTRAL_PROMPTS",
-    "SteeringOutputs",
+    "SelectionThresholds",
+    "SteeringConfig",
     "SteeringReport",
     "SteeringResult",
-    "check_mode",
+    "config_hooks",
     "deactivated_languages",
-    "judge_outputs",
     "one_line",
     "run_steering_sweep",
+    "selection_thresholds",
     "steer",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: Tokens generated per prompt when steering: the default of :func:`steer`,
+#: :func:`run_steering_sweep`, :func:`~tl_lape.experiments.steering_study.run_steering_study`
+#: and ``tl-lape steer --max-new-tokens``.
+DEFAULT_MAX_NEW_TOKENS = 32
 
 #: Unfinished English sentences on the handbook's topics (system administration), written for
 #: this project: the cross-lingual setting, where steering must take the model out of English.
@@ -117,197 +123,82 @@ _PROMPT_SETS: dict[str, tuple[str, ...]] = {"english": ENGLISH_PROMPTS, "neutral
 #: The language the prompts of a setting are written in (None: no language).
 _PROMPT_LANGUAGE: dict[str, str | None] = {"english": "en", "neutral": None}
 
-
-def check_mode(mode: str) -> Mode:
-    """``mode`` as a steering mode of :func:`~tl_lape.interventions.hooks.steering_hooks`, or a
-    LapeError.
-
-    Example:
-        >>> check_mode("add")
-        'add'
-    """
-    if mode not in MODES:
-        raise LapeError(f"mode must be 'replace', 'add' or 'scale'; received {mode!r}")
-    return cast(Mode, mode)
+#: What ``deactivate=`` accepts besides a list of languages.
+_DEACTIVATE = ("none", "others", "source")
 
 
-# ============================================================================ one steering run
+# ============================================================================ configuration
 
 
 @dataclass(frozen=True)
-class SteeringOutputs:
-    """The outputs of one steering configuration on one prompt set, and their judgement.
+class SteeringConfig:
+    """One steering configuration: how to push the target's neurons, and what to switch off.
 
     Attributes:
-        prompts: The prompts.
-        texts: The generated continuations.
-        languages: The identified language of each continuation (None: too short to judge).
-        nll: The unsteered model's mean NLL per token of each continuation (float64).
-        repetition: :func:`repetition_rate` of each continuation.
-        fluent: Whether each continuation meets the fluency criterion.
+        mode: ``"replace"``, ``"add"`` or ``"scale"`` (see
+            :func:`~tl_lape.interventions.hooks.steering_hooks`); default
+            :data:`~tl_lape.interventions.hooks.DEFAULT_MODE`.
+        strength: The strength of the mode.
+        deactivate: Which languages' neurons to switch off in the same pass: ``"none"``,
+            ``"others"`` (all but the target), ``"source"`` (the prompts' language) or a tuple
+            of languages (see :func:`deactivated_languages`).
+
+    Example:
+        >>> SteeringConfig(mode="add", strength=4.0, deactivate="others")
+        SteeringConfig(mode='add', strength=4.0, deactivate='others')
     """
 
-    prompts: tuple[str, ...]
-    texts: tuple[str, ...]
-    languages: tuple[str | None, ...]
-    nll: Float[Tensor, " batch"]
-    repetition: Float[Tensor, " batch"]
-    fluent: tuple[bool, ...]
+    mode: str = DEFAULT_MODE
+    strength: float | int = 1.0
+    deactivate: str | tuple[str, ...] = "none"
 
-    def rate(self, language: str) -> float:
-        """Share of outputs identified as ``language``."""
-        return sum(lang == language for lang in self.languages) / max(1, len(self.languages))
-
-    def success_rate(self, target: str) -> float:
-        """Share of outputs in ``target`` and fluent."""
-        ok = sum(
-            lang == target and fl for lang, fl in zip(self.languages, self.fluent, strict=True)
-        )
-        return ok / max(1, len(self.languages))
-
-    def off_target_rate(self, target: str, source: str | None) -> float:
-        """Share of outputs in a language that is neither ``target`` nor ``source``."""
-        off = sum(lang is not None and lang not in (target, source) for lang in self.languages)
-        return off / max(1, len(self.languages))
-
-    def language_counts(self) -> dict[str, int]:
-        """How many outputs were identified as each language (``"-"``: too short)."""
-        counts: dict[str, int] = {}
-        for lang in self.languages:
-            key = lang or "-"
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+    def __post_init__(self) -> None:
+        check_choice(self.mode, MODES, "mode")
+        if isinstance(self.deactivate, str):
+            check_choice(self.deactivate, _DEACTIVATE, "deactivate")
 
 
-def judge_outputs(
-    model: Any,
-    prompts: Sequence[str],
-    texts: list[str],
-    tokens: list[Tensor],
-    identifier: LanguageIdentifier,
-    reference: Mapping[str, float] | None,
-    target: str | None,
-    nll_margin: float,
-    max_repetition: float,
-) -> SteeringOutputs:
-    """Judge generated outputs: their language, the unsteered model's NLL, repetition, fluency.
-
-    An output is fluent when it is not empty, its :func:`~tl_lape.judging.metrics.repetition_rate`
-    is
-    at most ``max_repetition`` and, when ``reference`` has the yardstick language (``target``,
-    or the output's own identified language when ``target`` is None), its
-    :func:`~tl_lape.judging.metrics.sequence_nll` is at most ``nll_margin`` above that language's
-    reference NLL.
-
-    Args:
-        model: The TransformerLens model, run without hooks to score the outputs.
-        prompts: The prompts the outputs continue.
-        texts: The generated continuations.
-        tokens: Their generated token ids, as
-            :func:`~tl_lape.interventions.generation.generate_texts_and_tokens` returns them.
-        identifier: Judges the output language.
-        reference: :func:`~tl_lape.judging.metrics.reference_nll` per language (None: fluency checks
-            only emptiness and repetition).
-        target: The language steered into (None: unsteered outputs).
-        nll_margin: Fluent outputs have NLL at most this far above the yardstick's reference.
-        max_repetition: Fluent outputs have at most this repetition rate.
-
-    Returns:
-        The judged :class:`SteeringOutputs`.
-    """
-    languages = tuple(identifier.identify_many(texts))
-    nll = sequence_nll(model, tokens)
-    repetition = torch.tensor([repetition_rate(t) for t in tokens], dtype=torch.float64)
-    fluent = []
-    for i, lang in enumerate(languages):
-        yardstick_lang = target if target is not None else lang
-        ok = bool(tokens[i].numel() > 0) and float(repetition[i]) <= max_repetition
-        if (
-            ok
-            and reference is not None
-            and yardstick_lang is not None
-            and yardstick_lang in reference
-        ):
-            ok = bool(float(nll[i]) <= reference[yardstick_lang] + nll_margin)
-        fluent.append(ok)
-    return SteeringOutputs(tuple(prompts), tuple(texts), languages, nll, repetition, tuple(fluent))
-
-
-def steer(
-    model: Any,
+def config_hooks(
+    config: SteeringConfig,
     neurons: LanguageNeurons,
     stats: ActivationStats,
     target: str,
-    prompts: Sequence[str],
     *,
-    mode: str = "add",
-    strength: float = 1.0,
-    deactivate: str | Sequence[str] = "none",
     source: str | None = None,
-    identifier: LanguageIdentifier | None = None,
-    reference: Mapping[str, float] | None = None,
-    nll_margin: float = 1.0,
-    max_repetition: float = 0.5,
-    max_new_tokens: int = 32,
-    batch_size: int = 16,
-) -> SteeringOutputs:
-    """Generate from ``prompts`` steered toward ``target``, and judge the outputs.
+    model: Any = None,
+) -> FwdHooks:
+    """The hooks of one steering configuration toward ``target``: the one place a configuration
+    becomes hooks (:func:`steer`, the sweep and the study all call it).
 
     Args:
-        model: A TransformerLens model.
-        neurons: The language neurons (or a random control set with the same languages).
+        config: Mode, strength and deactivation.
+        neurons: The neuron set steered (LAPE's or a random control).
         stats: The :class:`~tl_lape.stats.ActivationStats` giving the mean activations.
-        target: The language to steer into.
-        prompts: The prompts.
-        mode: ``"replace"``, ``"add"`` or ``"scale"`` (see
-        :func:`~tl_lape.interventions.hooks.steering_hooks`).
-        strength: The strength of the mode.
-        deactivate: Which languages' neurons to switch off in the same pass: ``"none"`` (the
-            default), ``"others"`` (all but the target), ``"source"`` (the prompts' language),
-            or a list.
-        source: The prompts' language (for ``deactivate="source"`` and the off-target rate).
-        identifier: Judges the output language (default: py3langid over ``neurons.languages``).
-        reference: :func:`reference_nll` per language, for the fluency criterion (without it
-            only repetition is checked).
-        nll_margin: Fluent outputs have NLL at most this far above the target's reference.
-        max_repetition: Fluent outputs have at most this :func:`repetition_rate`.
-        max_new_tokens: Generated tokens per prompt at most.
-        batch_size: Prompts per batch.
+        target: The language steered into.
+        source: The prompts' language (for ``deactivate="source"``).
+        model: The model the hooks are for (checks the set fits it).
 
     Returns:
-        The judged :class:`SteeringOutputs`.
+        :func:`~tl_lape.interventions.hooks.steering_hooks` with the deactivated languages of
+        :func:`deactivated_languages`.
     """
-    if target not in neurons.languages:
-        raise LapeError(
-            f"unknown target language {target!r}: the neuron set has {list(neurons.languages)}"
-        )
-    off = deactivated_languages(deactivate, neurons, target, source)
-    hooks = steering_hooks(
+    off = deactivated_languages(config.deactivate, neurons, target, source)
+    return steering_hooks(
         neurons,
         stats,
         target,
-        mode=check_mode(mode),
-        strength=strength,
+        mode=cast(Mode, config.mode),
+        strength=config.strength,
         deactivate=off or None,
         model=model,
-    )
-    texts, tokens = generate_texts_and_tokens(
-        model,
-        prompts,
-        fwd_hooks=hooks,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
-    identifier = identifier or LanguageIdentifier(neurons.languages)
-    return judge_outputs(
-        model, prompts, texts, tokens, identifier, reference, target, nll_margin, max_repetition
     )
 
 
 def deactivated_languages(
-    deactivate: Any, neurons: LanguageNeurons, target: str, source: str | None
+    deactivate: str | Sequence[str], neurons: LanguageNeurons, target: str, source: str | None
 ) -> list[str]:
-    """The languages whose neurons :func:`steer`'s ``deactivate=`` switches off; never ``target``.
+    """The languages whose neurons a configuration's ``deactivate`` switches off; never
+    ``target``.
 
     Args:
         deactivate: ``"none"``, ``"others"`` (all of ``neurons.languages`` but the target),
@@ -330,7 +221,10 @@ def deactivated_languages(
             return [lang for lang in neurons.languages if lang != target]
         if deactivate == "source":
             if source is None:
-                raise LapeError("deactivate='source' needs the prompts' language: pass source=")
+                raise LapeError(
+                    "deactivate='source' needs the prompts' language; received source=None: "
+                    "pass source= (e.g. source='en')"
+                )
             return [source] if source != target and source in neurons.languages else []
         if deactivate == "none":
             return []
@@ -343,9 +237,105 @@ def deactivated_languages(
     if unknown:
         raise LapeError(
             f"unknown language(s) {unknown} in deactivate: the neuron set has "
-            f"{list(neurons.languages)}"
+            f"{list(neurons.languages)}; name only those"
         )
     return [lang for lang in langs if lang != target]
+
+
+class SelectionThresholds(TypedDict, total=False):
+    """The selection thresholds given to a sweep or study (a missing one keeps the default)."""
+
+    filter_rate: float
+    activation_bar_ratio: float
+
+
+def selection_thresholds(
+    *, filter_rate: float | None = None, activation_bar_ratio: float | None = None
+) -> SelectionThresholds:
+    """The selection thresholds that were given, checked, as keyword arguments of
+    :func:`~tl_lape.selection.identify_language_neurons` (a threshold left at None keeps the
+    selection's default, the paper's).
+
+    Example:
+        >>> selection_thresholds(filter_rate=0.9)
+        {'filter_rate': 0.9}
+    """
+    out = SelectionThresholds()
+    if filter_rate is not None:
+        out["filter_rate"] = check_rate(filter_rate, "filter_rate")
+    if activation_bar_ratio is not None:
+        out["activation_bar_ratio"] = check_rate(activation_bar_ratio, "activation_bar_ratio")
+    return out
+
+
+# ============================================================================ one steering run
+
+
+def steer(
+    model: Any,
+    neurons: LanguageNeurons,
+    stats: ActivationStats,
+    target: str,
+    prompts: Sequence[str],
+    *,
+    mode: str = DEFAULT_MODE,
+    strength: float = 1.0,
+    deactivate: str | Sequence[str] = "none",
+    source: str | None = None,
+    identifier: LanguageIdentifier | None = None,
+    reference: Mapping[str, float] | None = None,
+    nll_margin: float = DEFAULT_NLL_MARGIN,
+    max_repetition: float = DEFAULT_MAX_REPETITION,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 16,
+) -> SteeringOutputs:
+    """Generate from ``prompts`` steered toward ``target``, and judge the outputs.
+
+    Args:
+        model: A TransformerLens model.
+        neurons: The language neurons (or a random control set with the same languages).
+        stats: The :class:`~tl_lape.stats.ActivationStats` giving the mean activations.
+        target: The language to steer into.
+        prompts: The prompts.
+        mode: ``"replace"``, ``"add"`` or ``"scale"`` (see
+            :func:`~tl_lape.interventions.hooks.steering_hooks`); default
+            :data:`~tl_lape.interventions.hooks.DEFAULT_MODE`.
+        strength: The strength of the mode.
+        deactivate: Which languages' neurons to switch off in the same pass: ``"none"`` (the
+            default), ``"others"`` (all but the target), ``"source"`` (the prompts' language),
+            or a list.
+        source: The prompts' language (for ``deactivate="source"`` and the off-target rate).
+        identifier: Judges the output language (default: py3langid over ``neurons.languages``).
+        reference: :func:`~tl_lape.judging.metrics.reference_nll` per language, for the fluency
+            criterion (without it only repetition is checked).
+        nll_margin: Fluent outputs have NLL at most this far above the target's reference.
+        max_repetition: Fluent outputs have at most this
+            :func:`~tl_lape.judging.metrics.repetition_rate`.
+        max_new_tokens: Generated tokens per prompt at most.
+        batch_size: Sequences per forward pass (prompts per generation batch).
+
+    Returns:
+        The judged :class:`~tl_lape.judging.outputs.SteeringOutputs`.
+    """
+    if target not in neurons.languages:
+        raise LapeError(
+            f"unknown target language {target!r}: the neuron set has {list(neurons.languages)}; "
+            "steer toward one of those"
+        )
+    off = deactivate if isinstance(deactivate, str) else tuple(deactivate)
+    config = SteeringConfig(mode=mode, strength=strength, deactivate=off)
+    hooks = config_hooks(config, neurons, stats, target, source=source, model=model)
+    texts, tokens = generate_texts_and_tokens(
+        model, prompts, fwd_hooks=hooks, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    judge = OutputJudge(
+        model,
+        identifier or LanguageIdentifier(neurons.languages),
+        reference,
+        nll_margin=nll_margin,
+        max_repetition=max_repetition,
+    )
+    return judge(prompts, texts, tokens, target=target)
 
 
 # ============================================================================ the sweep
@@ -604,6 +594,33 @@ _DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class _SweepPlan:
+    """The checked inputs of a sweep: what runs, on which prompts, judged how."""
+
+    targets: tuple[str, ...]
+    settings: tuple[str, ...]
+    prompt_sets: dict[str, tuple[str, ...]]
+    #: ``(top_rate, mode, strength)`` in sweep order.
+    configs: list[tuple[float, str, float]]
+    deactivate: str
+    seed: int
+    thresholds: SelectionThresholds
+
+
+@dataclass(frozen=True)
+class _SweepRun:
+    """What every step of a sweep shares: the model, the judge and the generation budget."""
+
+    model: Any
+    stats: ActivationStats
+    plan: _SweepPlan
+    judge: OutputJudge
+    max_new_tokens: int
+    batch_size: int
+    n_examples: int
+
+
 def run_steering_sweep(
     model: Any,
     stats: ActivationStats,
@@ -613,17 +630,18 @@ def run_steering_sweep(
     modes: Sequence[str] = MODES,
     strengths: Mapping[str, Sequence[float]] | None = None,
     top_rates: Sequence[float] = (0.01, 0.02, 0.05),
+    filter_rate: float | None = None,
+    activation_bar_ratio: float | None = None,
     settings: Sequence[str] = ("english", "neutral"),
     prompts: Mapping[str, Sequence[str]] | None = None,
     deactivate: str = "none",
-    random_seed: int = 0,
+    seed: int = 0,
     identifier: LanguageIdentifier | None = None,
-    nll_margin: float = 1.0,
-    max_repetition: float = 0.5,
-    max_new_tokens: int = 32,
+    nll_margin: float = DEFAULT_NLL_MARGIN,
+    max_repetition: float = DEFAULT_MAX_REPETITION,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 256,
     n_examples: int = 2,
-    selection_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> SteeringReport:
     """Steer toward every target under every mode, strength and neuron budget, with controls.
@@ -632,17 +650,22 @@ def run_steering_sweep(
     (:func:`~tl_lape.selection.identify_language_neurons`) and a random set matched to them in
     size and layers is drawn (:func:`~tl_lape.neurons.random_matched_neurons`). Each
     configuration runs on each prompt setting with the LAPE set and with the random set; the
-    outputs are judged by language, NLL and repetition (see the module docstring).
+    outputs are judged by language, NLL and repetition
+    (:func:`~tl_lape.judging.outputs.judge_outputs`).
 
     Args:
         model: A TransformerLens model.
         stats: The :class:`~tl_lape.stats.ActivationStats` (with activation sums).
         reference_corpus: Held-out ``{language: texts}`` for the fluency yardstick
-            (:func:`reference_nll`); without it fluency only checks repetition.
+            (:func:`~tl_lape.judging.metrics.reference_nll`); without it fluency only checks
+            repetition.
         targets: Target languages (default: all languages of ``stats`` but English).
         modes: Steering modes to sweep.
         strengths: Strengths per mode (default: replace 1, 4, 8; add 5, 10; scale 3, 10).
         top_rates: Neuron budgets.
+        filter_rate: The selection's firing-filter quantile (None: the selection's default,
+            the paper's).
+        activation_bar_ratio: The selection's language bar quantile (None: the default).
         settings: Prompt settings, ``"english"`` and/or ``"neutral"``.
         prompts: Override the prompts of a setting (``{setting: prompts}``).
         deactivate: Other languages' neurons switched off in the same pass: ``"none"`` (the
@@ -651,23 +674,75 @@ def run_steering_sweep(
             better depends on the model and the setting: on the demo model ``"others"`` helped
             from English prompts (3 targets reached at 5% of neurons, against 2) and did not
             help from neutral ones (3 against 5).
-        random_seed: Seed of the random control sets.
+        seed: Seed of the random control sets.
         identifier: The output-language judge (default: py3langid over the stats' languages).
         nll_margin: Fluency: NLL at most this far above the target's natural-text NLL.
         max_repetition: Fluency: repeated-trigram share at most this.
         max_new_tokens: Tokens generated per prompt.
-        batch_size: Rows per generation batch: the prompts of several targets and controls are
-            generated together (:func:`generate_with_hook_sets`).
+        batch_size: Sequences per forward pass: the prompts of several targets and controls are
+            generated together (:func:`~tl_lape.interventions.generation.generate_with_hook_sets`).
         n_examples: Outputs kept per configuration for reading.
-        selection_kwargs: Extra arguments of ``identify_language_neurons`` (filter_rate,
-            activation_bar_ratio).
         progress: Show a progress bar over configurations.
 
     Returns:
         A :class:`SteeringReport`.
     """
-    from tl_lape.selection import identify_language_neurons
+    plan = _plan_sweep(
+        stats,
+        targets=targets,
+        modes=modes,
+        strengths=strengths,
+        top_rates=top_rates,
+        thresholds=selection_thresholds(
+            filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio
+        ),
+        settings=settings,
+        prompts=prompts,
+        deactivate=deactivate,
+        seed=seed,
+    )
+    reference = (
+        reference_nll(model, reference_corpus, n_tokens=max_new_tokens)
+        if reference_corpus is not None
+        else None
+    )
+    judge = OutputJudge(
+        model,
+        identifier or LanguageIdentifier(tuple(stats.languages)),
+        reference,
+        nll_margin=nll_margin,
+        max_repetition=max_repetition,
+    )
+    run = _SweepRun(model, stats, plan, judge, max_new_tokens, batch_size, n_examples)
+    baseline = _unsteered_baseline(run)
+    results: list[SteeringResult] = []
+    sets: dict[float, tuple[LanguageNeurons, LanguageNeurons]] = {}
+    bar = tqdm(total=len(plan.configs) * len(plan.settings), desc="steering", disable=not progress)
+    for top_rate, mode, strength in plan.configs:
+        if top_rate not in sets:
+            sets[top_rate] = _lape_and_control(stats, top_rate, plan)
+        for setting in plan.settings:
+            results += _steer_setting(run, sets[top_rate], top_rate, mode, strength, setting)
+            bar.update(1)
+    bar.close()
+    metadata = _sweep_metadata(run, sets)
+    return SteeringReport(tuple(results), baseline, dict(reference or {}), metadata)
 
+
+def _plan_sweep(
+    stats: ActivationStats,
+    *,
+    targets: Sequence[str] | None,
+    modes: Sequence[str],
+    strengths: Mapping[str, Sequence[float]] | None,
+    top_rates: Sequence[float],
+    thresholds: SelectionThresholds,
+    settings: Sequence[str],
+    prompts: Mapping[str, Sequence[str]] | None,
+    deactivate: str,
+    seed: int,
+) -> _SweepPlan:
+    """Check the sweep's inputs before any work; the configurations in sweep order."""
     languages = tuple(stats.languages)
     targets = (
         tuple(targets) if targets is not None else tuple(lang for lang in languages if lang != "en")
@@ -675,7 +750,8 @@ def run_steering_sweep(
     unknown = [t for t in targets if t not in languages]
     if unknown:
         raise LapeError(
-            f"unknown target language(s) {unknown}: the statistics have {list(languages)}"
+            f"unknown target language(s) {unknown}: the statistics have {list(languages)}; "
+            "choose targets among those"
         )
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes:
@@ -683,10 +759,35 @@ def run_steering_sweep(
     bad_settings = [s for s in settings if s not in _PROMPT_SETS]
     if bad_settings:
         raise LapeError(f"settings must be among {sorted(_PROMPT_SETS)}; received {bad_settings}")
+    check_choice(deactivate, _DEACTIVATE, "deactivate")
+    strengths = _check_strengths(modes, strengths)
+    return _SweepPlan(
+        targets=targets,
+        settings=tuple(settings),
+        prompt_sets={s: tuple((prompts or {}).get(s, _PROMPT_SETS[s])) for s in settings},
+        configs=[
+            (top_rate, mode, float(strength))
+            for top_rate in top_rates
+            for mode in modes
+            for strength in strengths[mode]
+        ],
+        deactivate=deactivate,
+        seed=check_seed(seed),
+        thresholds=thresholds,
+    )
+
+
+def _check_strengths(
+    modes: Sequence[str], strengths: Mapping[str, Sequence[float]] | None
+) -> dict[str, Sequence[float]]:
+    """The strengths per mode (default ``_DEFAULT_STRENGTHS``): one for each mode, finite."""
     strengths = dict(strengths) if strengths is not None else dict(_DEFAULT_STRENGTHS)
     missing = [m for m in modes if m not in strengths]
     if missing:
-        raise LapeError(f"strengths gives no value for mode(s) {missing}; received {strengths}")
+        raise LapeError(
+            f"strengths gives no value for mode(s) {missing}; received {strengths}: give "
+            "strengths for every mode swept, e.g. {'add': [5.0, 10.0]}"
+        )
     bad_strengths = {
         m: [v for v in strengths[m] if not math.isfinite(v)]
         for m in modes
@@ -697,113 +798,99 @@ def run_steering_sweep(
             f"strengths must be finite numbers; received {bad_strengths}: give numbers such as "
             "add=5,10"
         )
-    prompt_sets = {s: tuple((prompts or {}).get(s, _PROMPT_SETS[s])) for s in settings}
-    identifier = identifier or LanguageIdentifier(languages)
-    reference = (
-        reference_nll(model, reference_corpus, n_tokens=max_new_tokens)
-        if reference_corpus is not None
-        else None
-    )
+    return strengths
 
-    def judge(
-        setting: str, texts: list[str], tokens: list[Tensor], target: str | None
-    ) -> SteeringOutputs:
-        return judge_outputs(
-            model,
-            prompt_sets[setting],
-            texts,
-            tokens,
-            identifier,
-            reference,
-            target,
-            nll_margin,
-            max_repetition,
-        )
 
+def _unsteered_baseline(run: _SweepRun) -> dict[str, dict[str, int]]:
+    """Per setting, the identified languages of the unsteered outputs."""
     baseline: dict[str, dict[str, int]] = {}
-    for setting in settings:
+    for setting in run.plan.settings:
+        prompts = run.plan.prompt_sets[setting]
         texts, tokens = generate_texts_and_tokens(
-            model, prompt_sets[setting], max_new_tokens=max_new_tokens, batch_size=batch_size
+            run.model, prompts, max_new_tokens=run.max_new_tokens, batch_size=run.batch_size
         )
-        baseline[setting] = judge(setting, texts, tokens, None).language_counts()
+        baseline[setting] = run.judge(prompts, texts, tokens, target=None).language_counts()
+    return baseline
 
-    configs = [
-        (top_rate, mode, float(strength))
-        for top_rate in top_rates
-        for mode in modes
-        for strength in strengths[mode]
+
+def _lape_and_control(
+    stats: ActivationStats, top_rate: float, plan: _SweepPlan
+) -> tuple[LanguageNeurons, LanguageNeurons]:
+    """The language neurons at ``top_rate`` and a random set matched to them."""
+    lape = identify_language_neurons(stats, top_rate=top_rate, **plan.thresholds)
+    return lape, random_matched_neurons(lape, seed=plan.seed)
+
+
+def _setting_deactivate(deactivate: str, source: str | None) -> str:
+    """``deactivate`` for prompts in ``source``: ``"source"`` switches nothing off for prompts
+    without a language."""
+    return "none" if deactivate == "source" and source is None else deactivate
+
+
+def _steer_setting(
+    run: _SweepRun,
+    pair: tuple[LanguageNeurons, LanguageNeurons],
+    top_rate: float,
+    mode: str,
+    strength: float,
+    setting: str,
+) -> list[SteeringResult]:
+    """One configuration on one prompt setting: every target with the LAPE set and the control,
+    generated in one batch, judged, one :class:`SteeringResult` per target."""
+    source = _PROMPT_LANGUAGE[setting]
+    prompts = run.plan.prompt_sets[setting]
+    config = SteeringConfig(mode, strength, _setting_deactivate(run.plan.deactivate, source))
+    hook_sets = [
+        config_hooks(config, neuron_set, run.stats, target, source=source, model=run.model)
+        for target in run.plan.targets
+        for neuron_set in pair
     ]
-    results: list[SteeringResult] = []
-    bar = tqdm(total=len(configs) * len(settings), desc="steering", disable=not progress)
-    sets: dict[float, tuple[LanguageNeurons, LanguageNeurons]] = {}
-    for top_rate, mode, strength in configs:
-        if top_rate not in sets:
-            lape = identify_language_neurons(
-                stats, top_rate=top_rate, **dict(selection_kwargs or {})
+    generated = generate_with_hook_sets(
+        run.model,
+        prompts,
+        hook_sets,
+        max_new_tokens=run.max_new_tokens,
+        batch_size=run.batch_size,
+    )
+    results = []
+    for t, target in enumerate(run.plan.targets):
+        steered = run.judge(prompts, *generated[2 * t], target=target)
+        control = run.judge(prompts, *generated[2 * t + 1], target=target)
+        results.append(
+            SteeringResult(
+                setting=setting,
+                target=target,
+                mode=mode,
+                strength=strength,
+                top_rate=float(top_rate),
+                n_prompts=len(prompts),
+                target_rate=steered.rate(target),
+                fluent_rate=steered.fluent_rate(),
+                success_rate=steered.success_rate(target),
+                off_target_rate=steered.off_target_rate(target, source),
+                random_target_rate=control.rate(target),
+                random_success_rate=control.success_rate(target),
+                mean_nll=float(steered.nll.nanmean()),
+                mean_repetition=float(steered.repetition.mean()),
+                examples=steered.texts[: run.n_examples],
             )
-            sets[top_rate] = (lape, random_matched_neurons(lape, seed=random_seed))
-        lape, control = sets[top_rate]
-        for setting in settings:
-            source = _PROMPT_LANGUAGE[setting]
-            hook_sets = []
-            for target in targets:
-                for neuron_set in (lape, control):
-                    off = (
-                        deactivated_languages(deactivate, neuron_set, target, source)
-                        if deactivate != "source" or source is not None
-                        else []
-                    )
-                    hook_sets.append(
-                        steering_hooks(
-                            neuron_set,
-                            stats,
-                            target,
-                            mode=check_mode(mode),
-                            strength=strength,
-                            deactivate=off or None,
-                            model=model,
-                        )
-                    )
-            generated = generate_with_hook_sets(
-                model,
-                prompt_sets[setting],
-                hook_sets,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-            )
-            for t, target in enumerate(targets):
-                steered = judge(setting, *generated[2 * t], target)
-                random_run = judge(setting, *generated[2 * t + 1], target)
-                results.append(
-                    SteeringResult(
-                        setting=setting,
-                        target=target,
-                        mode=mode,
-                        strength=strength,
-                        top_rate=float(top_rate),
-                        n_prompts=len(prompt_sets[setting]),
-                        target_rate=steered.rate(target),
-                        fluent_rate=sum(steered.fluent) / max(1, len(steered.fluent)),
-                        success_rate=steered.success_rate(target),
-                        off_target_rate=steered.off_target_rate(target, source),
-                        random_target_rate=random_run.rate(target),
-                        random_success_rate=random_run.success_rate(target),
-                        mean_nll=float(steered.nll.nanmean()),
-                        mean_repetition=float(steered.repetition.mean()),
-                        examples=steered.texts[:n_examples],
-                    )
-                )
-            bar.update(1)
-    bar.close()
-    metadata = {
-        "identifier": repr(identifier),
-        "nll_margin": nll_margin,
-        "max_repetition": max_repetition,
-        "max_new_tokens": max_new_tokens,
-        "deactivate": deactivate,
-        "random_seed": random_seed,
-        "prompts": {s: list(p) for s, p in prompt_sets.items()},
+        )
+    return results
+
+
+def _sweep_metadata(
+    run: _SweepRun, sets: Mapping[float, tuple[LanguageNeurons, LanguageNeurons]]
+) -> dict[str, Any]:
+    """The settings of a sweep, recorded in its report."""
+    return {
+        "identifier": repr(run.judge.identifier),
+        "nll_margin": run.judge.nll_margin,
+        "max_repetition": run.judge.max_repetition,
+        "max_new_tokens": run.max_new_tokens,
+        "deactivate": run.plan.deactivate,
+        "seed": run.plan.seed,
+        "selection_thresholds": dict(run.plan.thresholds),
+        "prompts": {s: list(p) for s, p in run.plan.prompt_sets.items()},
         "neuron_counts": {str(tr): pair[0].counts() for tr, pair in sets.items()},
-        "fluency_uses_nll": reference is not None,
+        "fluency_uses_nll": run.judge.reference is not None,
     }
-    return SteeringReport(tuple(results), baseline, dict(reference or {}), metadata)

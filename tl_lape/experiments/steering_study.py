@@ -9,20 +9,20 @@ fresh ones:
   prompts with no language (a command, a number, a path); ``content``: the first words of an
   English handbook paragraph, whose continuation is compared with the target-language
   translation of the same paragraph (:func:`~tl_lape.sources.corpora.load_handbook_parallel`).
-- **Judges.** Language by py3langid and by lingua (and how often they agree); fluency as in
-  :mod:`tl_lape.experiments.steering` (the unsteered model's NLL against natural text of the target
-  language, and repeated trigrams); content as the chrF (sacrebleu) of the continuation against
-  its own translation minus its mean chrF against other paragraphs of the same language.
-  *Success* = identified as the target by py3langid AND fluent; in the content setting the
-  *combined* score is the harmonic mean of the success rate and the share of outputs whose
-  content gain is positive.
-- **Methods.** ``lape`` (:func:`~tl_lape.interventions.hooks.steering_hooks`, modes, strengths,
-  budgets,
-  with or without the other languages' neurons off), ``random`` (the same configuration on a
-  random set matched in size and layers), ``diffmean``
-  (:func:`~tl_lape.interventions.diffmean.diffmean_hooks`,
-  layer and strength swept), ``prompt`` (a short target-language cue before the prompt, no
-  intervention) and ``none`` (unsteered).
+- **Judges** (all in :mod:`tl_lape.judging`). Language by py3langid and by lingua (and how often
+  they agree); fluency by :func:`~tl_lape.judging.outputs.judge_outputs` (the unsteered model's
+  NLL against natural text of the target language, and repeated trigrams); content by
+  :func:`~tl_lape.judging.content.judge_content`: the chrF (sacrebleu) of the continuation
+  against its own translation minus its mean chrF against other paragraphs of the same
+  language. *Success* = identified as the target by py3langid AND fluent; in the content
+  setting the *combined* score is the harmonic mean of the success rate and the share of
+  outputs whose content gain is positive.
+- **Methods.** ``lape`` (:func:`~tl_lape.experiments.steering.config_hooks`: modes, strengths,
+  budgets, with or without the other languages' neurons off), ``random`` (the same
+  configuration on a random set matched in size and layers), ``diffmean``
+  (:func:`~tl_lape.interventions.diffmean.diffmean_hooks`, layer and strength swept),
+  ``prompt`` (a short target-language cue before the prompt, no intervention) and ``none``
+  (unsteered).
 - **Sweep, then confirmation.** Each method's one configuration (for all settings) is chosen on
   the development prompts: the most (setting, target) cells at ≥50% success, then the mean
   success over the cells, with the combined score in place of success in the content
@@ -39,7 +39,7 @@ Example:
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,23 +47,29 @@ from typing import Any
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_lape.checks import check_choice
 from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.errors import LapeError
 from tl_lape.experiments.steering import (
+    DEFAULT_MAX_NEW_TOKENS,
     ENGLISH_PROMPTS,
     NEUTRAL_PROMPTS,
-    check_mode,
-    deactivated_languages,
-    judge_outputs,
+    SelectionThresholds,
+    SteeringConfig,
+    config_hooks,
     one_line,
+    selection_thresholds,
 )
 from tl_lape.formats import atomic_dir
 from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_texts_and_tokens, generate_with_hook_sets
-from tl_lape.interventions.hooks import steering_hooks
+from tl_lape.interventions.hooks import MODES, FwdHooks
+from tl_lape.judging.content import check_sacrebleu, harmonic_mean, judge_content
 from tl_lape.judging.identification import LanguageIdentifier
 from tl_lape.judging.metrics import reference_nll
+from tl_lape.judging.outputs import DEFAULT_MAX_REPETITION, DEFAULT_NLL_MARGIN, OutputJudge
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
+from tl_lape.selection import identify_language_neurons
 from tl_lape.stats import ActivationStats
 
 __all__ = [
@@ -74,10 +80,7 @@ __all__ = [
     "SteeringStudy",
     "StudyPlan",
     "check_study_inputs",
-    "chrf",
-    "content_gain",
     "content_prompts",
-    "harmonic_mean",
     "run_steering_study",
 ]
 
@@ -137,43 +140,7 @@ DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
 }
 
 
-# ============================================================================ judges
-
-
-def _sacrebleu() -> Any:
-    try:
-        import sacrebleu
-    except ImportError as err:
-        raise LapeError(
-            "the content judge needs the optional sacrebleu package: pip install 'tl-lape[steer]'"
-        ) from err
-    return sacrebleu
-
-
-def chrf(hypothesis: str, reference: str) -> float:
-    """sacrebleu's sentence-level chrF (0-100) of ``hypothesis`` against one ``reference``.
-
-    Example:
-        >>> chrf("Le chat dort.", "Le chat dort.")
-        100.0
-    """
-    return float(_sacrebleu().sentence_chrf(hypothesis, [reference]).score)
-
-
-def content_gain(text: str, own: str, others: Sequence[str]) -> float:
-    """chrF against the own translation minus the mean chrF against other paragraphs.
-
-    Positive when the continuation shares more character n-grams with the translation of its
-    own paragraph than with paragraphs of other content in the same language.
-    """
-    if not others:
-        raise LapeError("content_gain needs at least one other paragraph to compare with")
-    return chrf(text, own) - sum(chrf(text, o) for o in others) / len(others)
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    """``2ab / (a + b)``, 0 when both are 0."""
-    return 0.0 if a + b <= 0 else 2 * a * b / (a + b)
+# ============================================================================ inputs
 
 
 def content_prompts(
@@ -193,6 +160,8 @@ def content_prompts(
 
 @dataclass(frozen=True)
 class _Config:
+    """One configuration of one method of the study; its fields become a row's fields."""
+
     method: str  # lape | random | diffmean | prompt | none
     mode: str = ""
     strength: float = 0.0
@@ -214,6 +183,10 @@ class _Config:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
+
+    def steering(self) -> SteeringConfig:
+        """The steering configuration of a ``lape`` or ``random`` configuration."""
+        return SteeringConfig(self.mode, self.strength, self.deactivate)
 
 
 @dataclass
@@ -536,7 +509,8 @@ def _check_sweep(
             f"strengths must map at least one mode to its strengths; received {strengths!r}"
         )
     out: dict[str, tuple[float, ...]] = {
-        check_mode(mode): _check_numbers(v, f"strengths[{mode!r}]") for mode, v in given.items()
+        check_choice(mode, MODES, "mode"): _check_numbers(v, f"strengths[{mode!r}]")
+        for mode, v in given.items()
     }
     rates = _check_numbers(top_rates, "top_rates")
     if not all(0.0 < r < 1.0 for r in rates):
@@ -562,6 +536,8 @@ class StudyPlan:
     strengths: dict[str, tuple[float, ...]]
     diffmean_layers: tuple[int, ...]
     diffmean_strengths: tuple[float, ...]
+    #: The selection thresholds given (``filter_rate``, ``activation_bar_ratio``), checked.
+    thresholds: SelectionThresholds = field(default_factory=SelectionThresholds)
 
 
 def check_study_inputs(
@@ -576,6 +552,8 @@ def check_study_inputs(
     cues: Mapping[str, str] | None = None,
     strengths: Mapping[str, Sequence[float]] | None = None,
     top_rates: Sequence[float] = (0.01, 0.02, 0.05),
+    filter_rate: float | None = None,
+    activation_bar_ratio: float | None = None,
     deactivate: Sequence[str] = ("none", "others"),
     n_random: int = 3,
     n_content: int = 8,
@@ -663,14 +641,36 @@ def check_study_inputs(
                     f"a parallel item has no text for {lacking}; it has {sorted(item)}: pass "
                     "items with the source and every target (load_handbook_parallel)"
                 )
-        _sacrebleu()  # fail now, not after the sweep
+        check_sacrebleu()  # fail now, not after the sweep
     return StudyPlan(
         targets=targets,
         cues={t: cue_for[t] for t in targets},
         strengths=strengths,
         diffmean_layers=tuple(diffmean_layers),
         diffmean_strengths=diffmean_strengths,
+        thresholds=selection_thresholds(
+            filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio
+        ),
     )
+
+
+@dataclass
+class _StudyRun:
+    """What every step of a study shares: the model and its statistics, the checked plan, the
+    judges, the prompts of each phase and the neuron sets drawn so far."""
+
+    model: Any
+    stats: ActivationStats
+    means: ResidualMeans | None
+    plan: StudyPlan
+    source: str
+    judge: OutputJudge
+    lingua: LanguageIdentifier
+    inputs: dict[str, _Inputs]
+    max_new_tokens: int
+    batch_size: int
+    #: ``(top_rate, seed)`` -> neuron set; seed -1 is the LAPE set itself.
+    sets: dict[tuple[float, int], LanguageNeurons] = field(default_factory=dict)
 
 
 def run_steering_study(
@@ -686,14 +686,16 @@ def run_steering_study(
     fresh_prompts: Mapping[str, Sequence[str]] | None = None,
     n_content: int = 8,
     top_rates: Sequence[float] = (0.01, 0.02, 0.05),
+    filter_rate: float | None = None,
+    activation_bar_ratio: float | None = None,
     strengths: Mapping[str, Sequence[float]] | None = None,
     deactivate: Sequence[str] = ("none", "others"),
     diffmean_layers: Sequence[int] | None = None,
     diffmean_strengths: Sequence[float] = (0.5, 1.0, 2.0),
     n_random: int = 3,
-    nll_margin: float = 1.0,
-    max_repetition: float = 0.5,
-    max_new_tokens: int = 24,
+    nll_margin: float = DEFAULT_NLL_MARGIN,
+    max_repetition: float = DEFAULT_MAX_REPETITION,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 512,
     n_examples: int = 2,
     cues: Mapping[str, str] | None = None,
@@ -704,13 +706,11 @@ def run_steering_study(
     Args:
         model: A TransformerLens model.
         stats: Its :class:`~tl_lape.stats.ActivationStats` (with activation sums).
-        means: Its :class:`~tl_lape.ResidualMeans` for the DiffMean baseline
-        (None: no
+        means: Its :class:`~tl_lape.ResidualMeans` for the DiffMean baseline (None: no
             DiffMean).
         reference_corpus: Held-out ``{language: texts}``: the fluency yardstick.
         parallel: Held-out parallel items (:func:`~tl_lape.sources.corpora.load_handbook_parallel`)
-        for
-            the content setting; the first ``n_content`` are the development set, the next
+            for the content setting; the first ``n_content`` are the development set, the next
             ``n_content`` the fresh set (empty: no content setting).
         targets: Target languages (default: every language of ``stats`` but ``source``).
         source: The language of the English and content prompts.
@@ -721,6 +721,9 @@ def run_steering_study(
             :data:`FRESH_ENGLISH_PROMPTS`, :data:`FRESH_NEUTRAL_PROMPTS`).
         n_content: Content items per phase.
         top_rates: LAPE budgets swept.
+        filter_rate: The selection's firing-filter quantile (None: the selection's default,
+            the paper's).
+        activation_bar_ratio: The selection's language bar quantile (None: the default).
         strengths: Per LAPE mode, the strengths swept (default :data:`DEFAULT_STRENGTHS`:
             replace 1, 2, 3; add 1, 2, 4; scale 2, 4).
         deactivate: ``"none"`` and/or ``"others"``: whether the other languages' neurons are
@@ -728,12 +731,13 @@ def run_steering_study(
         diffmean_layers: Layers of the DiffMean sweep (default: about a quarter, half and three
             quarters of the depth).
         diffmean_strengths: DiffMean strengths swept.
-        n_random: Random draws for LAPE's control on the fresh prompts.
+        n_random: Random draws for LAPE's control on the fresh prompts (seeds 0 to
+            ``n_random - 1``).
         nll_margin: Fluency: the most nats an output's NLL may exceed the target language's
             natural-text NLL.
         max_repetition: Fluency: the largest share of repeated token trigrams.
         max_new_tokens: Tokens generated per prompt.
-        batch_size: Rows per generation batch.
+        batch_size: Sequences per forward pass (prompts x hook sets generated together).
         n_examples: Fresh outputs kept per setting, method and target.
         cues: The prompting baseline's cue per target language (default
             :data:`LANGUAGE_CUES`); every target needs one.
@@ -742,8 +746,6 @@ def run_steering_study(
     Returns:
         A :class:`SteeringStudy`.
     """
-    from tl_lape.selection import identify_language_neurons
-
     plan = check_study_inputs(
         stats,
         means,
@@ -755,6 +757,8 @@ def run_steering_study(
         cues=cues,
         strengths=strengths,
         top_rates=top_rates,
+        filter_rate=filter_rate,
+        activation_bar_ratio=activation_bar_ratio,
         deactivate=deactivate,
         n_random=n_random,
         n_content=n_content,
@@ -762,257 +766,327 @@ def run_steering_study(
         diffmean_strengths=diffmean_strengths,
     )
     languages = tuple(stats.languages)
-    targets, cue_for, strengths = plan.targets, plan.cues, plan.strengths
-    diffmean_layers, diffmean_strengths = plan.diffmean_layers, plan.diffmean_strengths
-    lingua = LanguageIdentifier(languages, backend="lingua")
-    identifier = LanguageIdentifier(languages)
     started = time.perf_counter()
-    reference = reference_nll(model, reference_corpus, n_tokens=max_new_tokens)
+    judge = OutputJudge(
+        model,
+        LanguageIdentifier(languages),
+        reference_nll(model, reference_corpus, n_tokens=max_new_tokens),
+        nll_margin=nll_margin,
+        max_repetition=max_repetition,
+    )
+    inputs = {
+        phase: _phase_inputs(phase, given, parallel, n_content=n_content, source=source)
+        for phase, given in (("dev", dev_prompts), ("fresh", fresh_prompts))
+    }
+    run = _StudyRun(
+        model,
+        stats,
+        means,
+        plan,
+        source,
+        judge,
+        LanguageIdentifier(languages, backend="lingua"),
+        inputs,
+        max_new_tokens,
+        batch_size,
+    )
+    bar = tqdm(total=3 * (2 + bool(parallel)), desc="steering study", disable=not progress)
+    dev_configs = _dev_configs(plan, top_rates, deactivate, with_diffmean=means is not None)
+    dev_rows = _run_phase(run, "dev", dev_configs, bar)
+    chosen = _choose_on_dev(dev_configs, dev_rows)
+    dev_rows += _run_phase(run, "dev", _control_curve(chosen, plan), bar)
+    fresh_configs = _fresh_configs(chosen, n_random)
+    fresh_rows = _run_phase(run, "fresh", fresh_configs, bar)
+    bar.close()
+    examples = _fresh_examples(fresh_rows, n_examples)
+    throughput = _throughput(run, fresh_configs)
+    rows = tuple({k: v for k, v in r.items() if k != "_texts"} for r in (*dev_rows, *fresh_rows))
+    metadata = _study_metadata(run, seconds=time.perf_counter() - started)
+    return SteeringStudy(rows, chosen, examples, throughput, metadata)
 
-    def inputs(phase: str) -> _Inputs:
-        given = dev_prompts if phase == "dev" else fresh_prompts
-        default = (
-            {"english": ENGLISH_PROMPTS, "neutral": NEUTRAL_PROMPTS}
-            if phase == "dev"
-            else {"english": FRESH_ENGLISH_PROMPTS, "neutral": FRESH_NEUTRAL_PROMPTS}
-        )
-        prompts = {k: list((given or {}).get(k, v)) for k, v in default.items()}
-        items = [dict(x) for x in parallel]
-        part = items[:n_content] if phase == "dev" else items[n_content : 2 * n_content]
-        if part:
-            prompts["content"] = content_prompts(part, source=source)
-        return _Inputs(prompts, part)
 
-    sets: dict[tuple[float, int], LanguageNeurons] = {}
+def _phase_inputs(
+    phase: str,
+    given: Mapping[str, Sequence[str]] | None,
+    parallel: Sequence[Mapping[str, str]],
+    *,
+    n_content: int,
+    source: str,
+) -> _Inputs:
+    """The prompts of one phase per setting (``given`` overrides the defaults), and its part of
+    the parallel items (the first ``n_content`` for dev, the next ``n_content`` for fresh)."""
+    default = (
+        {"english": ENGLISH_PROMPTS, "neutral": NEUTRAL_PROMPTS}
+        if phase == "dev"
+        else {"english": FRESH_ENGLISH_PROMPTS, "neutral": FRESH_NEUTRAL_PROMPTS}
+    )
+    prompts = {k: list((given or {}).get(k, v)) for k, v in default.items()}
+    items = [dict(x) for x in parallel]
+    part = items[:n_content] if phase == "dev" else items[n_content : 2 * n_content]
+    if part:
+        prompts["content"] = content_prompts(part, source=source)
+    return _Inputs(prompts, part)
 
-    def neuron_set(top_rate: float, seed: int | None) -> LanguageNeurons:
-        key = (top_rate, -1 if seed is None else seed)
-        if key not in sets:
-            lape = sets.get((top_rate, -1)) or identify_language_neurons(stats, top_rate=top_rate)
-            sets[(top_rate, -1)] = lape
-            if seed is not None:
-                sets[key] = random_matched_neurons(lape, seed=seed)
-        return sets[key]
 
-    def hooks_for(cfg: _Config, target: str, setting: str) -> list[tuple[str, Any]]:
-        if cfg.method in ("lape", "random"):
-            neurons = neuron_set(cfg.top_rate, cfg.seed if cfg.method == "random" else None)
-            src = source if setting in ("english", "content") else None
-            off = deactivated_languages(cfg.deactivate, neurons, target, src)
-            return steering_hooks(
-                neurons,
-                stats,
-                target,
-                mode=check_mode(cfg.mode),
-                strength=cfg.strength,
-                deactivate=off or None,
-                model=model,
-            )
-        if cfg.method == "diffmean":
-            assert means is not None
-            src_lang = source if setting in ("english", "content") else None
-            return diffmean_hooks(
-                means, target, layer=cfg.layer, strength=cfg.strength, source=src_lang, model=model
-            )
-        return []
-
-    def judge_rows(
-        phase: str,
-        setting: str,
-        cfg: _Config,
-        target: str,
-        data: _Inputs,
-        prompts: list[str],
-        texts: list[str],
-        tokens: list[Tensor],
-    ) -> dict[str, Any]:
-        judged = judge_outputs(
-            model,
-            prompts,
-            texts,
-            tokens,
-            identifier,
-            reference,
-            target,
-            nll_margin,
-            max_repetition,
-        )
-        second = lingua.identify_many(texts)
-        row: dict[str, Any] = {
-            "phase": phase,
-            "setting": setting,
-            "config": cfg.label(),
-            **cfg.to_dict(),
-            "target": target,
-            "n": len(texts),
-            "target_rate": judged.rate(target),
-            "lingua_rate": sum(x == target for x in second) / max(1, len(second)),
-            "agreement": sum(a == b for a, b in zip(judged.languages, second, strict=True))
-            / max(1, len(second)),
-            "fluent_rate": sum(judged.fluent) / max(1, len(judged.fluent)),
-            "success_rate": judged.success_rate(target),
-            "mean_nll": float(judged.nll.nanmean()),
-            "mean_repetition": float(judged.repetition.mean()),
-        }
-        if setting == "content":
-            gains = []
-            for i, text in enumerate(texts):
-                own = data.parallel[i][target]
-                others = [d[target] for j, d in enumerate(data.parallel) if j != i]
-                gains.append(content_gain(text, own, others))
-            relevant = sum(g > 0 for g in gains) / max(1, len(gains))
-            row["relevant_rate"] = relevant
-            row["mean_gain"] = sum(gains) / max(1, len(gains))
-            row["combined"] = harmonic_mean(row["success_rate"], relevant)
-        row["_texts"] = texts
-        return row
-
-    def run(phase: str, configs: Sequence[_Config], bar: Any) -> list[dict[str, Any]]:
-        data = inputs(phase)
-        rows: list[dict[str, Any]] = []
-        for setting, prompts in data.prompts.items():
-            hooked = [c for c in configs if c.method not in ("prompt", "none")]
-            plan = [(c, t) for c in hooked for t in targets]
-            generated = (
-                generate_with_hook_sets(
-                    model,
-                    prompts,
-                    [hooks_for(c, t, setting) for c, t in plan],
-                    max_new_tokens=max_new_tokens,
-                    batch_size=batch_size,
-                )
-                if plan
-                else []
-            )
-            for (c, t), (texts, tokens) in zip(plan, generated, strict=True):
-                rows.append(judge_rows(phase, setting, c, t, data, prompts, texts, tokens))
-            for c in configs:
-                if c.method == "prompt":
-                    for t in targets:
-                        cued = [cue_for[t] + p for p in prompts]
-                        texts, tokens = generate_texts_and_tokens(
-                            model, cued, max_new_tokens=max_new_tokens, batch_size=batch_size
-                        )
-                        rows.append(judge_rows(phase, setting, c, t, data, prompts, texts, tokens))
-                elif c.method == "none":
-                    texts, tokens = generate_texts_and_tokens(
-                        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
-                    )
-                    for t in targets:
-                        rows.append(judge_rows(phase, setting, c, t, data, prompts, texts, tokens))
-            bar.update(1)
-        return rows
-
-    lape_configs = [
+def _dev_configs(
+    plan: StudyPlan, top_rates: Sequence[float], deactivate: Sequence[str], *, with_diffmean: bool
+) -> list[_Config]:
+    """The development sweep: LAPE at every budget, mode, strength and deactivation, then
+    DiffMean at every layer and strength."""
+    configs = [
         _Config("lape", mode, float(s), float(tr), d)
         for tr in top_rates
-        for mode, values in strengths.items()
+        for mode, values in plan.strengths.items()
         for s in values
         for d in deactivate
     ]
-    dev_configs: list[_Config] = list(lape_configs)
-    if means is not None:
-        dev_configs += [
+    if with_diffmean:
+        configs += [
             _Config("diffmean", strength=s, layer=lay)
-            for lay in diffmean_layers
-            for s in diffmean_strengths
+            for lay in plan.diffmean_layers
+            for s in plan.diffmean_strengths
         ]
-    n_settings = 2 + bool(parallel)
-    bar = tqdm(total=3 * n_settings, desc="steering study", disable=not progress)
-    dev_rows = run("dev", dev_configs, bar)
+    return configs
 
+
+def _choose_on_dev(
+    configs: Sequence[_Config], rows: Sequence[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per method (``lape``, ``diffmean``), the configuration with the best development score
+    (:func:`_dev_score`), its label and score."""
     chosen: dict[str, dict[str, Any]] = {}
     for method in ("lape", "diffmean"):
-        candidates = [c for c in dev_configs if c.method == method]
+        candidates = [c for c in configs if c.method == method]
         if not candidates:
             continue
         best = max(
-            candidates,
-            key=lambda c: _dev_score([r for r in dev_rows if r["config"] == c.label()]),
+            candidates, key=lambda c: _dev_score([r for r in rows if r["config"] == c.label()])
         )
-        score = _dev_score([r for r in dev_rows if r["config"] == best.label()])
+        score = _dev_score([r for r in rows if r["config"] == best.label()])
         chosen[method] = {"label": best.label(), "score": list(score), **best.to_dict()}
-    if "lape" in chosen:
-        # LAPE's control on the development prompts: the chosen mode, budget and deactivation
-        # with a random set (seed 0), at every strength swept (the figure's random curve)
-        c = chosen["lape"]
-        dev_rows += run(
-            "dev",
-            [
-                _Config("random", c["mode"], float(s), c["top_rate"], c["deactivate"], seed=0)
-                for s in strengths[c["mode"]]
-            ],
-            bar,
-        )
+    return chosen
 
-    fresh_configs: list[_Config] = [_Config("none"), _Config("prompt")]
+
+def _control_curve(chosen: Mapping[str, dict[str, Any]], plan: StudyPlan) -> list[_Config]:
+    """LAPE's control on the development prompts: the chosen mode, budget and deactivation with
+    a random set (seed 0), at every strength swept (the figure's random curve)."""
+    if "lape" not in chosen:
+        return []
+    c = chosen["lape"]
+    return [
+        _Config("random", c["mode"], float(s), c["top_rate"], c["deactivate"], seed=0)
+        for s in plan.strengths[c["mode"]]
+    ]
+
+
+def _fresh_configs(chosen: Mapping[str, dict[str, Any]], n_random: int) -> list[_Config]:
+    """The confirmation: no intervention, the prompting cue, LAPE's chosen configuration with
+    ``n_random`` random draws, and DiffMean's chosen configuration."""
+    configs: list[_Config] = [_Config("none"), _Config("prompt")]
     if "lape" in chosen:
         c = chosen["lape"]
-        fresh_configs.append(
-            _Config("lape", c["mode"], c["strength"], c["top_rate"], c["deactivate"])
-        )
-        fresh_configs += [
+        configs.append(_Config("lape", c["mode"], c["strength"], c["top_rate"], c["deactivate"]))
+        configs += [
             _Config("random", c["mode"], c["strength"], c["top_rate"], c["deactivate"], seed=s)
             for s in range(n_random)
         ]
     if "diffmean" in chosen:
         c = chosen["diffmean"]
-        fresh_configs.append(_Config("diffmean", strength=c["strength"], layer=c["layer"]))
-    fresh_rows = run("fresh", fresh_configs, bar)
-    bar.close()
+        configs.append(_Config("diffmean", strength=c["strength"], layer=c["layer"]))
+    return configs
 
+
+def _run_phase(
+    run: _StudyRun, phase: str, configs: Sequence[_Config], bar: Any
+) -> list[dict[str, Any]]:
+    """Every configuration on every setting of a phase, each output judged: one row per
+    (setting, configuration, target)."""
+    rows: list[dict[str, Any]] = []
+    for setting in run.inputs[phase].prompts:
+        rows += _run_hooked(run, phase, setting, [c for c in configs if _is_hooked(c)])
+        rows += _run_unhooked(run, phase, setting, [c for c in configs if not _is_hooked(c)])
+        bar.update(1)
+    return rows
+
+
+def _is_hooked(config: _Config) -> bool:
+    return config.method not in ("prompt", "none")
+
+
+def _run_hooked(
+    run: _StudyRun, phase: str, setting: str, configs: Sequence[_Config]
+) -> list[dict[str, Any]]:
+    """The configurations with hooks (LAPE, random, DiffMean), for every target, generated
+    together in one batch of hook sets."""
+    prompts = run.inputs[phase].prompts[setting]
+    cells = [(c, t) for c in configs for t in run.plan.targets]
+    if not cells:
+        return []
+    generated = generate_with_hook_sets(
+        run.model,
+        prompts,
+        [_hooks_for(run, c, t, setting) for c, t in cells],
+        max_new_tokens=run.max_new_tokens,
+        batch_size=run.batch_size,
+    )
+    return [
+        _judge_row(run, phase, setting, c, t, texts, tokens)
+        for (c, t), (texts, tokens) in zip(cells, generated, strict=True)
+    ]
+
+
+def _run_unhooked(
+    run: _StudyRun, phase: str, setting: str, configs: Sequence[_Config]
+) -> list[dict[str, Any]]:
+    """The baselines without hooks: the prompting cue (per target) and no intervention (one
+    generation judged against every target)."""
+    prompts = run.inputs[phase].prompts[setting]
+    rows = []
+    for c in configs:
+        if c.method == "prompt":
+            for t in run.plan.targets:
+                cued = [run.plan.cues[t] + p for p in prompts]
+                texts, tokens = _generate(run, cued)
+                rows.append(_judge_row(run, phase, setting, c, t, texts, tokens))
+        elif c.method == "none":
+            texts, tokens = _generate(run, prompts)
+            for t in run.plan.targets:
+                rows.append(_judge_row(run, phase, setting, c, t, texts, tokens))
+    return rows
+
+
+def _generate(run: _StudyRun, prompts: Sequence[str]) -> tuple[list[str], list[Tensor]]:
+    return generate_texts_and_tokens(
+        run.model, prompts, max_new_tokens=run.max_new_tokens, batch_size=run.batch_size
+    )
+
+
+def _prompt_language(run: _StudyRun, setting: str) -> str | None:
+    """The language the prompts of a setting are written in (None: neutral prompts)."""
+    return run.source if setting in ("english", "content") else None
+
+
+def _neuron_set(run: _StudyRun, top_rate: float, seed: int | None) -> LanguageNeurons:
+    """The LAPE set at ``top_rate`` (``seed`` None) or a random set matched to it, drawn once."""
+    key = (top_rate, -1 if seed is None else seed)
+    if key not in run.sets:
+        lape = run.sets.get((top_rate, -1)) or identify_language_neurons(
+            run.stats, top_rate=top_rate, **run.plan.thresholds
+        )
+        run.sets[(top_rate, -1)] = lape
+        if seed is not None:
+            run.sets[key] = random_matched_neurons(lape, seed=seed)
+    return run.sets[key]
+
+
+def _hooks_for(run: _StudyRun, config: _Config, target: str, setting: str) -> FwdHooks:
+    """The hooks of one configuration toward ``target`` in ``setting`` (none for the
+    baselines without hooks)."""
+    source = _prompt_language(run, setting)
+    if config.method in ("lape", "random"):
+        seed = config.seed if config.method == "random" else None
+        neurons = _neuron_set(run, config.top_rate, seed)
+        return config_hooks(
+            config.steering(), neurons, run.stats, target, source=source, model=run.model
+        )
+    if config.method == "diffmean":
+        assert run.means is not None
+        return diffmean_hooks(
+            run.means,
+            target,
+            layer=config.layer,
+            strength=config.strength,
+            source=source,
+            model=run.model,
+        )
+    return []
+
+
+def _judge_row(
+    run: _StudyRun,
+    phase: str,
+    setting: str,
+    config: _Config,
+    target: str,
+    texts: list[str],
+    tokens: list[Tensor],
+) -> dict[str, Any]:
+    """One row: the outputs of one configuration toward one target, judged by py3langid and
+    fluency (:class:`~tl_lape.judging.outputs.OutputJudge`), lingua and, in the content
+    setting, the content judge (:func:`~tl_lape.judging.content.judge_content`)."""
+    data = run.inputs[phase]
+    judged = run.judge(data.prompts[setting], texts, tokens, target=target)
+    second = run.lingua.identify_many(texts)
+    row: dict[str, Any] = {
+        "phase": phase,
+        "setting": setting,
+        "config": config.label(),
+        **config.to_dict(),
+        "target": target,
+        "n": len(texts),
+        "target_rate": judged.rate(target),
+        "lingua_rate": sum(x == target for x in second) / max(1, len(second)),
+        "agreement": sum(a == b for a, b in zip(judged.languages, second, strict=True))
+        / max(1, len(second)),
+        "fluent_rate": judged.fluent_rate(),
+        "success_rate": judged.success_rate(target),
+        "mean_nll": float(judged.nll.nanmean()),
+        "mean_repetition": float(judged.repetition.mean()),
+    }
+    if setting == "content":
+        content = judge_content(texts, data.parallel, target)
+        row["relevant_rate"] = content.relevant_rate
+        row["mean_gain"] = content.mean_gain
+        row["combined"] = harmonic_mean(row["success_rate"], content.relevant_rate)
+    row["_texts"] = texts
+    return row
+
+
+def _fresh_examples(rows: Sequence[dict[str, Any]], n_examples: int) -> dict[str, list[str]]:
+    """A few fresh outputs per (setting, configuration, target); of the random draws, seed 0."""
     examples: dict[str, list[str]] = {}
-    for r in fresh_rows:
+    for r in rows:
         if r["method"] != "random" or r["seed"] == 0:
             key = f"{r['setting']} / {r['config']} / {r['target']}"
             examples[key] = list(r["_texts"][:n_examples])
-    throughput = _throughput(
-        model, fresh_configs, hooks_for, targets, inputs("fresh"), max_new_tokens
-    )
-    rows = tuple({k: v for k, v in r.items() if k != "_texts"} for r in (*dev_rows, *fresh_rows))
-    metadata = {
-        "model_name": getattr(getattr(model, "cfg", None), "model_name", None),
-        "targets": list(targets),
-        "source": source,
-        "nll_margin": nll_margin,
-        "max_repetition": max_repetition,
-        "max_new_tokens": max_new_tokens,
-        "reference_nll": reference,
-        "identifiers": [repr(identifier), repr(lingua)],
-        "prompts": {
-            "dev": inputs("dev").prompts,
-            "fresh": inputs("fresh").prompts,
-        },
-        "neuron_counts": {f"{k[0]:g}": v.counts() for k, v in sets.items() if k[1] == -1},
-        "seconds": round(time.perf_counter() - started, 1),
+    return examples
+
+
+def _study_metadata(run: _StudyRun, *, seconds: float) -> dict[str, Any]:
+    """Thresholds, prompts, judges, neuron counts and time of a study, for its report."""
+    return {
+        "model_name": getattr(getattr(run.model, "cfg", None), "model_name", None),
+        "targets": list(run.plan.targets),
+        "source": run.source,
+        "nll_margin": run.judge.nll_margin,
+        "max_repetition": run.judge.max_repetition,
+        "max_new_tokens": run.max_new_tokens,
+        "reference_nll": run.judge.reference,
+        "identifiers": [repr(run.judge.identifier), repr(run.lingua)],
+        "selection_thresholds": dict(run.plan.thresholds),
+        "prompts": {phase: data.prompts for phase, data in run.inputs.items()},
+        "neuron_counts": {f"{k[0]:g}": v.counts() for k, v in run.sets.items() if k[1] == -1},
+        "seconds": round(seconds, 1),
     }
-    return SteeringStudy(rows, chosen, examples, throughput, metadata)
 
 
-def _throughput(
-    model: Any,
-    configs: Sequence[_Config],
-    hooks_for: Callable[[_Config, str, str], list[tuple[str, Any]]],
-    targets: Sequence[str],
-    data: _Inputs,
-    max_new_tokens: int,
-) -> dict[str, float]:
+def _throughput(run: _StudyRun, configs: Sequence[_Config]) -> dict[str, float]:
     """Generated tokens per second without and with the chosen LAPE hooks, interleaved."""
     lape = [c for c in configs if c.method == "lape"]
     if not lape:
         return {}
-    prompts = list(data.prompts["english"])
-    hooks = hooks_for(lape[0], targets[0], "english")
+    prompts = list(run.inputs["fresh"].prompts["english"])
+    hooks = _hooks_for(run, lape[0], run.plan.targets[0], "english")
     times = {"unsteered": 0.0, "steered": 0.0}
     counts = {"unsteered": 0, "steered": 0}
     for _ in range(2):
         for name, fwd in (("unsteered", []), ("steered", hooks)):
             t0 = time.perf_counter()
             _, tokens = generate_texts_and_tokens(
-                model,
+                run.model,
                 prompts,
                 fwd_hooks=fwd,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=run.max_new_tokens,
                 batch_size=len(prompts),
             )
             times[name] += time.perf_counter() - t0
