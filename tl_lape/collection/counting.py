@@ -18,8 +18,7 @@ final counts into :class:`~tl_lape.ActivationStats` with their provenance.
 """
 
 import importlib.metadata
-import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,12 +36,9 @@ from tl_lape.stats import ActivationStats
 #: Nothing here is for users: :func:`tl_lape.collect_activation_stats` drives it.
 __all__: list[str] = []
 
-logger = logging.getLogger(__name__)
-
 #: Default window length when the model's context is at least this long.
 DEFAULT_SEQ_LEN = 512
 
-CorpusSource = Iterable[str] | Tensor
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
 
 
