@@ -356,3 +356,31 @@ def test_per_window_of_no_windows_is_empty(tiny_model: Any) -> None:
     sums, counts = window_nll(bridge, empty, positions_per_window=3, per_window=True)
     assert sums.shape == counts.shape == (0,)
     assert window_nll(bridge, empty) == (0.0, 0)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs(tmp_path: Any) -> None:
+    """Keep ``benchmarks/bench_nll.py`` from rotting (no timing asserted)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "benchmarks" / "bench_nll.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0 and "debian-handbook" in proc.stderr:
+        pytest.skip("the Debian handbook is not available")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    (demo,) = result["models"]
+    assert set(demo["rows"]) == {"full_clean", "full_deact", "sub_clean", "sub_deact"}
+    assert demo["rows"]["sub_clean"]["tokens_scored"] == demo["n_windows"] * 8
+    assert (tmp_path / "README.md").read_text().startswith("# NLL scoring")
