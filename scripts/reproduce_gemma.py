@@ -183,7 +183,7 @@ def main() -> None:
             heldout,
             stats=stats,
             n_random=args.n_random,
-            selectors=("LAP", "LAVE") if rate == BUDGETS[0] else (),
+            selectors=("lap", "lave") if rate == BUDGETS[0] else (),
             seq_len=args.seq_len,
             max_tokens_per_language=args.eval_tokens,
             progress=False,

@@ -169,7 +169,7 @@ def test_evaluate_writes_a_report_with_controls(
     report = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     assert report["lape"]["languages"] == ["en", "fr", "zh", "ru"]
     assert len(report["random"]) == 2  # --n-random draws, each a full matrix
-    assert set(report["baselines"]) == {"LAP", "LAVE"}  # --stats given
+    assert set(report["baselines"]) == {"lap", "lave"}  # --stats given
     text = (out / "evaluation.md").read_text(encoding="utf-8")
     assert "random" in text.lower()
     assert sorted(p.suffix for p in out.iterdir()).count(".png") >= 1

@@ -174,7 +174,7 @@ def test_run_evaluation_report(llama, neurons, stats):
         progress=False,
     )
     assert isinstance(report, EvaluationReport)
-    assert len(report.random) == 2 and set(report.baselines) == {"LAP", "LAVE"}
+    assert len(report.random) == 2 and set(report.baselines) == {"lap", "lave"}
     # All matrices share the no-intervention row and the windows.
     for m in (*report.random, *report.baselines.values()):
         assert torch.equal(m.nll[0], report.lape.nll[0])
@@ -188,7 +188,8 @@ def test_run_evaluation_report(llama, neurons, stats):
         float(report.selectivity().mean()) / float(report.random_selectivity().abs().mean())
     )
     text = report.to_markdown()
-    assert "LAP selectivity" in text and "ratio" in text
+    assert "LAP selectivity" in text and "ratio" in text  # the label, upper-cased
+    assert set(report.neuron_counts) == {"lape", "lap", "lave"}
     json.dumps(report.to_dict())
     figures = report.figures()
     assert all(isinstance(f, Figure) for f in figures.values())
@@ -223,6 +224,12 @@ def test_bad_input(llama, neurons):
         run_evaluation(llama.bridge, neurons, CORPUS, n_random=-1)
     with pytest.raises(LapeError, match="unknown selectors"):
         run_evaluation(llama.bridge, neurons, CORPUS, selectors=["XYZ"])
+    with pytest.raises(LapeError, match=r"unknown selectors \['LAP'\]; known: \['lap', 'lave'\]"):
+        run_evaluation(llama.bridge, neurons, CORPUS, selectors=["LAP"])  # one spelling
+    with pytest.raises(LapeError, match="deactivate must be a sequence of language codes"):
+        _matrix(llama.bridge, neurons, deactivate="en")  # a sequence or None, never a string
+    with pytest.raises(LapeError, match="seed must be an integer"):
+        run_evaluation(llama.bridge, neurons, CORPUS, seed=-1)
     with pytest.raises(LapeError, match="shape"):
         PerplexityMatrix(
             ("en",),
@@ -230,3 +237,19 @@ def test_bad_input(llama, neurons):
             torch.zeros(3, 1, dtype=torch.float64),
             torch.ones(1, dtype=torch.int64),
         )
+
+
+def test_one_default_token_budget(capsys):
+    """The API and the CLI's evaluate share DEFAULT_MAX_TOKENS_PER_LANGUAGE."""
+    import inspect
+
+    from tl_lape.cli import main
+    from tl_lape.experiments.evaluation import DEFAULT_MAX_TOKENS_PER_LANGUAGE
+
+    for fn in (run_evaluation, perplexity_matrix):
+        default = inspect.signature(fn).parameters["max_tokens_per_language"].default
+        assert default == DEFAULT_MAX_TOKENS_PER_LANGUAGE
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {DEFAULT_MAX_TOKENS_PER_LANGUAGE})" in help_text

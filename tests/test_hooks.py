@@ -108,7 +108,7 @@ def test_replace_steering_equals_hand_computation(tiny_model, hf_copies, arch):
     tm = tiny_model(arch)
     neurons, stats = random_neurons(), random_stats()
     tokens = tokens_for(tm.bridge)
-    hooks = steering_hooks(neurons, stats, "fr", "replace", model=tm.bridge)
+    hooks = steering_hooks(neurons, stats, "fr", mode="replace", model=tm.bridge)
     hooked = tm.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     means = stats.mean_activations[..., 1].float()
 
@@ -127,7 +127,7 @@ def test_add_and_scale_steering_equal_hand_computation(tiny_model, hf_copies, ar
     tm = tiny_model(arch)
     neurons, stats = random_neurons(), random_stats()
     tokens = tokens_for(tm.bridge)
-    hooks = steering_hooks(neurons, stats, "zh", mode, strength=2.5, model=tm.bridge)
+    hooks = steering_hooks(neurons, stats, "zh", mode=mode, strength=2.5, model=tm.bridge)
     hooked = tm.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     means = stats.mean_activations[..., 2].float()
 
@@ -149,7 +149,7 @@ def test_steering_with_deactivation_target_wins(tiny_model, hf_copies):
     )
     stats = random_stats(languages=("en", "fr"))
     tokens = tokens_for(tm.bridge)
-    hooks = steering_hooks(neurons, stats, "fr", deactivate=["en"], model=tm.bridge)
+    hooks = steering_hooks(neurons, stats, "fr", mode="replace", deactivate=["en"], model=tm.bridge)
     hooked = tm.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     means = stats.mean_activations[..., 1].float()
 
@@ -256,11 +256,11 @@ def test_empty_interventions_change_nothing(tiny_model):
     empty = LanguageNeurons.from_indices({"en": {}, "fr": {}}, n_layers=N_LAYERS, d_mlp=D_MLP)
     stats = random_stats(languages=("en", "fr"))
     assert deactivation_hooks(empty, ["en", "fr"]) == []
-    assert steering_hooks(empty, stats, "fr", deactivate="en", model=tm.bridge) == []
+    assert steering_hooks(empty, stats, "fr", deactivate=["en"], model=tm.bridge) == []
     neurons = random_neurons(languages=("en", "fr"))
     for hooks in (
-        steering_hooks(neurons, stats, "fr", "scale", strength=1.0, model=tm.bridge),
-        steering_hooks(neurons, stats, "fr", "add", strength=0.0, model=tm.bridge),
+        steering_hooks(neurons, stats, "fr", mode="scale", strength=1.0, model=tm.bridge),
+        steering_hooks(neurons, stats, "fr", mode="add", strength=0.0, model=tm.bridge),
         deactivation_hooks(neurons, "fr", positions=[]),
     ):
         torch.testing.assert_close(tm.bridge.run_with_hooks(tokens, fwd_hooks=hooks), baseline)
@@ -299,7 +299,7 @@ def test_unknown_language_and_foreign_neuron_sets(tiny_model):
         deactivation_hooks(wide, "en", model=tm.bridge)
     deep = LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=3, d_mlp=D_MLP)
     with pytest.raises(LapeError, match="n_layers=3, but the model has n_layers=2"):
-        steering_hooks(deep, random_stats(), "en", "scale", model=tm.bridge)
+        steering_hooks(deep, random_stats(), "en", mode="scale", model=tm.bridge)
     # Without model=, the width is checked when the hook runs.
     with pytest.raises(LapeError, match="has width 64, but the neuron set was made for d_mlp=128"):
         tm.bridge.run_with_hooks(tokens, fwd_hooks=deactivation_hooks(wide, "en"))
@@ -321,7 +321,9 @@ def test_a_set_of_unknown_width_acts_like_the_same_set_of_known_width(tiny_model
     _, cache = tm.bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_post"))
     for make in (
         lambda ln: deactivation_hooks(ln, ["en", "fr"], model=tm.bridge),
-        lambda ln: steering_hooks(ln, stats, "fr", "add", 3.0, deactivate="en", model=tm.bridge),
+        lambda ln: steering_hooks(
+            ln, stats, "fr", mode="add", strength=3.0, deactivate=["en"], model=tm.bridge
+        ),
         lambda ln: patching_hooks(ln, "fr", cache, positions=-1),
     ):
         expected = tm.bridge.run_with_hooks(tokens, fwd_hooks=make(known))

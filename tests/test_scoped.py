@@ -69,7 +69,7 @@ def test_deactivated_equals_its_hooks_and_detaches(setup):
 
 def test_steered_equals_its_hooks(setup):
     bridge, neurons, stats, tokens = setup
-    kwargs = {"mode": "add", "strength": 4.0, "deactivate": "en"}
+    kwargs = {"mode": "add", "strength": 4.0, "deactivate": ["en"]}
     hooks = steering_hooks(neurons, stats, "fr", **kwargs, model=bridge)
     expected = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     with tl_lape.steered(bridge, neurons, stats, "fr", **kwargs):
@@ -83,7 +83,9 @@ def test_steered_new_positions_are_fresh_for_every_generate_call(setup):
     one = tokens[:, :1]  # BOS alone: would read as a decoding step of the previous generation
 
     def fresh(prompt):
-        hooks = steering_hooks(neurons, stats, "fr", "add", 8.0, model=bridge, positions="new")
+        hooks = steering_hooks(
+            neurons, stats, "fr", mode="add", strength=8.0, model=bridge, positions="new"
+        )
         with bridge.hooks(fwd_hooks=hooks):
             return generate(bridge, prompt)
 
@@ -100,7 +102,7 @@ def test_steered_new_positions_are_fresh_for_every_generate_call(setup):
             bridge,
             [p],
             fwd_hooks=steering_hooks(
-                neurons, stats, "fr", "add", 8.0, model=bridge, positions="new"
+                neurons, stats, "fr", mode="add", strength=8.0, model=bridge, positions="new"
             ),
             max_new_tokens=MAX_NEW,
         )[0]
@@ -126,7 +128,7 @@ def test_composes_and_nests_with_user_hooks(setup):
 
     name = "blocks.1.mlp.hook_post"
     deact = deactivation_hooks(neurons, "en", model=bridge)
-    steer = steering_hooks(neurons, stats, "fr", "add", 4.0, model=bridge)
+    steer = steering_hooks(neurons, stats, "fr", mode="add", strength=4.0, model=bridge)
     both = bridge.run_with_hooks(tokens, fwd_hooks=deact + steer)
     only_deact = bridge.run_with_hooks(tokens, fwd_hooks=deact)
     _, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n == name)

@@ -135,7 +135,10 @@ def test_selection_matches_loop_oracle(seed: int, shape: tuple, rates: tuple) ->
     counts, n_tokens = random_counts(seed, *shape)
     langs = LANGS7[: shape[2]]
     stats = ActivationStats.from_counts(counts, n_tokens, langs)
-    neurons = identify_language_neurons(stats, *rates)
+    top_rate, filter_rate, bar = rates
+    neurons = identify_language_neurons(
+        stats, top_rate=top_rate, filter_rate=filter_rate, activation_bar_ratio=bar
+    )
     assert neurons.languages == langs
     assert (neurons.n_layers, neurons.d_mlp) == shape[:2]
     assert_matches_oracle(neurons, counts, n_tokens, rates)
@@ -361,3 +364,9 @@ def test_other_bad_input() -> None:
         lape_scores(torch.full((1, 2, 2), 1.5, dtype=torch.float64))
     with pytest.raises(LapeError, match="must be finite"):
         lape_scores(torch.full((1, 2, 2), float("nan"), dtype=torch.float64))
+
+
+def test_thresholds_are_keyword_only() -> None:
+    stats = ActivationStats.from_counts(torch.ones(1, 8, 2, dtype=torch.long), [2, 2], ["en", "fr"])
+    with pytest.raises(TypeError):
+        identify_language_neurons(stats, 0.5)  # type: ignore[misc]

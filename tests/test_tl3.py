@@ -117,7 +117,8 @@ def test_replace_steering_writes_mean_times_pre_linear(model):
     names = ["blocks.0.mlp.hook_post"] + (
         ["blocks.0.mlp.hook_pre_linear"] if model.cfg.gated_mlp else []
     )
-    hooks = steering_hooks(neurons, stats, "en", model=model) + [(n, record) for n in names]
+    hooks = steering_hooks(neurons, stats, "en", mode="replace", model=model)
+    hooks += [(n, record) for n in names]
     model.run_with_hooks(tokens, fwd_hooks=hooks)
     idx = neurons.indices("en", 0)
     mean = stats.mean_activations[0, idx, 0].float()

@@ -7,8 +7,9 @@ touch pyplot's global state and work under any backend. In Jupyter, a figure ret
 cell's value is drawn once the inline backend is active (``%matplotlib inline``).
 
 Example:
-    >>> fig = plot_neurons_per_layer(neurons)  # doctest: +SKIP
-    >>> fig.savefig("neurons_per_layer.png")  # doctest: +SKIP
+    >>> fig = plot_neurons_per_layer(neurons)
+    >>> fig.axes[0].get_xlabel()  # save it with fig.savefig("neurons_per_layer.png")
+    'layer'
 """
 
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from matplotlib.figure import Figure
 
+from tl_lape.checks import check_languages
 from tl_lape.errors import LapeError
 from tl_lape.neurons import LanguageNeurons
 
@@ -45,7 +47,7 @@ def plot_neurons_per_layer(
     Returns:
         A figure with one axis: layers on x, number of neurons on y, one colour per language.
     """
-    langs = _check_languages(neurons, languages)
+    langs = _known_languages(neurons, languages)
     per_layer = neurons.counts_per_layer()  # [lang, n_layers]
     fig = Figure(figsize=(max(6.0, 0.35 * neurons.n_layers + 3), 4.0), layout="constrained")
     ax = fig.add_subplot()
@@ -176,9 +178,11 @@ def plot_matrix(
     return fig
 
 
-def _check_languages(neurons: LanguageNeurons, languages: Sequence[str] | None) -> list[str]:
+def _known_languages(neurons: LanguageNeurons, languages: Sequence[str] | None) -> list[str]:
+    """``languages`` (checked, all known to ``neurons``), or all of ``neurons.languages``."""
     if languages is None:
         return list(neurons.languages)
+    languages = check_languages(languages)
     unknown = [lang for lang in languages if lang not in neurons.languages]
     if unknown:
         raise LapeError(

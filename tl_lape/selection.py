@@ -46,7 +46,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_lape.checks import check_rate
+from tl_lape.checks import check_choice, check_rate
 from tl_lape.errors import LapeError
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
@@ -176,10 +176,10 @@ def _kth_smallest(flat: Tensor, rate: float, name: str) -> float:
 
 def identify_language_neurons(
     stats: ActivationStats,
+    *,
     top_rate: float = 0.01,
     filter_rate: float = 0.95,
     activation_bar_ratio: float = 0.95,
-    *,
     method: str = "lape",
 ) -> LanguageNeurons:
     """Select language-specific neurons exactly as the LAPE paper does.
@@ -235,8 +235,7 @@ def identify_language_neurons(
             f"stats must be ActivationStats (e.g. from collect_activation_stats or "
             f"ActivationStats.from_counts); received {type(stats).__name__}"
         )
-    if method not in METHODS:
-        raise LapeError(f"method must be one of {list(METHODS)}; received {method!r}")
+    method = check_choice(method, METHODS, "method")
     top_rate = check_rate(top_rate, "top_rate")
     filter_rate = check_rate(filter_rate, "filter_rate")
     activation_bar_ratio = check_rate(activation_bar_ratio, "activation_bar_ratio")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tl_lape.errors import LapeError
+from tl_lape.experiments.evaluation import DEFAULT_MAX_TOKENS_PER_LANGUAGE
 from tl_lape.experiments.reports import format_summary, write_report
 from tl_lape.experiments.steering import DEFAULT_MAX_NEW_TOKENS
 from tl_lape.formats import (
@@ -143,11 +144,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_corpus_options(evaluate)
     evaluate.set_defaults(split="heldout")
     evaluate.add_argument(
-        "--stats", type=Path, default=None, help="statistics file, to also compare LAP and LAVE"
+        "--stats", type=Path, default=None, help="statistics file, to also compare lap and lave"
     )
     evaluate.add_argument("--n-random", type=int, default=3, help="matched random draws")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the random draws")
-    _add_collect_options(evaluate, default_max_tokens=4096)
+    _add_collect_options(evaluate, default_max_tokens=DEFAULT_MAX_TOKENS_PER_LANGUAGE)
     evaluate.add_argument("--out", required=True, type=Path, help="report folder")
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -233,8 +234,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--eval-tokens-per-language",
         type=int,
         default=None,
-        help="held-out tokens per language for the perplexity matrices (default: 128; 4096 "
-        "for --model demo); windows are no longer than this",
+        help="held-out tokens per language for the perplexity matrices (default: 128; "
+        f"{DEFAULT_MAX_TOKENS_PER_LANGUAGE} for --model demo); windows are no longer than this",
     )
     demo.add_argument(
         "--eval-random",

@@ -8,11 +8,15 @@
   neuron's direct effect on the logits, without the final normalisation's scale), its
   activation probability per language, and the tokens of a corpus on which it fires most.
 
-Example:
-    >>> report = split_half_stability(model, train_corpus)  # doctest: +SKIP
-    >>> print(report.to_markdown())  # doctest: +SKIP
-    >>> card = neuron_card(model, 7, 123, stats=stats, corpus=heldout)  # doctest: +SKIP
-    >>> print(card.to_markdown())  # doctest: +SKIP
+Example (on a tiny model and corpus):
+    >>> report = split_half_stability(model, corpus, top_rate=0.1, seq_len=16, progress=False)
+    >>> print(report.to_markdown())  # doctest: +ELLIPSIS
+    ### Split-half stability
+    ...
+    >>> card = neuron_card(model, 1, 5, stats=stats, corpus=corpus, k=3, seq_len=16)
+    >>> print(card.to_markdown())  # doctest: +ELLIPSIS
+    #### Neuron 1.5 (no language set given)
+    ...
 """
 
 import heapq
@@ -27,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_lape._adapter import adapt
+from tl_lape.checks import check_positive_int, check_seed
 from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
 from tl_lape.neurons import LanguageNeurons
@@ -59,8 +64,7 @@ def split_corpus(
         >>> sorted(a["en"] + b["en"])
         ['four', 'one', 'three', 'two']
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise LapeError(f"seed must be an int; received {seed!r}")
+    check_seed(seed)
     half_a: dict[str, list[str] | Tensor] = {}
     half_b: dict[str, list[str] | Tensor] = {}
     for k, (lang, texts) in enumerate(corpus.items()):
@@ -189,7 +193,7 @@ def split_half_stability(
         filter_rate: Selection threshold.
         activation_bar_ratio: Selection threshold.
         seq_len: Window length for the statistics.
-        batch_size: Windows per forward pass.
+        batch_size: Windows (sequences) per forward pass.
         max_tokens_per_language: Token budget per language *per half*.
         seed: Seed of the split (:func:`split_corpus`).
         progress: Show progress bars.
@@ -323,15 +327,16 @@ def neuron_card(
         seq_len: Window length for the corpus search.
         max_tokens_per_language: Token budget per language for the corpus search.
         context: Tokens of context shown before each top-activating token.
-        batch_size: Windows per forward pass.
+        batch_size: Windows (sequences) per forward pass.
         progress: Show a progress bar.
 
     Returns:
         A :class:`NeuronCard`.
 
     Example:
-        >>> card = neuron_card(model, 0, 5, k=5)  # doctest: +SKIP
-        >>> [token for token, _ in card.promoted]  # doctest: +SKIP
+        >>> card = neuron_card(model, 0, 5, k=5)
+        >>> len(card.promoted), len(card.suppressed)
+        (5, 5)
     """
     return neuron_cards(
         model,
@@ -365,7 +370,9 @@ def neuron_cards(
     """:func:`neuron_card` for several ``(layer, neuron)`` pairs, sharing one corpus pass.
 
     Example:
-        >>> cards = neuron_cards(model, [(0, 1), (1, 3)], stats=stats)  # doctest: +SKIP
+        >>> cards = neuron_cards(model, [(0, 1), (1, 3)], stats=stats, neurons=neurons)
+        >>> [(c.layer, c.neuron) for c in cards]
+        [(0, 1), (1, 3)]
     """
     adapter = adapt(model)
     pairs = []
@@ -384,8 +391,7 @@ def neuron_cards(
                 f"0 <= neuron < {adapter.d_mlp}"
             )
         pairs.append((layer, index))
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise LapeError(f"k must be a positive int; received {k!r}")
+    check_positive_int(k, "k")
     if stats is not None and (stats.n_layers, stats.d_mlp) != (adapter.n_layers, adapter.d_mlp):
         raise LapeError(
             f"stats are for {stats.n_layers} layers x {stats.d_mlp} neurons but the model has "

@@ -30,7 +30,7 @@ import torch
 from tl_lape.checks import check_positive_int, check_rate
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.errors import LapeError
-from tl_lape.experiments.evaluation import run_evaluation
+from tl_lape.experiments.evaluation import DEFAULT_MAX_TOKENS_PER_LANGUAGE, run_evaluation
 from tl_lape.experiments.reports import format_summary, save_figure, write_report, write_text
 from tl_lape.experiments.steering import run_steering_sweep
 from tl_lape.formats import atomic_dir, check_output_folder
@@ -102,9 +102,9 @@ DEMO_PRESETS: dict[str, dict[str, Any]] = {
         "max_tokens_per_language": 60_000,
         "prepend_bos": False,
         "evaluate": False,
-        "eval_tokens_per_language": 4096,
+        "eval_tokens_per_language": DEFAULT_MAX_TOKENS_PER_LANGUAGE,
         "eval_random": 3,
-        "selectors": ("LAP", "LAVE"),
+        "selectors": ("lap", "lave"),
         "steer_new_tokens": 32,
         "steering": "sweep",
     },
@@ -368,7 +368,7 @@ EXAMPLE_PROMPTS: tuple[str, ...] = (
     "The weather today is",
 )
 EXAMPLE_TARGETS: tuple[str, ...] = ("fr", "es", "zh")
-EXAMPLE_STEERING: dict[str, Any] = {"mode": "replace", "strength": 2.0, "deactivate": "en"}
+EXAMPLE_STEERING: dict[str, Any] = {"mode": "replace", "strength": 2.0, "deactivate": ["en"]}
 
 
 def steering_example(

@@ -11,16 +11,20 @@ Every number here comes with a control, so a weak result is visible as weak:
 - :func:`~tl_lape.neurons.random_matched_neurons` draws random neuron sets of the same size and
   the same distribution over layers as each language's set (several seeded draws);
 - :func:`run_evaluation` also evaluates the paper's alternative selectors on the same statistics
-  (activation probability alone, ``LAP``, and entropy over mean activation values, ``LAVE``);
+  (activation probability alone, ``"lap"``, and entropy over mean activation values,
+  ``"lave"``);
 - :func:`selectivity` scores each deactivated language by the rise on its own text minus the
   mean rise on the others.
 
-Example:
+Example (on a tiny model; select on the train split and evaluate on held-out text):
     >>> from tl_lape import identify_language_neurons, collect_activation_stats
-    >>> stats = collect_activation_stats(model, train_corpus)  # doctest: +SKIP
-    >>> neurons = identify_language_neurons(stats)  # doctest: +SKIP
-    >>> report = run_evaluation(model, neurons, heldout_corpus, stats=stats)  # doctest: +SKIP
-    >>> print(report.to_markdown())  # doctest: +SKIP
+    >>> stats = collect_activation_stats(model, corpus, seq_len=16, progress=False)
+    >>> neurons = identify_language_neurons(stats, top_rate=0.1)
+    >>> report = run_evaluation(model, neurons, corpus, stats=stats, n_random=1, seq_len=8,
+    ...                         max_tokens_per_language=32, progress=False)
+    >>> print(report.to_markdown())  # doctest: +ELLIPSIS
+    ### Perplexity under deactivation
+    ...
 """
 
 import logging
@@ -35,15 +39,17 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from tl_lape._adapter import ModelAdapter, adapt
+from tl_lape.checks import check_languages, check_seed
 from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
 from tl_lape.interventions.hooks import deactivation_hooks
 from tl_lape.judging.nll import window_nll
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
-from tl_lape.selection import select_with
+from tl_lape.selection import METHODS, select_with
 from tl_lape.stats import ActivationStats
 
 __all__ = [
+    "DEFAULT_MAX_TOKENS_PER_LANGUAGE",
     "NO_INTERVENTION",
     "EvaluationReport",
     "PerplexityMatrix",
@@ -56,6 +62,16 @@ logger = logging.getLogger(__name__)
 
 #: Row label of the matrix row computed without any intervention.
 NO_INTERVENTION = "(none)"
+
+#: Held-out tokens per evaluated language, by default: of :func:`run_evaluation`,
+#: :func:`perplexity_matrix` and the CLI's ``evaluate``.
+DEFAULT_MAX_TOKENS_PER_LANGUAGE = 4_096
+
+#: The name of the evaluated set in a report (the other selectors go by their method names).
+EVALUATED = "lape"
+
+#: The other selectors :func:`run_evaluation` can compare, by method name (``selection.METHODS``).
+SELECTORS: tuple[str, ...] = tuple(m for m in METHODS if m != EVALUATED)
 
 Hooks = list[tuple[str, Callable[..., Any]]]
 
@@ -93,8 +109,12 @@ class PerplexityMatrix:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "deactivated", _check_names(self.deactivated, "deactivated"))
-        object.__setattr__(self, "languages", _check_names(self.languages, "languages"))
+        if not (isinstance(self.deactivated, (tuple, list)) and not self.deactivated):
+            object.__setattr__(
+                self, "deactivated", check_languages(self.deactivated, "deactivated")
+            )
+        object.__setattr__(self, "deactivated", tuple(self.deactivated))
+        object.__setattr__(self, "languages", check_languages(self.languages, "languages"))
         if tuple(self.nll.shape) != (len(self.deactivated) + 1, len(self.languages)):
             raise LapeError(
                 f"PerplexityMatrix.nll must have shape (1 + len(deactivated), len(languages)) = "
@@ -244,7 +264,7 @@ def perplexity_matrix(
     deactivate: Sequence[str] | None = None,
     seq_len: int = 256,
     batch_size: int = 8,
-    max_tokens_per_language: int | None = 20_000,
+    max_tokens_per_language: int | None = DEFAULT_MAX_TOKENS_PER_LANGUAGE,
     progress: bool = True,
 ) -> PerplexityMatrix:
     """Mean NLL of each language's text with each language's neurons deactivated in turn.
@@ -260,11 +280,12 @@ def perplexity_matrix(
         corpus: ``{language: texts}`` (held-out text: not the text the neurons were selected
             on), or ``{language: 1-D tensor of token ids}``.
         languages: Evaluated languages (columns; default: every language of ``corpus``).
-        deactivate: Languages whose neurons are deactivated (rows; default: every language of
-            ``neurons``).
+        deactivate: A sequence of language codes whose neurons are deactivated, one row each
+            (default None: every language of ``neurons``).
         seq_len: Tokens per window.
-        batch_size: Windows per forward pass.
-        max_tokens_per_language: Token budget per evaluated language (None: all the text).
+        batch_size: Windows (sequences) per forward pass.
+        max_tokens_per_language: Token budget per evaluated language (None: all the text;
+            default :data:`DEFAULT_MAX_TOKENS_PER_LANGUAGE`).
         progress: Show progress bars.
 
     Returns:
@@ -275,8 +296,10 @@ def perplexity_matrix(
             fit the model.
 
     Example:
-        >>> m = perplexity_matrix(model, neurons, heldout)  # doctest: +SKIP
-        >>> m.own_is_largest()  # doctest: +SKIP
+        >>> m = perplexity_matrix(model, neurons, corpus, deactivate=["fr", "zh"], seq_len=8,
+        ...                       max_tokens_per_language=32, progress=False)
+        >>> m.rows, m.own_is_largest().shape
+        (('(none)', 'fr', 'zh'), torch.Size([2]))
     """
     adapter, evaluated, windows = _prepare(
         model, neurons, corpus, languages, seq_len, max_tokens_per_language
@@ -398,9 +421,11 @@ class EvaluationReport:
         lape: The matrix for the evaluated neuron set.
         random: One matrix per seeded random draw matched to the set
             (:func:`random_matched_neurons`).
-        baselines: Matrices for other selectors on the same statistics, by name (``"LAP"``,
-            ``"LAVE"``); empty when no statistics were given.
-        neuron_counts: Neurons per language of each evaluated set, by set name.
+        baselines: Matrices for other selectors on the same statistics, by method name
+            (``"lap"``, ``"lave"``; reports label them ``LAP``, ``LAVE``); empty when no
+            statistics were given.
+        neuron_counts: Neurons per language of each evaluated set, by set name (``"lape"`` for
+            the evaluated set, then the method names of the other selectors).
         metadata: Settings of the run.
     """
 
@@ -490,6 +515,16 @@ class EvaluationReport:
         """A Markdown report: the NLL-change matrix, per-language selectivity and the summary."""
         s = self.summary()
         lines = [
+            *self._markdown_matrix(s),
+            *self._markdown_language_table(),
+            "",
+            *self._markdown_comparisons(s),
+        ]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def _markdown_matrix(self, s: Mapping[str, Any]) -> list[str]:
+        """The report's first section: the NLL-change matrix and how often the own text rises."""
+        return [
             "### Perplexity under deactivation",
             "",
             "NLL change (nats/token) on held-out text of each language (columns) when one "
@@ -502,6 +537,9 @@ class EvaluationReport:
             f"**{s['n_own_largest']} of {s['n_deactivated']}** languages.",
             "",
         ]
+
+    def _markdown_language_table(self) -> list[str]:
+        """Per deactivated language: neurons, own rise and selectivity, with the controls."""
         header = "| language | neurons | own rise | selectivity |"
         sep = "| --- | ---: | ---: | ---: |"
         rand_sel = self.random_selectivity()
@@ -511,12 +549,12 @@ class EvaluationReport:
             sep += " ---: | ---: |"
         names = list(self.baselines)
         for name in names:
-            header += f" {name} selectivity |"
+            header += f" {_label(name)} selectivity |"
             sep += " ---: |"
-        lines += [header, sep]
+        lines = [header, sep]
         own = self.lape.own_rise()
         sel = self.selectivity()
-        counts = self.neuron_counts.get("LAPE", {})
+        counts = self.neuron_counts.get(EVALUATED, {})
         baseline_sel = {name: selectivity(m) for name, m in self.baselines.items()}
         for i, lang in enumerate(self.lape.deactivated):
             row = f"| {lang} | {counts.get(lang, '-')} | {float(own[i]):+.4f} |"
@@ -526,19 +564,23 @@ class EvaluationReport:
             for name in names:
                 row += f" {float(baseline_sel[name][i]):+.4f} |"
             lines.append(row)
-        lines.append("")
+        return lines
+
+    def _markdown_comparisons(self, s: Mapping[str, Any]) -> list[str]:
+        """One line for the random controls and one per other selector."""
+        lines = []
         if self.random:
             lines.append(
                 f"Mean selectivity: LAPE {s['mean_selectivity']:+.4f} nats; matched random sets "
                 f"({len(self.random)} draws) {s['random_mean_selectivity']:+.4f} (mean |.| "
                 f"{s['random_mean_abs_selectivity']:.4f}); ratio **{s['selectivity_ratio']:.1f}x**."
             )
-        for name in names:
+        for name in self.baselines:
             lines.append(
-                f"{name}: mean selectivity {s[f'{name}_mean_selectivity']:+.4f}, own language "
-                f"rises most for {s[f'{name}_n_own_largest']} of {s['n_deactivated']}."
+                f"{_label(name)}: mean selectivity {s[f'{name}_mean_selectivity']:+.4f}, own "
+                f"language rises most for {s[f'{name}_n_own_largest']} of {s['n_deactivated']}."
             )
-        return "\n".join(lines).rstrip() + "\n"
+        return lines
 
     def figures(self) -> dict[str, Figure]:
         """Figures by file stem: the NLL-change heatmap and a selectivity bar chart."""
@@ -550,9 +592,9 @@ class EvaluationReport:
     def plot_selectivity(self) -> Figure:
         """Bars of per-language selectivity: LAPE, the other selectors and the random draws."""
         langs = list(self.lape.deactivated)
-        series: dict[str, Tensor] = {"LAPE": self.selectivity()}
+        series: dict[str, Tensor] = {_label(EVALUATED): self.selectivity()}
         for name, matrix in self.baselines.items():
-            series[name] = selectivity(matrix)
+            series[_label(name)] = selectivity(matrix)
         rand = self.random_selectivity()
         if rand.numel():
             series["random (mean)"] = rand.mean(dim=0)
@@ -576,6 +618,11 @@ class EvaluationReport:
         return fig
 
 
+def _label(name: str) -> str:
+    """How a report shows a selector: its method name upper-cased (``"lap"`` -> ``LAP``)."""
+    return name.upper() if name in METHODS else name
+
+
 def _mean_sd(values: Tensor) -> str:
     return f"{float(values.mean()):+.4f} ± {float(values.std(correction=0)):.4f}"
 
@@ -588,11 +635,11 @@ def run_evaluation(
     stats: ActivationStats | None = None,
     n_random: int = 3,
     seed: int = 0,
-    selectors: Sequence[str] = ("LAP", "LAVE"),
+    selectors: Sequence[str] = SELECTORS,
     languages: Sequence[str] | None = None,
     seq_len: int = 256,
     batch_size: int = 8,
-    max_tokens_per_language: int | None = 20_000,
+    max_tokens_per_language: int | None = DEFAULT_MAX_TOKENS_PER_LANGUAGE,
     progress: bool = True,
 ) -> EvaluationReport:
     """Evaluate a neuron set by deactivation, against matched random sets and other selectors.
@@ -600,7 +647,7 @@ def run_evaluation(
     Computes the :func:`perplexity_matrix` of ``neurons``, of ``n_random`` seeded random sets
     matched to it (:func:`random_matched_neurons`, seeds ``seed .. seed + n_random - 1``), and,
     when ``stats`` is given, of the paper's alternative selectors on those statistics with the
-    same neuron budget (``"LAP"``: activation probability alone; ``"LAVE"``: entropy over
+    same neuron budget (``"lap"``: activation probability alone; ``"lave"``: entropy over
     mean activation values). The no-intervention row and the token windows are shared.
 
     Args:
@@ -612,61 +659,34 @@ def run_evaluation(
             other selectors (optional).
         n_random: Number of random draws (0 for none).
         seed: Seed of the first random draw.
-        selectors: Which other selectors to run when ``stats`` is given.
+        selectors: Which other selectors to run when ``stats`` is given: method names of
+            :data:`~tl_lape.selection.METHODS` other than ``"lape"`` (default both).
         languages: Evaluated languages (default: those of ``corpus``).
         seq_len: Tokens per window.
-        batch_size: Windows per forward pass.
-        max_tokens_per_language: Token budget per evaluated language.
+        batch_size: Windows (sequences) per forward pass.
+        max_tokens_per_language: Token budget per evaluated language (default
+            :data:`DEFAULT_MAX_TOKENS_PER_LANGUAGE`).
         progress: Show progress bars.
 
     Returns:
         An :class:`EvaluationReport`.
 
     Example:
-        >>> report = run_evaluation(model, neurons, heldout, stats=stats)  # doctest: +SKIP
-        >>> report.summary()["selectivity_ratio"]  # doctest: +SKIP
+        >>> report = run_evaluation(model, neurons, corpus, stats=stats, n_random=1,
+        ...                         seq_len=8, max_tokens_per_language=32, progress=False)
+        >>> sorted(report.baselines), len(report.random)
+        (['lap', 'lave'], 1)
     """
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
-        raise LapeError(f"n_random must be an int >= 0; received {n_random!r}")
-    unknown = [s for s in selectors if s not in _SELECTORS]
-    if unknown:
-        raise LapeError(f"unknown selectors {unknown}; known: {sorted(_SELECTORS)}")
-    adapter, evaluated, windows = _prepare(
-        model, neurons, corpus, languages, seq_len, max_tokens_per_language
+    selectors = _check_evaluation_options(n_random, seed, selectors)
+    run = _SharedRun.start(
+        model, neurons, corpus, languages, seq_len, batch_size, max_tokens_per_language, progress
     )
-    rows = _resolve_rows(None, neurons)
-    baseline = _nll_row(model, windows, [], batch_size, progress, NO_INTERVENTION)
-
-    def matrix_for(neuron_set: LanguageNeurons, name: str) -> PerplexityMatrix:
-        return _deactivation_matrix(
-            model,
-            adapter,
-            neuron_set,
-            rows,
-            evaluated,
-            windows,
-            baseline,
-            batch_size=batch_size,
-            progress=progress,
-            seq_len=seq_len,
-            max_tokens_per_language=max_tokens_per_language,
-            name=name,
-        )
-
-    counts: dict[str, dict[str, int]] = {"LAPE": neurons.counts()}
-    lape = matrix_for(neurons, "LAPE")
-    random_matrices = []
-    for draw in range(n_random):
-        control = random_matched_neurons(neurons, seed=seed + draw)
-        random_matrices.append(matrix_for(control, f"random{draw}"))
-    baselines: dict[str, PerplexityMatrix] = {}
-    if stats is not None:
-        for name in selectors:
-            other = _SELECTORS[name](stats, neurons).select(list(neurons.languages))
-            counts[name] = other.counts()
-            baselines[name] = matrix_for(other, name)
+    counts: dict[str, dict[str, int]] = {EVALUATED: neurons.counts()}
+    lape = run.matrix(neurons, EVALUATED)
+    random_matrices = _random_matrices(run, neurons, n_random, seed)
+    baselines = _selector_matrices(run, neurons, stats, selectors, counts)
     metadata = {
-        "model_name": adapter.model_name,
+        "model_name": run.adapter.model_name,
         "n_random": n_random,
         "seed": seed,
         "seq_len": seq_len,
@@ -674,36 +694,120 @@ def run_evaluation(
         "max_tokens_per_language": max_tokens_per_language,
         "neurons": dict(neurons.metadata),
     }
-    return EvaluationReport(lape, tuple(random_matrices), baselines, counts, metadata)
+    return EvaluationReport(lape, random_matrices, baselines, counts, metadata)
 
 
-# ============================================================================ other selectors
+def _check_evaluation_options(n_random: Any, seed: Any, selectors: Any) -> tuple[str, ...]:
+    """Check ``run_evaluation``'s own options; return the selectors as a tuple."""
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+        raise LapeError(f"n_random must be an int >= 0; received {n_random!r}; pass e.g. 3, or 0")
+    check_seed(seed)
+    if isinstance(selectors, str) or not isinstance(selectors, Sequence):
+        raise LapeError(
+            f"selectors must be a sequence of method names such as {SELECTORS!r}; received "
+            f"{selectors!r}"
+        )
+    unknown = [s for s in selectors if s not in SELECTORS]
+    if unknown:
+        raise LapeError(
+            f"unknown selectors {unknown}; known: {list(SELECTORS)} (the method names of "
+            "tl_lape.selection.METHODS other than 'lape', which is the evaluated set)"
+        )
+    return tuple(selectors)
 
 
-_SELECTORS: dict[str, Callable[[ActivationStats, LanguageNeurons], LanguageNeurons]] = {
-    "LAP": select_with("lap"),
-    "LAVE": select_with("lave"),
-}
+@dataclass(frozen=True)
+class _SharedRun:
+    """What every matrix of one evaluation shares: the windows and the no-intervention row."""
+
+    model: Any
+    adapter: ModelAdapter
+    rows: tuple[str, ...]
+    evaluated: tuple[str, ...]
+    windows: dict[str, Tensor]
+    baseline: tuple[Tensor, Tensor]
+    seq_len: int
+    batch_size: int
+    max_tokens_per_language: int | None
+    progress: bool
+
+    @classmethod
+    def start(
+        cls,
+        model: Any,
+        neurons: LanguageNeurons,
+        corpus: Mapping[str, Iterable[str] | Tensor],
+        languages: Sequence[str] | None,
+        seq_len: int,
+        batch_size: int,
+        max_tokens_per_language: int | None,
+        progress: bool,
+    ) -> "_SharedRun":
+        """Cut the windows and compute the no-intervention row, once for the whole evaluation."""
+        adapter, evaluated, windows = _prepare(
+            model, neurons, corpus, languages, seq_len, max_tokens_per_language
+        )
+        baseline = _nll_row(model, windows, [], batch_size, progress, NO_INTERVENTION)
+        return cls(
+            model,
+            adapter,
+            _resolve_rows(None, neurons),
+            evaluated,
+            windows,
+            baseline,
+            seq_len,
+            batch_size,
+            max_tokens_per_language,
+            progress,
+        )
+
+    def matrix(self, neuron_set: LanguageNeurons, name: str) -> PerplexityMatrix:
+        """The matrix of ``neuron_set``, on the shared windows and no-intervention row."""
+        return _deactivation_matrix(
+            self.model,
+            self.adapter,
+            neuron_set,
+            self.rows,
+            self.evaluated,
+            self.windows,
+            self.baseline,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            seq_len=self.seq_len,
+            max_tokens_per_language=self.max_tokens_per_language,
+            name=name,
+        )
+
+
+def _random_matrices(
+    run: _SharedRun, neurons: LanguageNeurons, n_random: int, seed: int
+) -> tuple[PerplexityMatrix, ...]:
+    """The matrices of ``n_random`` random sets matched to ``neurons`` (seeds ``seed...``)."""
+    return tuple(
+        run.matrix(random_matched_neurons(neurons, seed=seed + draw), f"random{draw}")
+        for draw in range(n_random)
+    )
+
+
+def _selector_matrices(
+    run: _SharedRun,
+    neurons: LanguageNeurons,
+    stats: ActivationStats | None,
+    selectors: Sequence[str],
+    counts: dict[str, dict[str, int]],
+) -> dict[str, PerplexityMatrix]:
+    """The other selectors' sets at ``neurons``' budget, by method name (none without stats)."""
+    matrices: dict[str, PerplexityMatrix] = {}
+    if stats is None:
+        return matrices
+    for name in selectors:
+        other = select_with(name)(stats, neurons).select(list(neurons.languages))
+        counts[name] = other.counts()
+        matrices[name] = run.matrix(other, name)
+    return matrices
 
 
 # ============================================================================ validation helpers
-
-
-def _check_names(values: Any, field_name: str) -> tuple[str, ...]:
-    if isinstance(values, str) or not isinstance(values, Sequence):
-        raise LapeError(f"{field_name} must be a sequence of language codes; received {values!r}")
-    out = tuple(values)
-    if not all(isinstance(v, str) and v for v in out) or len(set(out)) != len(out):
-        raise LapeError(
-            f"{field_name} must hold distinct non-empty strings; received {list(out)!r}"
-        )
-    return out
-
-
-def _check_positive(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LapeError(f"{name} must be a positive int; received {value!r}")
-    return value
 
 
 def _resolve_languages(
@@ -715,8 +819,8 @@ def _resolve_languages(
             f"{type(corpus).__name__}"
         )
     if languages is None:
-        return _check_names(list(corpus), "corpus languages")
-    langs = _check_names(languages, "languages")
+        return check_languages(list(corpus), "corpus languages")
+    langs = check_languages(languages, "languages")
     missing = [lang for lang in langs if lang not in corpus]
     if missing:
         raise LapeError(
@@ -727,13 +831,14 @@ def _resolve_languages(
 
 
 def _resolve_rows(deactivate: Sequence[str] | None, neurons: LanguageNeurons) -> tuple[str, ...]:
+    """``deactivate`` (a sequence of the set's language codes) or, for None, all of them."""
     if deactivate is None:
         return tuple(neurons.languages)
-    rows = _check_names(deactivate, "deactivate")
+    rows = check_languages(deactivate, "deactivate")
     unknown = [lang for lang in rows if lang not in neurons.languages]
     if unknown:
         raise LapeError(
             f"unknown language(s) {unknown} in deactivate: the neuron set has "
-            f"{list(neurons.languages)}. Pass languages from that list."
+            f"{list(neurons.languages)}. Pass languages from that list, or None for all."
         )
     return rows

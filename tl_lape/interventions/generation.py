@@ -11,8 +11,9 @@
 The steering run and sweep that use these are in :mod:`tl_lape.experiments.steering`.
 
 Example:
-    >>> hooks = steering_hooks(neurons, stats, "fr", mode="add", strength=4.0)  # doctest: +SKIP
-    >>> texts = generate_with_hooks(model, ["The server"], fwd_hooks=hooks)  # doctest: +SKIP
+    >>> from tl_lape.interventions.hooks import steering_hooks
+    >>> hooks = steering_hooks(neurons, stats, "fr", mode="add", strength=4.0, model=model)
+    >>> texts = generate_with_hooks(model, ["The server"], fwd_hooks=hooks, max_new_tokens=4)
 """
 
 import inspect
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from tl_lape._adapter import adapt
+from tl_lape.checks import check_positive_int, check_seed
 from tl_lape.errors import LapeError
 from tl_lape.interventions.hooks import check_fwd_hooks, reset_positions, resettable
 
@@ -62,7 +64,7 @@ def generate_with_hooks(
         fwd_hooks: TransformerLens forward hooks, e.g. from
             :func:`~tl_lape.interventions.hooks.steering_hooks`.
         max_new_tokens: Tokens generated per prompt at most.
-        batch_size: Prompts per batch.
+        batch_size: Prompts (sequences) per forward pass.
         use_kv_cache: Reuse keys and values of earlier positions (much faster; same tokens).
         do_sample: Sample instead of taking the most likely token.
         temperature: Sampling temperature (only with ``do_sample``).
@@ -75,16 +77,20 @@ def generate_with_hooks(
         ``return_tokens`` the generated token ids (EOS and padding excluded).
 
     Example:
-        >>> hooks = steering_hooks(neurons, stats, "fr", mode="add", strength=4.0)  # doctest: +SKIP
-        >>> generate_with_hooks(model, ["The server"], fwd_hooks=hooks)  # doctest: +SKIP
+        >>> from tl_lape.interventions.hooks import steering_hooks
+        >>> hooks = steering_hooks(neurons, stats, "fr", mode="add", strength=4.0, model=model)
+        >>> texts, ids = generate_with_hooks(model, ["The server", "Le serveur"],
+        ...                                  fwd_hooks=hooks, max_new_tokens=4, return_tokens=True)
+        >>> len(texts), all(len(t) <= 4 for t in ids)
+        (2, True)
     """
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise LapeError(f"prompts must be a list of strings; received {type(prompts).__name__}")
     if not all(isinstance(p, str) for p in prompts):
         raise LapeError("prompts must all be strings")
-    for value, name in ((max_new_tokens, "max_new_tokens"), (batch_size, "batch_size")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise LapeError(f"{name} must be a positive int; received {value!r}")
+    check_positive_int(max_new_tokens, "max_new_tokens")
+    check_positive_int(batch_size, "batch_size")
+    check_seed(seed)
     adapter = adapt(model, validate=False)
     fwd_hooks = list(fwd_hooks)
     check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
@@ -183,15 +189,18 @@ def generate_with_hook_sets(
         prompts: The prompts, shared by all sets.
         hook_sets: One list of forward hooks per intervention (an empty list: no intervention).
         max_new_tokens: Tokens generated per prompt at most.
-        batch_size: Rows per generation batch (several whole sets per batch).
+        batch_size: Sequences (prompt rows, several whole sets) per forward pass.
         **kwargs: Passed to :func:`generate_with_hooks` (``use_kv_cache``, ``prepend_bos``).
 
     Returns:
         Per hook set, ``(texts, token_ids)`` as :func:`generate_with_hooks` returns them.
 
     Example:
-        >>> sets = [steering_hooks(neurons, stats, t) for t in ("fr", "zh")]  # doctest: +SKIP
-        >>> (fr, _), (zh, _) = generate_with_hook_sets(model, prompts, sets)  # doctest: +SKIP
+        >>> from tl_lape.interventions.hooks import steering_hooks
+        >>> sets = [steering_hooks(neurons, stats, t, model=model) for t in ("fr", "zh")]
+        >>> (fr, _), (zh, _) = generate_with_hook_sets(model, ["Hi"], sets, max_new_tokens=4)
+        >>> len(fr), len(zh)
+        (1, 1)
     """
     prompts = list(prompts)
     if not prompts:

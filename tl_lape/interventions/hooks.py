@@ -69,11 +69,14 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
+from tl_lape.checks import check_choice, check_languages
 from tl_lape.errors import LapeError
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
 __all__ = [
+    "DEFAULT_MODE",
+    "MODES",
     "Mode",
     "PositionSelector",
     "Positions",
@@ -95,6 +98,8 @@ FwdHooks = list[tuple[str, HookFn]]
 Mode = Literal["replace", "add", "scale"]
 #: The steering modes, in the order the docs list them.
 MODES: tuple[Mode, ...] = get_args(Mode)
+#: The steering mode of every function here that has a default one (and of ``tl-lape steer``).
+DEFAULT_MODE: Mode = "add"
 
 
 def _post_name(layer: int) -> str:
@@ -565,10 +570,10 @@ def steering_hooks(
     neurons: LanguageNeurons,
     stats: ActivationStats,
     target: str,
-    mode: Mode = "replace",
-    strength: float | int = 1.0,
-    deactivate: str | Sequence[str] | None = None,
     *,
+    mode: Mode = DEFAULT_MODE,
+    strength: float | int = 1.0,
+    deactivate: Sequence[str] | None = None,
     positions: Positions = None,
     model: Any = None,
     gated: bool | None = None,
@@ -591,9 +596,10 @@ def steering_hooks(
         stats: Activation statistics of the same model, with ``target`` among its languages
             (for ``m``; not used by ``"scale"``).
         target: The language to steer towards.
-        mode: ``"replace"``, ``"add"`` or ``"scale"``.
+        mode: ``"replace"``, ``"add"`` or ``"scale"`` (default :data:`DEFAULT_MODE`, ``"add"``).
         strength: The factor described above.
-        deactivate: Languages whose neurons to zero in the same pass.
+        deactivate: A sequence of language codes whose neurons to zero in the same pass, or
+            None.
         positions: Which positions to affect (see the module docstring); default all.
         model: The model the hooks are for: checks that ``neurons`` fit it and tells whether
             its MLP is gated. Without it, ``gated`` or ``stats.metadata["gated"]`` is used.
@@ -610,8 +616,7 @@ def steering_hooks(
     neurons = _check_neurons(neurons)
     if not isinstance(stats, ActivationStats):
         raise LapeError(f"stats must be an ActivationStats; received {type(stats).__name__}")
-    if mode not in MODES:
-        raise LapeError(f"mode must be one of {MODES}; received {mode!r}")
+    mode = check_choice(mode, MODES, "mode")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
         raise LapeError(f"strength must be a number; received {strength!r}")
     if not math.isfinite(strength):
@@ -622,7 +627,13 @@ def steering_hooks(
     if not isinstance(target, str):
         raise LapeError(f"target must be one language code; received {target!r}")
     (target,) = _language_list([target], neurons, "target")
-    off = [] if deactivate is None else _language_list(deactivate, neurons, "deactivate languages")
+    off = (
+        []
+        if deactivate is None
+        else _language_list(
+            check_languages(deactivate, "deactivate"), neurons, "deactivate languages"
+        )
+    )
     model_gated = _check_model(neurons, model)
     fits = stats.d_mlp == neurons.d_mlp or (
         neurons.d_mlp is None and neurons.max_index() < stats.d_mlp
@@ -950,9 +961,9 @@ def steered(
     stats: ActivationStats,
     target: str,
     *,
-    mode: Mode = "replace",
+    mode: Mode = DEFAULT_MODE,
     strength: float | int = 1.0,
-    deactivate: str | Sequence[str] | None = None,
+    deactivate: Sequence[str] | None = None,
     positions: Positions = None,
 ) -> Iterator[Any]:
     """Within the block, ``model`` is steered towards ``target`` (see :func:`steering_hooks`).
@@ -969,9 +980,10 @@ def steered(
         neurons: The language-specific neurons.
         stats: Activation statistics of the same model (see :func:`steering_hooks`).
         target: The language to steer towards.
-        mode: ``"replace"``, ``"add"`` or ``"scale"``.
+        mode: ``"replace"``, ``"add"`` or ``"scale"`` (default :data:`DEFAULT_MODE`, ``"add"``).
         strength: The factor of ``mode``.
-        deactivate: Languages whose neurons to zero in the same pass.
+        deactivate: A sequence of language codes whose neurons to zero in the same pass, or
+            None.
         positions: Which positions to affect (see the module docstring); default all,
             ``"new"`` for the generated tokens only.
 
@@ -988,9 +1000,9 @@ def steered(
         neurons,
         stats,
         target,
-        mode,
-        strength,
-        deactivate,
+        mode=mode,
+        strength=strength,
+        deactivate=deactivate,
         positions=positions,
         model=model,
     )
