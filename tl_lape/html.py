@@ -6,8 +6,10 @@ SVG bar charts. Everything is inline (no script, no external file), so a fragmen
 same in Jupyter, in the documentation and in a saved ``report.html``.
 """
 
+import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +19,9 @@ __all__ = [
     "escape",
     "fragment",
     "layer_chart",
+    "markdown_html",
     "neurons_html",
+    "page",
     "stats_html",
     "table",
 ]
@@ -249,3 +253,121 @@ def stats_html(stats: Any) -> str:
     model = stats.metadata.get("model_name", "a model")
     note = f"{model}: {stats.n_layers} layers x {stats.d_mlp:,} MLP neurons"
     return fragment("ActivationStats", table(header, rows), note=note)
+
+
+_INLINE = [
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+    (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
+]
+
+
+_BLOCK_START = re.compile(r"#{1,6} |\s*\||\s*[-*] ")
+
+
+def _inline(text: str) -> str:
+    out = escape(text)
+    for pattern, repl in _INLINE:
+        out = pattern.sub(repl, out)
+    return out
+
+
+def _cells(line: str) -> list[str]:
+    body = line.strip().strip("|")
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", body)]
+
+
+def markdown_html(text: str) -> str:
+    r"""The Markdown tl_lape's reports write (headings, pipe tables, paragraphs, lists, inline
+    code and bold) as HTML. Everything else is shown as escaped text.
+
+    Example:
+        >>> html = markdown_html("## A\n\n| x | y |\n| --- | ---: |\n| 1 | `2` |")
+        >>> html[:50]
+        '<h2>A</h2><table><thead><tr><th class="l">x</th><t'
+        >>> html[-64:]
+        '<td class="l">1</td><td><code>2</code></td></tr></tbody></table>'
+    """
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+            continue
+        heading = re.match(r"(#{1,6}) (.*)", line)
+        if heading:
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+            i += 1
+            continue
+        if (
+            line.lstrip().startswith("|")
+            and i + 1 < len(lines)
+            and set(lines[i + 1]) <= set("|-: ")
+        ):
+            header = _cells(line)
+            align = ["l" if not c.strip().endswith(":") else "" for c in _cells(lines[i + 1])]
+            i += 2
+            rows = []
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                rows.append(_cells(lines[i]))
+                i += 1
+            head = "".join(
+                f'<th class="{a}">{_inline(h)}</th>' if a else f"<th>{_inline(h)}</th>"
+                for h, a in zip(header, align, strict=False)
+            )
+            body = "".join(
+                "<tr>"
+                + "".join(
+                    f'<td class="{a}">{_inline(c)}</td>' if a else f"<td>{_inline(c)}</td>"
+                    for c, a in zip(row, align, strict=False)
+                )
+                + "</tr>"
+                for row in rows
+            )
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            continue
+        if re.match(r"\s*[-*] ", line):
+            items = []
+            while i < len(lines) and re.match(r"\s*[-*] ", lines[i]):
+                item = re.sub(r"^\s*[-*] ", "", lines[i])
+                items.append(f"<li>{_inline(item)}</li>")
+                i += 1
+            out.append(f"<ul>{''.join(items)}</ul>")
+            continue
+        paragraph = []
+        while (
+            i < len(lines)
+            and lines[i].strip()
+            and not re.match(r"#{1,6} |\s*\||\s*[-*] ", lines[i])
+        ):
+            paragraph.append(lines[i].strip())
+            i += 1
+        out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+    return "".join(out)
+
+
+def png_img(data: bytes, alt: str) -> str:
+    """A PNG inline as a base64 ``<img>``."""
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{encoded}" style="max-width:100%">'
+
+
+def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
+    """A whole self-contained HTML document: a title, a table of contents and the sections
+    ``(heading, html)``, each an ``<section>`` with an ``id``."""
+    toc = "".join(
+        f'<li><a href="#s{k}">{escape(heading)}</a></li>' for k, (heading, _) in enumerate(sections)
+    )
+    body = "".join(
+        f'<section id="s{k}"><h2>{escape(heading)}</h2>{content}</section>'
+        for k, (heading, content) in enumerate(sections)
+    )
+    css = STYLE.replace(".tl-lape{", ".tl-lape{max-width:1000px;margin:16px auto;padding:0 16px;")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title>{css}</head>"
+        f'<body><main class="tl-lape"><h1>{escape(title)}</h1><nav><ul>{toc}</ul></nav>'
+        f"{body}</main></body></html>"
+    )

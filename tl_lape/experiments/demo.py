@@ -31,7 +31,13 @@ from tl_lape.checks import check_positive_int, check_rate
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.errors import LapeError
 from tl_lape.experiments.evaluation import DEFAULT_MAX_TOKENS_PER_LANGUAGE, run_evaluation
-from tl_lape.experiments.reports import format_summary, save_figure, write_report, write_text
+from tl_lape.experiments.reports import (
+    format_summary,
+    report_page,
+    save_figure,
+    write_report,
+    write_text,
+)
 from tl_lape.experiments.steering import run_steering_sweep
 from tl_lape.formats import atomic_dir, check_output_folder
 from tl_lape.interventions.generation import generate_with_hooks
@@ -285,18 +291,30 @@ def write_demo_report(
         if settings.model == "demo"
         else f"{settings.model} ({str(settings.dtype).removeprefix('torch.')})"
     )
-    text = (
-        "# tl-lape demo report\n\n"
+    header = (
         f"Model: {about}, {stats.n_layers} layers x {stats.d_mlp} MLP neurons. "
         "Corpus: the Debian Administrator's Handbook, train split "
-        f"({settings.max_tokens_per_language:,} tokens per language at most).\n\n"
-        f"{summary}\n\n"
-        + "".join(f"{section}\n" for section in sections)
-        + f"Files: {', '.join(files)}.\n"
-        f"Wall time: {elapsed:.1f} s (model load {times['load']:.1f} s, statistics "
-        f"{times['collect']:.1f} s).\n"
+        f"({settings.max_tokens_per_language:,} tokens per language at most)."
     )
+    files += ["summary.md", "report.html"]
+    footer = (
+        f"Files: {', '.join(files)}.\n"
+        f"Wall time: {elapsed:.1f} s (model load {times['load']:.1f} s, statistics "
+        f"{times['collect']:.1f} s)."
+    )
+    sections_md = "".join(f"{section}\n" for section in sections)
+    text = f"# tl-lape demo report\n\n{header}\n\n{summary}\n\n{sections_md}{footer}\n"
     write_text(out / "summary.md", text)
+    html = report_page(
+        out,
+        title="tl-lape demo report",
+        intro=f"{header}\n\n{footer}",
+        neurons=neurons,
+        stats=stats,
+        sections=sections,
+        files=files,
+    )
+    write_text(out / "report.html", html)
     return summary, sections
 
 

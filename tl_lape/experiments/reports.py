@@ -7,14 +7,23 @@ reader never sees half of one.
 """
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
 from tl_lape.formats import atomic_path
+from tl_lape.html import markdown_html, neurons_html, page, png_img, stats_html
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
-__all__ = ["Report", "format_summary", "save_figure", "write_report", "write_text"]
+__all__ = [
+    "Report",
+    "format_summary",
+    "report_page",
+    "save_figure",
+    "write_report",
+    "write_text",
+]
 
 
 @runtime_checkable
@@ -118,3 +127,39 @@ def write_report(
     if files is not None:
         files.extend(written)
     return text
+
+
+def report_page(
+    folder: Path,
+    *,
+    title: str,
+    intro: str,
+    neurons: LanguageNeurons,
+    stats: ActivationStats,
+    sections: Sequence[str] = (),
+    files: Sequence[str] = (),
+) -> str:
+    """One self-contained HTML page of a report folder: the introduction, the neuron set and
+    statistics views, every PNG of ``files`` inline, the Markdown ``sections`` and links to the
+    data files. Write it with :func:`write_text` beside ``summary.md``."""
+    figures = [name for name in files if name.endswith(".png")]
+    data = [name for name in files if not name.endswith(".png")]
+    parts = [
+        ("Summary", markdown_html(intro)),
+        ("Neuron set", neurons_html(neurons)),
+        ("Statistics", stats_html(stats)),
+    ]
+    if figures:
+        images = "".join(
+            f"<figure>{png_img((folder / name).read_bytes(), name)}"
+            f"<figcaption>{name}</figcaption></figure>"
+            for name in figures
+        )
+        parts.append(("Figures", images))
+    for section in sections:
+        first, _, rest = section.strip().partition("\n")
+        heading = first.lstrip("#").strip() if first.startswith("#") else "Results"
+        parts.append((heading, markdown_html(rest if first.startswith("#") else section)))
+    links = "".join(f'<li><a href="{name}">{name}</a></li>' for name in data)
+    parts.append(("Data files", f"<ul>{links}</ul>"))
+    return page(title, parts)
