@@ -45,7 +45,7 @@ def make_hooks(kind, bridge, neurons, stats):
     if kind == "steer-new":
         return steering_hooks(neurons, stats, "fr", model=bridge, positions="new")
     return steering_hooks(
-        neurons, stats, "fr", "add", deactivate="en", model=bridge, positions="prompt"
+        neurons, stats, "fr", mode="add", deactivate=["en"], model=bridge, positions="prompt"
     )
 
 
@@ -125,7 +125,9 @@ def test_reused_hooks_start_afresh_for_every_prompt_group(setup, positions, seco
     bridge, neurons, stats = setup
 
     def make():
-        return steering_hooks(neurons, stats, "fr", "add", 8.0, model=bridge, positions=positions)
+        return steering_hooks(
+            neurons, stats, "fr", mode="add", strength=8.0, model=bridge, positions=positions
+        )
 
     first = "The cat"
     if second == "one-token":

@@ -306,3 +306,38 @@ def test_cli_steer_thresholds_reach_the_neuron_selection(llama, stats, tmp_path,
     bad = tmp_path / "bad"
     assert main([*argv[:-4], "--filter-rate", "1.5", "--out", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_cli_steer_study_thresholds_reach_the_neuron_selection(llama, tmp_path, monkeypatch):
+    """``tl-lape steer --study --filter-rate`` selects with that threshold too (stopped at the
+    first selection; the study itself is tested in test_steering_study.py and test_cli.py)."""
+    from tl_lape.cli import main
+    from tl_lape.experiments import steering_study as study_module
+
+    class Selected(Exception):
+        pass
+
+    seen = []
+
+    def spy(stats, **kwargs):
+        seen.append(kwargs)
+        raise Selected
+
+    monkeypatch.setattr(study_module, "identify_language_neurons", spy)
+    stats, means = collect_activation_stats(
+        llama.bridge, CORPUS, seq_len=16, residual_means=True, progress=False
+    )
+    stats_path, means_path = tmp_path / "stats.safetensors", tmp_path / "means.safetensors"
+    stats.save(stats_path)
+    means.save(means_path)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang, sentences in SENTENCES.items():
+        (corpus / f"{lang}.txt").write_text("\n".join(sentences * 3), encoding="utf-8")
+    argv = ["steer", str(stats_path), "--model", str(llama.path), "--study"]
+    argv += ["--means", str(means_path), "--reference-corpus", f"text:{corpus}"]
+    argv += ["--targets", "fr", "--modes", "add", "--strengths", "add=4", "--top-rates", "0.1"]
+    argv += ["--max-new-tokens", "2", "--no-progress", "--filter-rate", "0.5"]
+    with pytest.raises(Selected):
+        main([*argv, "--out", str(tmp_path / "study")])
+    assert seen == [{"top_rate": 0.1, "filter_rate": 0.5}]

@@ -262,6 +262,8 @@ def test_study_bad_input(demo, heldout, parallel, handbook_cache):
         ({"cues": {"fr": "En français : "}}, "no cue for target\\(s\\) \\['zh'\\]"),
         ({"reference_corpus": {"fr": ["x"]}}, "no text for target\\(s\\) \\['zh'\\]"),
         ({"parallel": [{"en": "a", "fr": "b"}] * 4, "n_content": 2}, "no text for \\['zh'\\]"),
+        ({"filter_rate": 1.5}, "filter_rate must be a number strictly between 0 and 1"),
+        ({"activation_bar_ratio": 0.0}, "activation_bar_ratio must be a number strictly between"),
     ],
 )
 def test_study_inputs_are_checked_before_anything_runs(demo, heldout, change, message):
@@ -299,6 +301,8 @@ def test_study_means_must_fit_the_statistics_and_the_model(demo, heldout):
         ("en", "fr"), torch.zeros(4, 16, 2, dtype=torch.float64), torch.tensor([5, 5])
     )
     assert check_study_inputs(stats, means4, reference_corpus=heldout).targets == ("fr",)
+    plan = check_study_inputs(stats, means4, reference_corpus=heldout, filter_rate=0.5)
+    assert plan.thresholds == {"filter_rate": 0.5}  # the bar keeps the selection's default
     with pytest.raises(LapeError, match="the model has n_layers=4, d_model=256"):
         check_study_inputs(stats, means4, model=demo, reference_corpus=heldout)
 

@@ -130,7 +130,7 @@ _DEACTIVATE = ("none", "others", "source")
 # ============================================================================ configuration
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SteeringConfig:
     """One steering configuration: how to push the target's neurons, and what to switch off.
 
@@ -839,7 +839,9 @@ def _steer_setting(
     generated in one batch, judged, one :class:`SteeringResult` per target."""
     source = _PROMPT_LANGUAGE[setting]
     prompts = run.plan.prompt_sets[setting]
-    config = SteeringConfig(mode, strength, _setting_deactivate(run.plan.deactivate, source))
+    config = SteeringConfig(
+        mode=mode, strength=strength, deactivate=_setting_deactivate(run.plan.deactivate, source)
+    )
     hook_sets = [
         config_hooks(config, neuron_set, run.stats, target, source=source, model=run.model)
         for target in run.plan.targets

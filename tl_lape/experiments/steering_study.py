@@ -186,7 +186,7 @@ class _Config:
 
     def steering(self) -> SteeringConfig:
         """The steering configuration of a ``lape`` or ``random`` configuration."""
-        return SteeringConfig(self.mode, self.strength, self.deactivate)
+        return SteeringConfig(mode=self.mode, strength=self.strength, deactivate=self.deactivate)
 
 
 @dataclass
@@ -600,58 +600,77 @@ def check_study_inputs(
         )
     n_layers = int(stats.active_counts.shape[0])
     if means is not None:
-        if tuple(means.languages) != languages:
-            raise LapeError(
-                f"the residual means have languages {list(means.languages)}, the statistics "
-                f"{list(languages)}: collect both in one pass "
-                "(collect_activation_stats(..., residual_means=True))"
-            )
-        cfg = getattr(model, "cfg", None)
-        shape = (getattr(cfg, "n_layers", n_layers), getattr(cfg, "d_model", means.d_model))
-        if (means.n_layers, means.d_model) != shape or means.n_layers != n_layers:
-            raise LapeError(
-                f"the residual means are for n_layers={means.n_layers}, d_model={means.d_model}; "
-                f"the model has n_layers={shape[0]}, d_model={shape[1]} and the statistics "
-                f"{n_layers} layers: collect the means on this model"
-            )
-    if diffmean_layers is None:
-        diffmean_layers = sorted({n_layers // 4, n_layers // 2, (3 * n_layers) // 4})
-    diffmean_layers = list(diffmean_layers)
-    bad_layers = [
-        lay
-        for lay in diffmean_layers
-        if isinstance(lay, bool) or not isinstance(lay, int) or not 0 <= lay < n_layers
-    ]
-    if bad_layers or not diffmean_layers:
-        raise LapeError(
-            f"diffmean_layers must be ints in 0..{n_layers - 1}, at least one; received "
-            f"{diffmean_layers!r}"
-        )
+        _check_means(means, languages, n_layers, model)
+    layers = _check_diffmean_layers(diffmean_layers, n_layers)
     diffmean_strengths = _check_numbers(diffmean_strengths, "diffmean_strengths")
     if parallel:
-        if len(parallel) < 2 * n_content:
-            raise LapeError(
-                f"parallel has {len(parallel)} items; the content setting needs 2 * n_content = "
-                f"{2 * n_content} (development and fresh): pass more items or a smaller n_content"
-            )
-        for item in parallel[: 2 * n_content]:
-            lacking = [lang for lang in (source, *targets) if not item.get(lang)]
-            if lacking:
-                raise LapeError(
-                    f"a parallel item has no text for {lacking}; it has {sorted(item)}: pass "
-                    "items with the source and every target (load_handbook_parallel)"
-                )
-        check_sacrebleu()  # fail now, not after the sweep
+        _check_parallel(parallel, n_content, (source, *targets))
     return StudyPlan(
         targets=targets,
         cues={t: cue_for[t] for t in targets},
         strengths=strengths,
-        diffmean_layers=tuple(diffmean_layers),
+        diffmean_layers=layers,
         diffmean_strengths=diffmean_strengths,
         thresholds=selection_thresholds(
             filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio
         ),
     )
+
+
+def _check_means(
+    means: ResidualMeans, languages: tuple[str, ...], n_layers: int, model: Any
+) -> None:
+    """The residual means have the statistics' languages and fit the model (when given)."""
+    if tuple(means.languages) != languages:
+        raise LapeError(
+            f"the residual means have languages {list(means.languages)}, the statistics "
+            f"{list(languages)}: collect both in one pass "
+            "(collect_activation_stats(..., residual_means=True))"
+        )
+    cfg = getattr(model, "cfg", None)
+    shape = (getattr(cfg, "n_layers", n_layers), getattr(cfg, "d_model", means.d_model))
+    if (means.n_layers, means.d_model) != shape or means.n_layers != n_layers:
+        raise LapeError(
+            f"the residual means are for n_layers={means.n_layers}, d_model={means.d_model}; "
+            f"the model has n_layers={shape[0]}, d_model={shape[1]} and the statistics "
+            f"{n_layers} layers: collect the means on this model"
+        )
+
+
+def _check_diffmean_layers(layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
+    """The DiffMean layers (default: about a quarter, half and three quarters of the depth)."""
+    if layers is None:
+        layers = sorted({n_layers // 4, n_layers // 2, (3 * n_layers) // 4})
+    layers = list(layers)
+    bad_layers = [
+        lay
+        for lay in layers
+        if isinstance(lay, bool) or not isinstance(lay, int) or not 0 <= lay < n_layers
+    ]
+    if bad_layers or not layers:
+        raise LapeError(
+            f"diffmean_layers must be ints in 0..{n_layers - 1}, at least one; received {layers!r}"
+        )
+    return tuple(layers)
+
+
+def _check_parallel(
+    parallel: Sequence[Mapping[str, str]], n_content: int, languages: Sequence[str]
+) -> None:
+    """Enough parallel items for both phases, each with a text in every language; sacrebleu."""
+    if len(parallel) < 2 * n_content:
+        raise LapeError(
+            f"parallel has {len(parallel)} items; the content setting needs 2 * n_content = "
+            f"{2 * n_content} (development and fresh): pass more items or a smaller n_content"
+        )
+    for item in parallel[: 2 * n_content]:
+        lacking = [lang for lang in languages if not item.get(lang)]
+        if lacking:
+            raise LapeError(
+                f"a parallel item has no text for {lacking}; it has {sorted(item)}: pass "
+                "items with the source and every target (load_handbook_parallel)"
+            )
+    check_sacrebleu()  # fail now, not after the sweep
 
 
 @dataclass

@@ -8,9 +8,8 @@ So that a switch into gibberish does not count as steering into a language:
   output: the yardstick an output's NLL is compared with;
 - :func:`repetition_rate`: the share of repeated token ``n``-grams (a loop scores near 1).
 
-:mod:`tl_lape.experiments.steering` combines them with the output language into its fluency and
-success
-criteria.
+:func:`tl_lape.judging.outputs.judge_outputs` combines them with the output language into the
+fluency and success criteria of steering.
 
 Example:
     >>> repetition_rate([1, 2, 1, 2, 1, 2])  # a two-token loop

@@ -20,7 +20,7 @@ Example:
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
@@ -164,6 +164,7 @@ class OutputJudge:
     model: Any
     identifier: LanguageIdentifier
     reference: Mapping[str, float] | None
+    _: KW_ONLY
     nll_margin: float = DEFAULT_NLL_MARGIN
     max_repetition: float = DEFAULT_MAX_REPETITION
 
