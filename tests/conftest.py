@@ -4,6 +4,7 @@
 directory it was saved to (to load an independent HF copy with the same weights) and whether its
 MLP is gated. Architectures: see ``models.ARCHITECTURES``. ``handbook_cache`` is a cache folder
 holding the Debian handbook parsed once per session (the tests skip without the package).
+``text_corpus`` is a folder of ``<lang>.txt`` files for ``--corpus text:DIR``.
 """
 
 import os
@@ -17,7 +18,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from models import ARCHITECTURES, boot_tiny_bridge, load_hf_model
+from models import ARCHITECTURES, SENTENCES, boot_tiny_bridge, load_hf_model
 
 from tl_lape.errors import LapeError
 from tl_lape.sources.corpora import PAPER_LANGUAGES, find_debian_handbook, load_debian_handbook
@@ -62,3 +63,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Tiny
         return cache[arch]
 
     return get
+
+
+@pytest.fixture()
+def text_corpus(tmp_path: Path) -> Path:
+    """A ``text:DIR`` corpus: ``DIR/<lang>.txt`` of the tiny models' sentences, three times."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for lang, sentences in SENTENCES.items():
+        (folder / f"{lang}.txt").write_text("\n".join(sentences * 3), encoding="utf-8")
+    return folder

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from models import SENTENCES, build_toy_model
+from models import build_toy_model
 from safetensors import safe_open
 
 import tl_lape
@@ -97,15 +97,6 @@ def test_docs_table_matches_rows() -> None:
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture()
-def text_corpus(tmp_path: Path) -> Path:
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for lang, sentences in SENTENCES.items():
-        (folder / f"{lang}.txt").write_text("\n".join(sentences * 3), encoding="utf-8")
-    return folder
 
 
 def _tiny_stats(languages: tuple[str, ...] = ("en", "fr"), seed: int = 0) -> ActivationStats:

@@ -5,21 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import SENTENCES
 
 import tl_lape
 from tl_lape.cli import main
 from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.experiments.reports import format_summary
-
-
-@pytest.fixture()
-def text_corpus(tmp_path: Path) -> Path:
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for lang, sentences in SENTENCES.items():
-        (folder / f"{lang}.txt").write_text("\n".join(sentences * 3), encoding="utf-8")
-    return folder
 
 
 def test_collect_then_identify(tiny_model, text_corpus: Path, tmp_path: Path, capsys) -> None:
