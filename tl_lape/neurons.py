@@ -39,10 +39,8 @@ Example:
             [1, 1]])
 """
 
-import hashlib
 import json
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -54,25 +52,17 @@ from torch import Tensor
 
 from tl_lape.checks import (
     check_choice,
-    check_language_codes,
     check_languages,
     check_positive_int,
     check_seed,
 )
 from tl_lape.errors import LapeError
-from tl_lape.formats import atomic_path, existing_file
 
 __all__ = ["MATCH_ON", "LanguageNeurons", "MatchOn", "activity_gap", "random_matched_neurons"]
 
 #: What a random control set is matched on (see :func:`random_matched_neurons`).
 MatchOn = Literal["layer", "activity"]
 MATCH_ON: tuple[MatchOn, ...] = get_args(MatchOn)
-
-_FORMAT = "tl_lape.LanguageNeurons"
-_VERSION = 1
-#: Most layers a neuron-set file may declare: no model comes near it, and it bounds what a
-#: small, hostile file can make :meth:`LanguageNeurons.load` allocate.
-_MAX_LAYERS = 4096
 
 
 def check_metadata(metadata: Any) -> dict[str, Any]:
@@ -565,31 +555,9 @@ class LanguageNeurons:
             >>> LanguageNeurons.load(p) == ln
             True
         """
-        header = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "languages": list(self.languages),
-            "n_layers": self.n_layers,
-            "d_mlp": self.d_mlp,
-        }
-        blocks = []
-        for lang, per_layer in zip(self.languages, self.neurons, strict=True):
-            layers = [
-                f"      {json.dumps(str(layer))}: {json.dumps(idx.tolist())}"
-                for layer, idx in enumerate(per_layer)
-                if idx.numel()
-            ]
-            body = "{\n" + ",\n".join(layers) + "\n    }" if layers else "{}"
-            blocks.append(f"    {json.dumps(lang)}: {body}")
-        metadata = json.dumps(self.metadata, indent=2, sort_keys=True, allow_nan=False)
-        parts = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in header.items()]
-        parts.append('  "neurons": {\n' + ",\n".join(blocks) + "\n  }")
-        parts.append('  "metadata": ' + metadata.replace("\n", "\n  "))
-        text = "{\n" + ",\n".join(parts) + "\n}\n"
-        checksum = _document_checksum(json.loads(text))
-        text = text[: -len("\n}\n")] + f',\n  "checksum": {json.dumps(checksum)}\n}}\n'
-        with atomic_path(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+        from tl_lape.neuron_files import write_neurons_json
+
+        write_neurons_json(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "LanguageNeurons":
@@ -599,101 +567,9 @@ class LanguageNeurons:
             LapeError: the file is missing, not valid JSON (corrupted or truncated), not a
                 ``tl_lape.LanguageNeurons`` file, or its content is inconsistent.
         """
-        p = existing_file(path, "neuron set")
-        advice = "re-create it with LanguageNeurons.save (or from_rucaibox for the paper's .pth)"
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_no_repeated_keys)
-        except _RepeatedKey as err:
-            raise LapeError(f"{str(p)!r} has invalid content: {err}; {advice}") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise LapeError(
-                f"{str(p)!r} is not a valid LanguageNeurons JSON file (corrupted or truncated?): "
-                f"{err}; {advice}"
-            ) from None
-        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-            found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-            raise LapeError(
-                f'{str(p)!r} is not a LanguageNeurons file: expected "format": {_FORMAT!r}, '
-                f"found {found!r}; {advice}"
-            )
-        if doc.get("version") != _VERSION:
-            raise LapeError(
-                f"{str(p)!r} has LanguageNeurons format version {doc.get('version')!r}; this "
-                f"tl_lape reads version {_VERSION}; upgrade tl_lape or {advice}"
-            )
-        expected = doc.get("checksum")
-        if expected is not None:
-            found = _document_checksum(doc)
-            if found != expected:
-                raise LapeError(
-                    f"{str(p)!r} is damaged: the checksum of its content is {found}, but the "
-                    f"file records {expected}; restore it from a copy or {advice}"
-                )
-        try:
-            languages = doc["languages"]
-            n_layers = doc["n_layers"]
-            d_mlp = doc["d_mlp"]
-            neurons = doc["neurons"]
-            metadata = doc.get("metadata", {})
-            if not isinstance(neurons, dict) or not isinstance(languages, list):
-                raise LapeError('"neurons" must be an object and "languages" a list')
-            if not isinstance(metadata, dict):
-                raise LapeError(
-                    f'"metadata" must be an object; received a {type(metadata).__name__}: '
-                    f"{str(metadata)[:60]!r}"
-                )
-            for name, value, most in (("n_layers", n_layers, _MAX_LAYERS), ("d_mlp", d_mlp, None)):
-                if name == "d_mlp" and value is None:  # a set of unknown width (from_rucaibox)
-                    continue
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise LapeError(f'"{name}" must be a positive integer; received {value!r}')
-                if most is not None and value > most:
-                    raise LapeError(f'"{name}" is {value}, more than the {most} this format allows')
-            dupes = sorted({k for k in languages if languages.count(k) > 1}, key=str)
-            if dupes:
-                raise LapeError(f'"languages" repeats {dupes!r}: {languages!r}')
-            check_language_codes(languages, '"languages"')
-            unknown = sorted(set(neurons) - set(languages))
-            if unknown:
-                raise LapeError(f'"neurons" has languages {unknown!r} missing from "languages"')
-            indices = {}
-            for lang in languages:
-                per_layer = neurons.get(lang, {})
-                if not isinstance(per_layer, dict):
-                    raise LapeError(f'"neurons"[{lang!r}] must be an object layer -> indices')
-                converted = {}
-                for key, value in per_layer.items():
-                    if not (isinstance(key, str) and key.isascii() and key.isdigit()):
-                        raise LapeError(
-                            f'"neurons"[{lang!r}] has a layer key {key!r} that is not a whole '
-                            "number written in the digits 0-9"
-                        )
-                    if int(key) >= n_layers:
-                        raise LapeError(
-                            f'"neurons"[{lang!r}] has layer {key}, outside 0..{n_layers - 1} '
-                            f"(n_layers={n_layers})"
-                        )
-                    if not isinstance(value, list) or not all(
-                        isinstance(v, int) and not isinstance(v, bool) for v in value
-                    ):
-                        raise LapeError(f'"neurons"[{lang!r}][{key!r}] must be a list of ints')
-                    outside = [v for v in value if v < 0 or (d_mlp is not None and v >= d_mlp)]
-                    if outside:
-                        raise LapeError(
-                            f'"neurons"[{lang!r}][{key!r}] holds neuron index {outside[0]}, '
-                            + (
-                                f"outside 0..{d_mlp - 1} (d_mlp={d_mlp})"
-                                if d_mlp is not None
-                                else "below 0"
-                            )
-                        )
-                    converted[int(key)] = value
-                indices[lang] = converted
-            return cls.from_indices(indices, n_layers=n_layers, d_mlp=d_mlp, metadata=metadata)
-        except KeyError as err:
-            raise LapeError(f"{str(p)!r} lacks the field {err}; {advice}") from None
-        except LapeError as err:
-            raise LapeError(f"{str(p)!r} has invalid content: {err}; {advice}") from None
+        from tl_lape.neuron_files import read_neurons_json
+
+        return read_neurons_json(path)
 
     @classmethod
     def from_rucaibox(
@@ -733,78 +609,11 @@ class LanguageNeurons:
             >>> LanguageNeurons.from_rucaibox(p, ["en"], d_mlp=8)
             LanguageNeurons(n_layers=2, d_mlp=8, en=1)
         """
-        p = existing_file(path, "neuron file")
-        langs = check_languages(languages)
-        if d_mlp is not None:
-            d_mlp = check_positive_int(d_mlp, "d_mlp")
-        if model is not None:
-            from tl_lape._adapter import adapt
+        from tl_lape.neuron_files import read_rucaibox
 
-            adapter = adapt(model)
-            for given, actual, name in (
-                (n_layers, adapter.n_layers, "n_layers"),
-                (d_mlp, adapter.d_mlp, "d_mlp"),
-            ):
-                if given is not None and given != actual:
-                    raise LapeError(
-                        f"{name}={given} was given, but the model has {name}={actual}; pass "
-                        f"model= or {name}=, not both"
-                    )
-            n_layers, d_mlp = adapter.n_layers, adapter.d_mlp
-        advice = (
-            "expected a torch.save-d List[List[LongTensor]] indexed neurons[language][layer], "
-            "as released with the LAPE paper"
+        return read_rucaibox(
+            path, languages, n_layers=n_layers, d_mlp=d_mlp, model=model, metadata=metadata
         )
-        try:
-            data = torch.load(p, weights_only=True, map_location="cpu")
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-            raise LapeError(
-                f"cannot read {str(p)!r} as a neuron file (corrupted, truncated or not a torch "
-                f"file?): {type(err).__name__}: {str(err)[:200]}; {advice}"
-            ) from None
-        if not isinstance(data, (list, tuple)) or not data:
-            raise LapeError(f"{str(p)!r} holds a {type(data).__name__}, not a list; {advice}")
-        if len(data) != len(langs):
-            raise LapeError(
-                f"{str(p)!r} holds {len(data)} languages but languages names {len(langs)}: "
-                f"{langs!r}; pass exactly one code per entry, in the file's order"
-            )
-        layer_counts = {len(x) if isinstance(x, (list, tuple)) else -1 for x in data}
-        if len(layer_counts) != 1 or -1 in layer_counts or 0 in layer_counts:
-            raise LapeError(
-                f"{str(p)!r} must hold, for every language, the same non-zero number of layer "
-                f"entries; found layer counts {sorted(layer_counts)}; {advice}"
-            )
-        file_layers = layer_counts.pop()
-        if n_layers is not None and n_layers != file_layers:
-            raise LapeError(
-                f"{str(p)!r} has {file_layers} layers but n_layers={n_layers} was given; "
-                "use the neuron file made for this model"
-            )
-        tensors: list[list[Tensor]] = []
-        max_index = -1
-        for k, per_layer in enumerate(data):
-            row = []
-            for layer, idx in enumerate(per_layer):
-                if not isinstance(idx, Tensor) or idx.is_floating_point() or idx.is_complex():
-                    got = idx.dtype if isinstance(idx, Tensor) else type(idx).__name__
-                    raise LapeError(
-                        f"{str(p)!r}: entry [{k}][{layer}] ({langs[k]!r}) must be an integer "
-                        f"tensor; found {got}; {advice}"
-                    )
-                idx = idx.flatten().to(torch.int64)
-                if idx.numel():
-                    max_index = max(max_index, int(idx.max()))
-                row.append(idx)
-            tensors.append(row)
-        if d_mlp is not None and max_index >= d_mlp:
-            raise LapeError(
-                f"{str(p)!r} has neuron index {max_index}, which does not fit d_mlp={d_mlp}; "
-                "the file was made for a wider model: check the file and d_mlp"
-            )
-        meta = {"source": str(p), "source_format": "rucaibox"}
-        meta.update(dict(metadata or {}))
-        return cls(langs, file_layers, d_mlp, tuple(tuple(row) for row in tensors), meta)
 
     def to_rucaibox(self, path: str | os.PathLike[str]) -> None:
         """Write the set in the LAPE paper's format (``torch.save`` of ``List[List[LongTensor]]``).
@@ -820,9 +629,9 @@ class LanguageNeurons:
             >>> LanguageNeurons.from_rucaibox(p, ["en"], d_mlp=2) == ln
             True
         """
-        data = [[idx.clone() for idx in per_layer] for per_layer in self.neurons]
-        with atomic_path(path) as tmp:
-            torch.save(data, tmp)
+        from tl_lape.neuron_files import write_rucaibox
+
+        write_rucaibox(self, path)
 
 
 # --------------------------------------------------------------------------- random controls
@@ -982,27 +791,6 @@ def activity_gap(neurons: LanguageNeurons, control: LanguageNeurons, stats: Any)
         }
         out[lang] = row
     return out
-
-
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` for :func:`json.loads` that refuses a key given twice."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _RepeatedKey(f"the key {key!r} appears twice in one JSON object")
-        out[key] = value
-    return out
-
-
-def _document_checksum(doc: Mapping[str, Any]) -> str:
-    """``"sha256:..."`` of a neuron-set document without its ``"checksum"``, in canonical JSON."""
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def _normalise_indices(idx: Any, d_mlp: int | None, where: str) -> Tensor:
