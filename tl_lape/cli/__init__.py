@@ -283,8 +283,9 @@ def _add_corpus_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--corpus",
         default="handbook",
-        help="'handbook' (the Debian Administrator's Handbook), 'text:DIR' (DIR/<lang>.txt), "
-        "or 'hf:DATASET' with --hf-config (a Hugging Face dataset through `datasets`)",
+        help="'handbook' (the Debian Administrator's Handbook), 'libreoffice' (the LibreOffice "
+        "Help), 'text:DIR' (DIR/<lang>.txt), or 'hf:DATASET' with --hf-config (a Hugging Face "
+        "dataset through `datasets`)",
     )
     parser.add_argument(
         "--languages",
