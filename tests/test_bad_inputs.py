@@ -36,6 +36,7 @@ from tl_lape.interventions.hooks import (
     patching_hooks,
     steering_hooks,
 )
+from tl_lape.selection import METHODS, identify_language_neurons
 from tl_lape.stats import ActivationStats
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "howto" / "bad-inputs.md"
@@ -73,6 +74,7 @@ ROWS: dict[str, str] = {
     "evaluate-stats-names-neurons": "has no statistics for languages",
     "model-missing-folder": "no such file or folder",
     "top-rate-example": "e.g. 0.01",
+    "one-language": "need statistics of at least two languages",
     "short-corpus-advice": "--seq-len on the command line",
     "collect-resume": "",
 }
@@ -737,6 +739,18 @@ def test_top_rate_example(stats_file: Path, tmp_path: Path, capsys) -> None:
     )
     assert "0.95" not in message
     assert not out.exists()
+
+
+def test_one_language(tmp_path: Path, capsys) -> None:
+    """LAPE over one language would return a set chosen by index order: refused instead."""
+    stats = tmp_path / "one.safetensors"
+    _tiny_stats(("en",)).save(stats)
+    out = tmp_path / "n.json"
+    _fails(["identify", str(stats), "--out", str(out)], ROWS["one-language"], capsys)
+    assert not out.exists()
+    for method in METHODS:
+        with pytest.raises(LapeError, match="at least two languages"):
+            identify_language_neurons(_tiny_stats(("en",)), method=method)
 
 
 def test_short_corpus_advice(tiny_model, tmp_path: Path, capsys) -> None:

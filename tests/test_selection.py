@@ -357,9 +357,12 @@ def test_other_bad_input() -> None:
         LapeError, match=r"top_rate=0.001 selects round\(0.001 \* 256\) = 0 neurons"
     ):
         identify_language_neurons(stats, top_rate=0.001)
-    tiny = ActivationStats.from_counts(torch.ones(1, 1, 1, dtype=torch.long), [2], ["en"])
-    with pytest.raises(LapeError, match=r"filter_rate=0.4 picks the 0-th smallest of only 1"):
-        identify_language_neurons(tiny, top_rate=0.9, filter_rate=0.4)
+    tiny = ActivationStats.from_counts(torch.ones(1, 1, 2, dtype=torch.long), [2, 2], ["en", "fr"])
+    with pytest.raises(LapeError, match=r"filter_rate=0.2 picks the 0-th smallest of only 2"):
+        identify_language_neurons(tiny, top_rate=0.9, filter_rate=0.2)
+    one = ActivationStats.from_counts(torch.ones(1, 1, 1, dtype=torch.long), [2], ["en"])
+    with pytest.raises(LapeError, match=r"at least two languages; received \['en'\]"):
+        identify_language_neurons(one, top_rate=0.9, filter_rate=0.4)
     with pytest.raises(LapeError, match=r"probabilities in \[0, 1\]"):
         lape_scores(torch.full((1, 2, 2), 1.5, dtype=torch.float64))
     with pytest.raises(LapeError, match="must be finite"):

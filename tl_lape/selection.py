@@ -218,8 +218,9 @@ def identify_language_neurons(
         The neuron set, with the settings and thresholds in its ``metadata``.
 
     Raises:
-        LapeError: a rate outside (0, 1), an unknown method, rates that select nothing for so
-            small a model, or ``"lave"`` on statistics without activation values.
+        LapeError: fewer than two languages, a rate outside (0, 1), an unknown method, rates
+            that select nothing for so small a model, or ``"lave"`` on statistics without
+            activation values.
 
     Example:
         >>> import torch
@@ -240,6 +241,12 @@ def identify_language_neurons(
     filter_rate = check_rate(filter_rate, "filter_rate")
     activation_bar_ratio = check_rate(activation_bar_ratio, "activation_bar_ratio")
     n_layers, d_mlp, n_lang = stats.n_layers, stats.d_mlp, stats.n_languages
+    if n_lang < 2:
+        raise LapeError(
+            f"language-specific neurons need statistics of at least two languages (every "
+            f"entropy over one language is 0, so any selection would be by index order); "
+            f"received {list(stats.languages)}; collect statistics on two or more languages"
+        )
 
     kind = "mean activations" if method == "lave" else "probabilities"
     values = _as_values(stats, name="stats", kind=kind)  # n_layers d_mlp lang, float64
