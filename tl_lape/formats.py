@@ -14,11 +14,13 @@ changed is refused with a one-line :class:`~tl_lape.LapeError` naming the file.
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,6 +34,8 @@ __all__ = [
     "check_output_file",
     "check_output_folder",
     "existing_file",
+    "finite_json",
+    "json_text",
     "load_tagged_safetensors",
     "save_tagged_safetensors",
     "tensors_checksum",
@@ -354,3 +358,33 @@ def load_tagged_safetensors(
     for key in ("format", "version", "checksum"):
         header.pop(key, None)
     return tensors, header
+
+
+def finite_json(value: Any) -> Any:
+    """A copy of a JSON-like value with every NaN or infinite float replaced by None.
+
+    JSON has no NaN or Infinity (Python writes them, other readers refuse them); a result that
+    is not a finite number is written as ``null``. Reports say why next to it.
+
+    Example:
+        >>> finite_json({"a": [1.0, float("nan")], "b": float("inf")})
+        {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def json_text(value: Any, *, indent: int | None = 1) -> str:
+    """The one JSON writer of tl_lape's reports: non-finite numbers become ``null``, so the
+    text is always valid JSON; non-ASCII text is kept as is.
+
+    Example:
+        >>> json_text({"x": float("nan")}, indent=None)
+        '{"x": null}'
+    """
+    return json.dumps(finite_json(value), indent=indent, ensure_ascii=False, allow_nan=False)

@@ -6,12 +6,11 @@ Every report object of tl_lape (:class:`~tl_lape.experiments.evaluation.Evaluati
 reader never sees half of one.
 """
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
-from tl_lape.formats import atomic_path
+from tl_lape.formats import atomic_path, json_text
 from tl_lape.html import markdown_html, neurons_html, page, png_img, stats_html
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
@@ -118,7 +117,7 @@ def write_report(
     for name, fig in report.figures().items():
         save_figure(fig, out / f"{name}.png")
         written.append(f"{name}.png")
-    write_text(out / f"{stem}.json", json.dumps(report.to_dict(), indent=1))
+    write_text(out / f"{stem}.json", json_text(report.to_dict()))
     written.append(f"{stem}.json")
     text = str(report.to_markdown())
     if markdown:

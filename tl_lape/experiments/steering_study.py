@@ -60,7 +60,7 @@ from tl_lape.experiments.steering import (
     one_line,
     selection_thresholds,
 )
-from tl_lape.formats import atomic_dir
+from tl_lape.formats import atomic_dir, json_text
 from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_texts_and_tokens, generate_with_hook_sets
 from tl_lape.interventions.hooks import MODES, FwdHooks
@@ -475,9 +475,7 @@ class SteeringStudy:
         import matplotlib.pyplot as plt
 
         with atomic_dir(folder) as tmp:
-            (tmp / "study.json").write_text(
-                json.dumps(self.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8"
-            )
+            (tmp / "study.json").write_text(json_text(self.to_dict()), encoding="utf-8")
             (tmp / "study.md").write_text(self.to_markdown(), encoding="utf-8")
             for name, fig in self.figures().items():
                 fig.savefig(tmp / f"{name}.png", dpi=120)
