@@ -118,6 +118,7 @@ def plot_matrix(
     ylabel: str = "",
     colorbar_label: str = "",
     center: float | None = None,
+    labels: Sequence[Sequence[str]] | None = None,
 ) -> Figure:
     """An annotated heatmap of a small ``[rows, columns]`` matrix.
 
@@ -133,6 +134,8 @@ def plot_matrix(
         colorbar_label: Label of the colour bar.
         center: If given, the colour scale is symmetric around this value (use with a
             diverging colormap such as ``"RdBu_r"`` for changes).
+        labels: The text of each cell, ``[len(rows)][len(columns)]`` (e.g. an estimate with
+            its interval on a second line); default: each value formatted with ``fmt``.
 
     Returns:
         The figure.
@@ -141,6 +144,13 @@ def plot_matrix(
         raise LapeError(
             f"plot_matrix: matrix has shape {tuple(matrix.shape)} but {len(rows)} row labels "
             f"and {len(columns)} column labels were given. Pass one label per row and column."
+        )
+    if labels is not None and (
+        len(labels) != len(rows) or any(len(row) != len(columns) for row in labels)
+    ):
+        raise LapeError(
+            f"plot_matrix: labels must give one text per cell, {len(rows)} rows of "
+            f"{len(columns)}; received {[len(row) for row in labels]} texts per row"
         )
     values = matrix.detach().to(torch.float64).cpu()
     finite = values[torch.isfinite(values)]
@@ -165,7 +175,7 @@ def plot_matrix(
             ax.text(
                 j,
                 i,
-                fmt.format(value),
+                fmt.format(value) if labels is None else labels[i][j],
                 ha="center",
                 va="center",
                 fontsize="small",
