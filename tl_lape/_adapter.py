@@ -24,7 +24,7 @@ fires, and is ``d_mlp`` wide.
 import logging
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +208,61 @@ class ModelAdapter:
             for name in _hook_dict(self.model)
             if name.startswith("unembed.") or name == "hook_unembed"
         ]
+
+    def neuron_output_weights(self, layer: int, indices: Sequence[int] | Tensor) -> Tensor:
+        """The output weights of neurons ``indices`` of ``layer``: rows ``[k, d_model]`` of
+        that layer's ``W_out`` (``[d_mlp, d_model]``; what a neuron's activation adds to the
+        residual stream), float32 on the CPU.
+
+        Read per layer, ``blocks[layer].mlp.W_out``, which both a ``TransformerBridge`` (a
+        property that reorients the Hugging Face ``down_proj`` weight ``[d_model, d_mlp]``)
+        and a ``HookedTransformer`` (a parameter) give in TransformerLens' orientation; the
+        stacked ``model.W_out`` (every layer copied at once on a bridge) is the fallback.
+
+        Example:
+            >>> adapt(model).neuron_output_weights(1, [5, 7]).shape
+            torch.Size([2, 32])
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        try:
+            w_out = getattr(self.model.blocks[layer].mlp, "W_out", None)
+            if w_out is None:
+                w_out = self.model.W_out[layer]
+        except (AttributeError, NotImplementedError, IndexError, TypeError) as err:
+            raise LapeError(
+                f"model {self.model_name!r} exposes no MLP output weight W_out for layer "
+                f"{layer} ({err}); reading a neuron's output direction needs TransformerLens' "
+                "blocks[l].mlp.W_out or the stacked model.W_out"
+            ) from err
+        if tuple(w_out.shape[:1]) != (self.d_mlp,):
+            raise LapeError(
+                f"W_out of layer {layer} of model {self.model_name!r} has shape "
+                f"{tuple(w_out.shape)}, expected ({self.d_mlp}, d_model); tl_lape cannot read "
+                "this MLP's output weights"
+            )
+        with torch.inference_mode():
+            return w_out.detach()[idx.to(w_out.device)].to(torch.float32).cpu()
+
+    def logit_weights(self, layer: int, indices: Sequence[int] | Tensor) -> Tensor:
+        """The direct effect on the logits of neurons ``indices`` of ``layer``:
+        ``W_out[layer, i] @ W_U``, ``[k, d_vocab]``, float32 on the CPU (without the final
+        norm's scale, which depends on the input).
+
+        Example:
+            >>> adapt(model).logit_weights(0, [1]).shape
+            torch.Size([1, 320])
+        """
+        rows = self.neuron_output_weights(layer, indices)  # k d_model
+        try:
+            w_u = self.model.W_U  # d_model d_vocab
+        except (AttributeError, NotImplementedError) as err:
+            raise LapeError(
+                f"model {self.model_name!r} exposes no unembedding W_U ({err}); a neuron's "
+                "promoted tokens need TransformerLens' model.W_U"
+            ) from err
+        with torch.inference_mode():
+            w_u = w_u.detach()
+            return (rows.to(w_u.device) @ w_u.to(torch.float32)).cpu()  # k d_vocab
 
     def unembed(self, resid: Tensor) -> Tensor:
         """Logits ``[..., d_vocab]`` of rows ``[..., d_model]`` of :meth:`hook_final_residual`.

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "bar_chart",
     "colour",
+    "document",
     "escape",
     "fragment",
     "layer_chart",
@@ -24,6 +25,7 @@ __all__ = [
     "page",
     "stats_html",
     "table",
+    "text_colour",
 ]
 
 #: The style every fragment carries (scoped by the ``tl-lape`` class).
@@ -69,7 +71,13 @@ def colour(value: float, low: float, high: float, *, diverging: bool = False) ->
     return f"rgb({r},{g},{b})"
 
 
-def _text_colour(background: str) -> str:
+def text_colour(background: str) -> str:
+    """A readable text colour (white or near-black) on a :func:`colour` background.
+
+    Example:
+        >>> text_colour(colour(1.0, 0.0, 1.0)), text_colour(colour(0.0, 0.0, 1.0))
+        ('#fff', '#1f2328')
+    """
     r, g, b = (int(x) for x in background[4:-1].split(","))
     return "#fff" if 0.299 * r + 0.587 * g + 0.114 * b < 140 else "#1f2328"
 
@@ -98,7 +106,7 @@ def table(
             tint = shade[i][j] if shade is not None and j < len(shade[i]) else None
             if tint is not None and scale is not None:
                 bg = colour(tint, *scale, diverging=diverging)
-                style = f' style="background:{bg};color:{_text_colour(bg)}"'
+                style = f' style="background:{bg};color:{text_colour(bg)}"'
             css = ' class="l"' if j < left else ""
             cells.append(f"<td{css}{style}>{escape(value)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
@@ -352,6 +360,19 @@ def png_img(data: bytes, alt: str) -> str:
     """A PNG inline as a base64 ``<img>``."""
     encoded = base64.b64encode(data).decode("ascii")
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{encoded}" style="max-width:100%">'
+
+
+def document(title: str, body: str) -> str:
+    """``body`` (fragments) as a whole self-contained HTML document, with no table of contents.
+
+    Example:
+        >>> document("t", "<p>x</p>")[-28:]
+        '<body><p>x</p></body></html>'
+    """
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title></head><body>{body}</body></html>"
+    )
 
 
 def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
