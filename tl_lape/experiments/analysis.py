@@ -34,6 +34,7 @@ from tl_lape._adapter import adapt
 from tl_lape.checks import check_positive_int, check_seed
 from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
+from tl_lape.html import bar_chart, colour, escape, fragment, table, text_colour
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
@@ -254,6 +255,15 @@ class NeuronCard:
         probabilities: Its activation probability per language (empty without statistics).
         top_activations: ``(language, context, token, activation)`` of the corpus positions
             where ``act_fn(hook_pre)`` is largest (empty without a corpus).
+        top_by_language: Per language of the corpus, ``(context, token, activation)`` of its
+            ``k`` positions where ``act_fn(hook_pre)`` is largest (empty without a corpus).
+        corpus_rates: Per language of the corpus, the share of its tokens (BOS excluded) on
+            which the neuron fires (``hook_pre > 0``, the paper's criterion), measured in the
+            same pass (empty without a corpus).
+
+    In a notebook the card shows itself as HTML (:meth:`to_html`): the firing rate per
+    language as a bar chart (the statistics' probabilities, else the corpus rates), the
+    promoted and suppressed tokens, and the top-activating tokens per language in context.
     """
 
     layer: int
@@ -263,6 +273,8 @@ class NeuronCard:
     suppressed: tuple[tuple[str, float], ...] = ()
     probabilities: dict[str, float] = field(default_factory=dict)
     top_activations: tuple[tuple[str, str, str, float], ...] = ()
+    top_by_language: dict[str, tuple[tuple[str, str, float], ...]] = field(default_factory=dict)
+    corpus_rates: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values."""
@@ -274,6 +286,10 @@ class NeuronCard:
             "suppressed": [list(p) for p in self.suppressed],
             "probabilities": dict(self.probabilities),
             "top_activations": [list(t) for t in self.top_activations],
+            "top_by_language": {
+                lang: [list(t) for t in tops] for lang, tops in self.top_by_language.items()
+            },
+            "corpus_rates": dict(self.corpus_rates),
         }
 
     def to_markdown(self) -> str:
@@ -292,6 +308,13 @@ class NeuronCard:
             for lang, context, token, value in self.top_activations:
                 lines.append(f"  - {lang} {value:.2f}: `{_show(context)}[{_show(token)}]`")
         return "\n".join(lines) + "\n"
+
+    def to_html(self) -> str:
+        """The card as a self-contained HTML fragment (inline SVG and tables, no script)."""
+        return _card_html(self)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
 
 
 def _show(text: str) -> str:
@@ -400,8 +423,8 @@ def neuron_cards(
     if neurons is not None:
         neurons.check_compatible(adapter.n_layers, adapter.d_mlp)
     tokenizer = adapter.tokenizer
-    logit_rows = _logit_weights(model, pairs)  # neuron d_vocab
-    top = _top_activations(
+    logit_rows = _logit_weights(adapter, pairs)  # neuron d_vocab
+    search = _top_activations(
         model, adapter, pairs, corpus, k, seq_len, max_tokens_per_language, batch_size, progress
     )
     cards = []
@@ -428,12 +451,27 @@ def neuron_cards(
                 for lang in neurons.languages
                 if bool((neurons.indices(lang, layer) == index).any())
             )
-        entries = []
-        for value, lang, window, pos in sorted(top[i], key=lambda e: -e[0]):
+        by_language: dict[str, list[tuple[str, str, float]]] = {}
+        for value, lang, window, pos in sorted(search.tops[i], key=lambda e: -e[0]):
             before, token = _split_decode(tokenizer, window[max(0, pos - context) : pos + 1])
-            entries.append((lang, before, token, float(value)))
+            by_language.setdefault(lang, []).append((before, token, float(value)))
+        # The overall top k: the best of the per-language top k's.
+        merged = sorted(
+            ((lang, *entry) for lang, entries in by_language.items() for entry in entries),
+            key=lambda e: -e[3],
+        )[:k]
         cards.append(
-            NeuronCard(layer, index, member_of, promoted, suppressed, probabilities, tuple(entries))
+            NeuronCard(
+                layer,
+                index,
+                member_of,
+                promoted,
+                suppressed,
+                probabilities,
+                tuple(merged),
+                {lang: tuple(entries) for lang, entries in by_language.items()},
+                search.rates[i],
+            )
         )
     return cards
 
@@ -451,19 +489,10 @@ def _split_decode(tokenizer: Any, ids: Tensor) -> tuple[str, str]:
     return before.lstrip("\ufffd"), tokenizer.decode([int(ids[-1])])
 
 
-def _logit_weights(model: Any, pairs: Sequence[tuple[int, int]]) -> Tensor:
+def _logit_weights(adapter: Any, pairs: Sequence[tuple[int, int]]) -> Tensor:
     """``W_out[layer, neuron] @ W_U`` for each pair, float32 on the CPU, ``[pairs, d_vocab]``."""
-    try:
-        w_out = model.W_out  # n_layers d_mlp d_model
-        w_u = model.W_U  # d_model d_vocab
-    except (AttributeError, NotImplementedError) as err:
-        raise LapeError(
-            f"the model exposes no W_out / W_U ({err}); neuron cards need TransformerLens' "
-            "stacked weights"
-        ) from err
-    with torch.inference_mode():
-        rows = torch.stack([w_out[layer, index] for layer, index in pairs])  # pairs d_model
-        return (rows.to(torch.float32) @ w_u.to(torch.float32)).cpu()  # pairs d_vocab
+    rows = [adapter.logit_weights(layer, [index])[0] for layer, index in pairs]
+    return torch.stack(rows)
 
 
 def _capture_hook(store: dict[int, Tensor], layer: int) -> Any:
@@ -471,6 +500,15 @@ def _capture_hook(store: dict[int, Tensor], layer: int) -> Any:
         store[layer] = act.detach()
 
     return hook_fn
+
+
+@dataclass
+class _Search:
+    """What one corpus pass found, per pair: the top positions of each language (``(value,
+    language, window, position)``, ``k`` per language) and the firing rate per language."""
+
+    tops: list[list[tuple[float, str, Tensor, int]]]
+    rates: list[dict[str, float]]
 
 
 def _top_activations(
@@ -483,15 +521,20 @@ def _top_activations(
     max_tokens: int,
     batch_size: int,
     progress: bool,
-) -> list[list[tuple[float, str, Tensor, int]]]:
-    """Per pair, the ``k`` corpus positions with the largest ``act_fn(hook_pre)``."""
-    heaps: list[list[tuple[float, int, str, Tensor, int]]] = [[] for _ in pairs]
+) -> _Search:
+    """Per pair and language, the ``k`` corpus positions with the largest ``act_fn(hook_pre)``,
+    and the share of the language's tokens with ``hook_pre > 0``."""
     if corpus is None:
-        return [[] for _ in pairs]
+        return _Search([[] for _ in pairs], [{} for _ in pairs])
     layers = sorted({layer for layer, _ in pairs})
     act_fn = adapter.act_fn
+    tops: list[list[tuple[float, str, Tensor, int]]] = [[] for _ in pairs]
+    rates: list[dict[str, float]] = [{} for _ in pairs]
     counter = 0
     for lang, texts in corpus.items():
+        heaps: list[list[tuple[float, int, Tensor, int]]] = [[] for _ in pairs]
+        fired = [0 for _ in pairs]
+        seen = 0
         windows = token_windows(model, texts, seq_len=seq_len, max_tokens=max_tokens)
         for start in tqdm(
             range(0, windows.shape[0], batch_size), desc=f"cards {lang}", disable=not progress
@@ -506,18 +549,101 @@ def _top_activations(
                     return_type=None,
                     stop_at_layer=max(layers) + 1,
                 )
+            skip_bos = bool(batch[0, 0] == adapter.bos_token_id)
+            seen += batch.shape[0] * (batch.shape[1] - int(skip_bos))
             for i, (layer, index) in enumerate(pairs):
-                values = act_fn(captured[layer][..., index].to(torch.float32)).cpu()  # batch pos
-                if batch[0, 0] == adapter.bos_token_id:
+                pre = captured[layer][..., index].to(torch.float32).cpu()  # batch pos
+                values = act_fn(pre)
+                if skip_bos:
                     values[:, 0] = -math.inf  # never report the BOS position
+                    pre = pre[:, 1:]
+                fired[i] += int((pre > 0).sum())
                 flat = values.flatten()
                 best = torch.topk(flat, min(k, flat.numel()))
                 for v, f in zip(best.values.tolist(), best.indices.tolist(), strict=True):
                     row, pos = divmod(int(f), values.shape[1])
                     counter += 1
-                    item = (float(v), counter, lang, batch[row], pos)
+                    item = (float(v), counter, batch[row], pos)
                     if len(heaps[i]) < k:
                         heapq.heappush(heaps[i], item)
                     elif item[0] > heaps[i][0][0]:
                         heapq.heapreplace(heaps[i], item)
-    return [[(v, lang, w, pos) for v, _, lang, w, pos in heap] for heap in heaps]
+        for i in range(len(pairs)):
+            tops[i] += [(v, lang, w, pos) for v, _, w, pos in heaps[i]]
+            if seen:
+                rates[i][lang] = fired[i] / seen
+    return _Search(tops, rates)
+
+
+# ============================================================================ card as HTML
+
+
+def _card_html(card: NeuronCard) -> str:
+    """The HTML view of a :class:`NeuronCard` (see :meth:`NeuronCard.to_html`)."""
+    parts: list[str] = []
+    rates, source = card.probabilities, "activation probability (statistics)"
+    if not rates:
+        rates, source = card.corpus_rates, "firing rate on the corpus (hook_pre > 0)"
+    if rates:
+        labels = [f"{lang} ★" if lang in card.member_of else lang for lang in rates]
+        chart = bar_chart(labels, list(rates.values()), width=380)
+        parts.append(f'<div class="block"><div class="sub">{escape(source)}</div>{chart}</div>')
+    if card.promoted or card.suppressed:
+        scale = max([abs(v) for _, v in (*card.promoted, *card.suppressed)], default=1.0) or 1.0
+        columns = []
+        for name, entries in (("promotes", card.promoted), ("suppresses", card.suppressed)):
+            rows = [[_show(token), f"{value:+.3f}"] for token, value in entries]
+            shade = [[None, value] for _, value in entries]
+            columns.append(
+                f'<div class="block"><div class="sub">{name} (W_out · W_U)</div>'
+                + table(
+                    ["token", "logit weight"],
+                    rows,
+                    shade=shade,
+                    scale=(-scale, scale),
+                    diverging=True,
+                )
+                + "</div>"
+            )
+        parts.append(f'<div class="row">{"".join(columns)}</div>')
+    if card.top_by_language:
+        peak = max(
+            (v for entries in card.top_by_language.values() for *_, v in entries if v > 0),
+            default=1.0,
+        )
+        columns = []
+        for lang, tops in card.top_by_language.items():
+            lines = []
+            for before, token, value in tops:
+                before = _show(before)
+                if len(before) > 48:  # keep the token in sight: cut the context on the left
+                    before = "…" + before[-47:]
+                bg = colour(value, 0.0, peak)
+                lines.append(
+                    f'<div class="ctx"><span class="val">{value:.2f}</span> '
+                    f'<span class="muted">{escape(before)}</span>'
+                    f'<mark style="background:{bg};color:{text_colour(bg)}">'
+                    f"{escape(_show(token))}</mark></div>"
+                )
+            columns.append(
+                f'<div class="block"><div class="sub">fires most on: {escape(lang)}</div>'
+                + "".join(lines)
+                + "</div>"
+            )
+        parts.append(f'<div class="row">{"".join(columns)}</div>')
+    member = ", ".join(card.member_of) or "no language set given"
+    note = f"member of: {member}" + ("; ★ marks its languages" if card.member_of else "")
+    return fragment(f"Neuron {card.layer}.{card.neuron}", _CARD_STYLE, *parts, note=note)
+
+
+_CARD_STYLE = (
+    "<style>"
+    ".tl-lape .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}"
+    ".tl-lape .block{margin:4px 0}"
+    ".tl-lape .sub{font-weight:600;margin:6px 0 2px 0}"
+    ".tl-lape .ctx{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;"
+    "white-space:pre}"
+    ".tl-lape .ctx .val{display:inline-block;width:3.5em;text-align:right;color:#656d76}"
+    ".tl-lape mark{padding:0 1px;border-radius:2px}"
+    "</style>"
+)
