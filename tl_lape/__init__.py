@@ -26,6 +26,12 @@ from tl_lape.experiments.evaluation import (
 )
 from tl_lape.experiments.steering import SteeringReport, run_steering_sweep, steer
 from tl_lape.experiments.steering_study import SteeringStudy, run_steering_study
+from tl_lape.experiments.views import (
+    TokenView,
+    TokenViewGrid,
+    token_view,
+    token_views_side_by_side,
+)
 from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
 from tl_lape.interventions.hooks import (
@@ -66,6 +72,8 @@ __all__ = [
     "SteeringOutputs",
     "SteeringReport",
     "SteeringStudy",
+    "TokenView",
+    "TokenViewGrid",
     "__version__",
     "collect_activation_stats",
     "deactivated",
@@ -99,4 +107,6 @@ __all__ = [
     "steer",
     "steered",
     "steering_hooks",
+    "token_view",
+    "token_views_side_by_side",
 ]
