@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tl_lape.errors import LapeError
-from tl_lape.experiments.evaluation import DEFAULT_MAX_TOKENS_PER_LANGUAGE
+from tl_lape.experiments.evaluation import DEFAULT_LEVEL, DEFAULT_MAX_TOKENS_PER_LANGUAGE
 from tl_lape.experiments.reports import format_summary, write_report
 from tl_lape.experiments.steering import DEFAULT_MAX_NEW_TOKENS
 from tl_lape.formats import (
@@ -35,6 +35,7 @@ from tl_lape.formats import (
     check_output_file,
     check_output_folder,
 )
+from tl_lape.intervals import DEFAULT_N_BOOT
 from tl_lape.sources.models import DTYPES
 
 if TYPE_CHECKING:
@@ -147,7 +148,28 @@ def _build_parser() -> argparse.ArgumentParser:
         "--stats", type=Path, default=None, help="statistics file, to also compare lap and lave"
     )
     evaluate.add_argument("--n-random", type=int, default=3, help="matched random draws")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="seed of the random draws and of the bootstrap"
+    )
+    evaluate.add_argument(
+        "--control",
+        default="layer",
+        choices=["layer", "activity"],
+        help="how the random sets are matched: 'layer' (size and layers) or 'activity' (also "
+        "firing rate and mean activation; needs --stats)",
+    )
+    evaluate.add_argument(
+        "--n-boot", type=int, default=DEFAULT_N_BOOT, help="bootstrap replicates of the intervals"
+    )
+    evaluate.add_argument(
+        "--level", type=float, default=DEFAULT_LEVEL, help="coverage of the intervals"
+    )
+    evaluate.add_argument(
+        "--positions-per-window",
+        type=int,
+        default=None,
+        help="score this many seeded positions per window, the same in every row (default: all)",
+    )
     _add_collect_options(evaluate, default_max_tokens=DEFAULT_MAX_TOKENS_PER_LANGUAGE)
     evaluate.add_argument("--out", required=True, type=Path, help="report folder")
     evaluate.set_defaults(func=_cmd_evaluate)
@@ -506,6 +528,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         max_tokens_per_language=args.max_tokens_per_language,
+        positions_per_window=args.positions_per_window,
+        control=args.control,
+        n_boot=args.n_boot,
+        level=args.level,
         progress=not args.no_progress,
         **({} if args.seq_len is None else {"seq_len": args.seq_len}),
     )

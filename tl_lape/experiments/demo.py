@@ -82,6 +82,7 @@ class DemoSettings:
     activation_bar_ratio: float
     evaluate: bool
     eval_tokens_per_language: int
+    eval_seq_len: int | None  # None: the collection's seq_len, within the held-out budget
     eval_random: int
     selectors: tuple[str, ...]
     steer_new_tokens: int
@@ -99,6 +100,13 @@ DEMO_PRESETS: dict[str, dict[str, Any]] = {
         "prepend_bos": True,
         "evaluate": True,
         "eval_tokens_per_language": 128,
+        # 128 held-out tokens per language in windows of 32 (BOS + 31 tokens): 4 windows per
+        # language, so each rise gets a bootstrap interval (one window of 128 gives none). It
+        # costs what one window of 128 cost (about 124 scored tokens per language and row, 15
+        # rows on 7 languages: some 13k tokens, about 7 minutes at the ~30 scored tokens/s of
+        # Gemma 3 270M on 2 CPU cores in benchmarks/results/2026-12-04-nll-subsampling); the
+        # shorter context raises the NLL itself a little, not the comparison of the rows.
+        "eval_seq_len": 32,
         "eval_random": 1,
         "selectors": (),
         "steer_new_tokens": 24,
@@ -109,6 +117,7 @@ DEMO_PRESETS: dict[str, dict[str, Any]] = {
         "prepend_bos": False,
         "evaluate": False,
         "eval_tokens_per_language": DEFAULT_MAX_TOKENS_PER_LANGUAGE,
+        "eval_seq_len": None,
         "eval_random": 3,
         "selectors": ("lap", "lave"),
         "steer_new_tokens": 32,
@@ -343,7 +352,8 @@ def demo_evaluation(
     """Perplexity under deactivation and steering, on the held-out split; returns sections."""
     echo("[5/6] evaluating: perplexity under deactivation (held-out split)")
     heldout = load_debian_handbook(languages=stats.languages, split="heldout")
-    # Evaluation windows as long as the collection's, within the held-out budget.
+    # Evaluation windows as long as the collection's (or the preset's eval_seq_len), within the
+    # held-out budget; every rise is reported with its paired bootstrap interval.
     eval_tokens = settings.eval_tokens_per_language
     evaluation = run_evaluation(
         model,
@@ -352,7 +362,7 @@ def demo_evaluation(
         stats=stats,
         n_random=settings.eval_random,
         selectors=settings.selectors,
-        seq_len=min(int(stats.metadata["seq_len"]), eval_tokens),
+        seq_len=min(settings.eval_seq_len or int(stats.metadata["seq_len"]), eval_tokens),
         batch_size=settings.batch_size,
         max_tokens_per_language=eval_tokens,
         progress=settings.progress,
