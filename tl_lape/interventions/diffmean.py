@@ -80,8 +80,8 @@ def diffmean_hooks(
         layer: The block(s) whose input residual stream (``hook_resid_pre``) is edited.
         strength: The multiple of the difference vector to add (0: no change).
         source: The language(s) to steer away from (default: the mean of the other languages).
-        positions: As in :mod:`tl_lape.interventions.hooks` (``None``: all; ``"new"``: generated
-        tokens only).
+        positions: As in :mod:`tl_lape.interventions.hooks` (``None``: all; ``"new"``:
+            generated tokens only).
         model: If given, checked to have the means' layer count and width before anything runs.
 
     Returns:
