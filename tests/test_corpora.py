@@ -1,5 +1,5 @@
-"""Tests for tl_lape.sources.corpora: the Debian handbook (the real package), text files, datasets,
-LID."""
+"""Tests for tl_lape.sources.corpora: the Debian handbook (the real package), text files,
+datasets, LID."""
 
 import json
 import re

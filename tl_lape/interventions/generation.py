@@ -55,8 +55,8 @@ def generate_with_hooks(
     continuation as each prompt alone; the hooks are attached for this call only (``with
     model.hooks(...)``) and act on every forward pass, including each cached step. Generation
     stops at EOS or after ``max_new_tokens``. ``positions="new"``/``"prompt"`` hooks start
-    afresh for every batch (:func:`~tl_lape.interventions.hooks.reset_positions`), so they can be
-    reused.
+    afresh for every batch (:func:`~tl_lape.interventions.hooks.reset_positions`), so they can
+    be reused.
 
     Args:
         model: A TransformerLens model with a tokenizer and ``generate``.
