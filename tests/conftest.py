@@ -4,10 +4,12 @@
 directory it was saved to (to load an independent HF copy with the same weights) and whether its
 MLP is gated. Architectures: see ``models.ARCHITECTURES``. ``handbook_cache`` is a cache folder
 holding the Debian handbook parsed once per session (the tests skip without the package).
-``text_corpus`` is a folder of ``<lang>.txt`` files for ``--corpus text:DIR``.
+``text_corpus`` is a folder of ``<lang>.txt`` files for ``--corpus text:DIR``. ``browser``
+renders a page in headless Chromium as a person would see it (skipped without Chromium).
 """
 
 import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,3 +75,57 @@ def text_corpus(tmp_path: Path) -> Path:
     for lang, sentences in SENTENCES.items():
         (folder / f"{lang}.txt").write_text("\n".join(sentences * 3), encoding="utf-8")
     return folder
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@dataclass
+class Rendered:
+    """A page as headless Chromium shows it: its DOM after loading, the console's complaints."""
+
+    dom: str
+    console: list[str]
+
+
+@pytest.fixture()
+def browser(tmp_path: Path) -> Callable[..., Rendered]:
+    """``browser(page, png=None, size="1000,800")``: load ``page`` in headless Chromium, write a
+    screenshot to ``png`` if given, return the DOM and any console errors."""
+    if not CHROMIUM.exists():
+        pytest.skip("headless Chromium missing: apt-get install chromium (Debian)")
+    flags = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
+
+    def console_of(log: str) -> list[str]:
+        return [line for line in log.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+
+    def render(page: Path, *, png: Path | None = None, size: str = "1000,800") -> Rendered:
+        console = []
+        if png is not None:
+            shot = subprocess.run(
+                [*flags, f"--screenshot={png}", f"--window-size={size}", page.as_uri()],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot.stderr[-2000:]
+            console += console_of(shot.stderr)
+        dom = subprocess.run(
+            [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+        )
+        return Rendered(dom=dom.stdout, console=console + console_of(dom.stderr))
+
+    return render

@@ -86,3 +86,46 @@ def test_bar_chart_draws_one_bar_per_value_with_whiskers() -> None:
     well_formed_text(svg)
     assert svg.count("<rect") == 2  # the NaN has no bar
     assert svg.count("<line") == 2  # one whisker and the zero line
+
+
+def test_report_page_in_a_browser(tmp_path, browser) -> None:
+    """The demo's report.html, built from a tiny set: it loads without console errors and
+    shows every section, the figure inline and the links to the data files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tl_lape.experiments.reports import report_page, save_figure, write_text
+    from tl_lape.plots import plot_neurons_per_layer
+
+    neurons = _neurons()
+    counts = torch.randint(0, 10, (6, 8, 3), generator=torch.Generator().manual_seed(0))
+    stats = ActivationStats.from_counts(counts, [10] * 3, ["en", "fr", "zh"])
+    save_figure(plot_neurons_per_layer(neurons), tmp_path / "neurons_per_layer.png")
+    page = report_page(
+        tmp_path,
+        title="tl-lape demo report",
+        intro="Model: a tiny one.\n\nFiles: neurons.json, neurons_per_layer.png.",
+        neurons=neurons,
+        stats=stats,
+        sections=[
+            "### Perplexity under deactivation\n\n"
+            "| a | b |\n| --- | ---: |\n| en | +0.1 [0.0, 0.2] |"
+        ],
+        files=["neurons.json", "neurons_per_layer.png"],
+    )
+    write_text(tmp_path / "report.html", page)
+    shown = browser(tmp_path / "report.html", png=tmp_path / "report.png", size="1000,1400")
+    assert shown.console == []
+    for heading in [
+        "Summary",
+        "Neuron set",
+        "Statistics",
+        "Figures",
+        "Perplexity under deactivation",
+        "Data files",
+    ]:
+        assert f">{heading}</h2>" in shown.dom, heading
+    assert shown.dom.count("data:image/png;base64,") == 1
+    assert 'href="neurons.json"' in shown.dom
+    assert "+0.1 [0.0, 0.2]" in shown.dom
+    assert (tmp_path / "report.png").stat().st_size > 10_000

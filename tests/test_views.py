@@ -2,11 +2,9 @@
 well-formed and escaped, CircuitsVis is optional, and a browser renders it."""
 
 import html
-import subprocess
 import sys
 import types
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +24,6 @@ from tl_lape.experiments.views import (
 )
 from tl_lape.neurons import LanguageNeurons
 
-CHROMIUM = Path("/usr/bin/chromium")
 FR, ZH = SENTENCES["fr"][0], SENTENCES["zh"][0]
 
 
@@ -206,40 +203,15 @@ def test_neuron_card_promoted_tokens_and_html(llama) -> None:
         assert f'<td class="l">{shown}</td>' in page
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (/usr/bin/chromium) missing")
-def test_browser_renders_french_and_chinese_side_by_side(llama, tmp_path, monkeypatch) -> None:
+def test_browser_renders_french_and_chinese_side_by_side(
+    llama, tmp_path, monkeypatch, browser
+) -> None:
     _no_circuitsvis(monkeypatch)
     grid = token_views_side_by_side(llama, {"fr": FR, "zh": ZH}, _set(llama), identify=False)
     page = tmp_path / "views.html"
     page.write_text(grid.to_html(standalone=True), encoding="utf-8")
-    png = tmp_path / "views.png"
-    flags = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr",
-        "--v=0",
-    ]
-    shot = subprocess.run(
-        [*flags, f"--screenshot={png}", "--window-size=900,400", page.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot.stderr[-2000:]
-    dom = subprocess.run(
-        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    )
-    for log in (shot.stderr, dom.stderr):
-        console = [line for line in log.splitlines() if "CONSOLE" in line or "Uncaught" in line]
-        assert console == []
+    shown_page = browser(page, png=tmp_path / "views.png", size="900,400")
+    assert shown_page.console == []
 
     class Text(HTMLParser):
         def __init__(self) -> None:
@@ -250,7 +222,7 @@ def test_browser_renders_french_and_chinese_side_by_side(llama, tmp_path, monkey
             self.parts.append(data)
 
     parser = Text()
-    parser.feed(dom.stdout)
+    parser.feed(shown_page.dom)
     shown = "".join(parser.parts)
     assert FR in shown and ZH in shown  # every token in place, in order
-    assert dom.stdout.count('class="tok"') == sum(len(v.tokens) for v in grid.views)
+    assert shown_page.dom.count('class="tok"') == sum(len(v.tokens) for v in grid.views)
