@@ -19,7 +19,9 @@ from tl_lape.experiments.analysis import (
 from tl_lape.experiments.demo import DemoResult, run_demo
 from tl_lape.experiments.evaluation import (
     EvaluationReport,
+    MatrixEstimates,
     PerplexityMatrix,
+    ReportEstimates,
     perplexity_matrix,
     run_evaluation,
     selectivity,
@@ -65,8 +67,10 @@ __all__ = [
     "LanguageIdentifier",
     "LanguageNeurons",
     "LapeError",
+    "MatrixEstimates",
     "NeuronCard",
     "PerplexityMatrix",
+    "ReportEstimates",
     "ResidualMeans",
     "StabilityReport",
     "SteeringOutputs",

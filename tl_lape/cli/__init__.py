@@ -503,19 +503,27 @@ def _cmd_identify(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tl_lape.experiments.evaluation import run_evaluation
+    from tl_lape.experiments.evaluation import check_evaluation_options, run_evaluation
     from tl_lape.neurons import LanguageNeurons
     from tl_lape.stats import ActivationStats
 
     _check_report_folder(args.out)
     _check_collect_sizes(args)
-    if args.n_random < 0:
-        raise LapeError(f"--n-random must be 0 or more, got {args.n_random}.")
     _check_model_source(args.model, args.device)
     neurons = LanguageNeurons.load(args.neurons)
     stats = ActivationStats.load(args.stats) if args.stats is not None else None
     if stats is not None:
         _check_stats_cover(neurons, args.neurons, stats, args.stats)
+    options: dict[str, Any] = {
+        "n_random": args.n_random,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "positions_per_window": args.positions_per_window,
+        "control": args.control,
+        "n_boot": args.n_boot,
+        "level": args.level,
+    }
+    check_evaluation_options(stats=stats, **options)  # before the model loads
     languages = args.languages if args.languages is not None else ",".join(neurons.languages)
     corpus = _load_corpus(args.corpus, languages, args.split, args.hf_config)
     model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
@@ -524,15 +532,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         neurons,
         corpus,
         stats=stats,
-        n_random=args.n_random,
-        seed=args.seed,
-        batch_size=args.batch_size,
         max_tokens_per_language=args.max_tokens_per_language,
-        positions_per_window=args.positions_per_window,
-        control=args.control,
-        n_boot=args.n_boot,
-        level=args.level,
         progress=not args.no_progress,
+        **options,
         **({} if args.seq_len is None else {"seq_len": args.seq_len}),
     )
     with atomic_dir(args.out) as tmp:

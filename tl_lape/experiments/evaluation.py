@@ -81,6 +81,7 @@ __all__ = [
     "MatrixEstimates",
     "PerplexityMatrix",
     "ReportEstimates",
+    "check_evaluation_options",
     "perplexity_matrix",
     "run_evaluation",
     "selectivity",
@@ -1807,8 +1808,15 @@ def run_evaluation(
         >>> report.intervals().lape.selectivity[0].level
         0.95
     """
-    selectors = _check_evaluation_options(n_random, seed, selectors, control, stats)
-    _check_bootstrap_options(n_boot, seed, level)
+    selectors = check_evaluation_options(
+        n_random=n_random,
+        seed=seed,
+        selectors=selectors,
+        control=control,
+        stats=stats,
+        n_boot=n_boot,
+        level=level,
+    )
     scoring = _Scoring.checked(batch_size, positions_per_window, seed, progress)
     controls = _random_controls(neurons, n_random, seed, control, stats)
     run = _SharedRun.start(
@@ -1834,6 +1842,28 @@ def run_evaluation(
     return EvaluationReport(
         lape, random_matrices, baselines, counts, metadata, n_boot=n_boot, seed=seed, level=level
     )
+
+
+def check_evaluation_options(
+    *,
+    n_random: Any = 3,
+    seed: Any = 0,
+    selectors: Any = SELECTORS,
+    control: Any = "layer",
+    stats: Any = None,
+    n_boot: Any = DEFAULT_N_BOOT,
+    level: Any = 0.95,
+    batch_size: Any = 8,
+    positions_per_window: Any = None,
+) -> tuple[str, ...]:
+    """Check :func:`run_evaluation`'s options without running anything; return the selectors.
+
+    :func:`run_evaluation` calls it first; the command line calls it before loading the model.
+    """
+    checked = _check_evaluation_options(n_random, seed, selectors, control, stats)
+    _check_bootstrap_options(n_boot, seed, level)
+    _Scoring.checked(batch_size, positions_per_window, seed, False)
+    return checked
 
 
 def _check_evaluation_options(
