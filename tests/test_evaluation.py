@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from models import SENTENCES, hf_down_projection, hf_mlp_modules
 
 from tl_lape.collection.engine import collect_activation_stats
+from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
 from tl_lape.experiments.evaluation import (
     NO_INTERVENTION,
@@ -17,7 +18,6 @@ from tl_lape.experiments.evaluation import (
     perplexity_matrix,
     run_evaluation,
     selectivity,
-    token_windows,
 )
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
 from tl_lape.selection import identify_language_neurons
@@ -253,3 +253,39 @@ def test_one_default_token_budget(capsys):
         main(["evaluate", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert f"(default: {DEFAULT_MAX_TOKENS_PER_LANGUAGE})" in help_text
+
+
+def test_one_progress_bar_for_the_whole_evaluation(llama, neurons, stats, capsys) -> None:
+    """One bar over every (row, language) cell, the current cell in its postfix; none at all
+    without progress."""
+    corpus = {lang: texts for lang, texts in CORPUS.items() if lang in neurons.languages}
+    run_evaluation(
+        llama.bridge,
+        neurons,
+        corpus,
+        stats=stats,
+        n_random=1,
+        selectors=(),
+        seq_len=SEQ_LEN,
+        max_tokens_per_language=64,
+        progress=True,
+    )
+    err = capsys.readouterr().err
+    n_langs = len(corpus)
+    cells = (1 + 2 * len(neurons.languages)) * n_langs  # (none), LAPE and one random set
+    final = [line for line in err.replace("\r", "\n").splitlines() if f"{cells}/{cells}" in line]
+    assert final and all(line.startswith("evaluation:") for line in final)
+    assert "deactivate random0:" in err  # the postfix names the set and language
+    assert not any(line.startswith("deactivate") for line in err.replace("\r", "\n").splitlines())
+    run_evaluation(
+        llama.bridge,
+        neurons,
+        corpus,
+        stats=stats,
+        n_random=1,
+        selectors=(),
+        seq_len=SEQ_LEN,
+        max_tokens_per_language=64,
+        progress=False,
+    )
+    assert capsys.readouterr().err == ""

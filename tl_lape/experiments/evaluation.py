@@ -38,6 +38,7 @@ Example (on a tiny model; select on the train split and evaluate on held-out tex
     ...
 """
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,6 +49,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from matplotlib.figure import Figure
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from tl_lape._adapter import ModelAdapter, adapt
 from tl_lape.checks import check_choice, check_languages, check_positive_int, check_seed
@@ -983,18 +985,22 @@ def perplexity_matrix(
     scoring = _Scoring.checked(batch_size, positions_per_window, seed, progress)
     windows = _prepare(model, neurons, corpus, languages, seq_len, max_tokens_per_language)
     rows = _resolve_rows(deactivate, neurons)
-    baseline = _window_row(model, windows, [], scoring, NO_INTERVENTION)
-    return _deactivation_matrix(
-        model,
-        neurons,
-        rows,
-        windows,
-        baseline,
-        scoring,
-        seq_len=seq_len,
-        max_tokens_per_language=max_tokens_per_language,
-        name=None,
-    )
+    scoring = scoring.with_bar((1 + len(rows)) * len(windows.languages))
+    try:
+        baseline = _window_row(model, windows, [], scoring, NO_INTERVENTION)
+        return _deactivation_matrix(
+            model,
+            neurons,
+            rows,
+            windows,
+            baseline,
+            scoring,
+            seq_len=seq_len,
+            max_tokens_per_language=max_tokens_per_language,
+            name=None,
+        )
+    finally:
+        scoring.close()
 
 
 @dataclass(frozen=True)
@@ -1005,6 +1011,18 @@ class _Scoring:
     positions_per_window: int | None
     seed: int
     progress: bool
+    #: The one progress bar of the whole evaluation: one step per (row, language) cell, the
+    #: current set and language in its postfix (tqdm's notebook form in Jupyter).
+    bar: Any = field(default=None, compare=False)
+
+    def with_bar(self, cells: int) -> "_Scoring":
+        """A copy whose cells advance one bar of ``cells`` steps (none without ``progress``)."""
+        bar = tqdm(total=cells, desc="evaluation", unit="cell", disable=not self.progress)
+        return dataclasses.replace(self, bar=bar)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     @classmethod
     def checked(
@@ -1170,12 +1188,14 @@ def _window_row(
     """Per evaluated language, the NLL sum and scored tokens of each window under ``hooks``."""
     sums, counts = [], []
     for lang in windows.languages:
+        if scoring.bar is not None:
+            scoring.bar.set_postfix_str(f"deactivate {label} / eval {lang}", refresh=False)
         s, c = window_nll(
             model,
             windows.tokens[lang],
             fwd_hooks=hooks,
             batch_size=scoring.batch_size,
-            progress=scoring.progress,
+            progress=scoring.progress and scoring.bar is None,
             desc=f"deactivate {label} / eval {lang}",
             positions_per_window=scoring.positions_per_window,
             seed=scoring.seed,
@@ -1183,6 +1203,8 @@ def _window_row(
         )
         sums.append(s)
         counts.append(c)
+        if scoring.bar is not None:
+            scoring.bar.update(1)
     return sums, counts
 
 
@@ -1820,12 +1842,22 @@ def run_evaluation(
     scoring = _Scoring.checked(batch_size, positions_per_window, seed, progress)
     controls = _random_controls(neurons, n_random, seed, control, stats)
     run = _SharedRun.start(
-        model, neurons, corpus, languages, seq_len, max_tokens_per_language, scoring
+        model,
+        neurons,
+        corpus,
+        languages,
+        seq_len,
+        max_tokens_per_language,
+        scoring,
+        n_matrices=1 + len(controls) + len(selectors if stats is not None else ()),
     )
-    counts: dict[str, dict[str, int]] = {EVALUATED: neurons.counts()}
-    lape = run.matrix(neurons, EVALUATED)
-    random_matrices = tuple(run.matrix(c, f"random{draw}") for draw, c in enumerate(controls))
-    baselines = _selector_matrices(run, neurons, stats, selectors, counts)
+    try:
+        counts: dict[str, dict[str, int]] = {EVALUATED: neurons.counts()}
+        lape = run.matrix(neurons, EVALUATED)
+        random_matrices = tuple(run.matrix(c, f"random{draw}") for draw, c in enumerate(controls))
+        baselines = _selector_matrices(run, neurons, stats, selectors, counts)
+    finally:
+        run.scoring.close()
     metadata: dict[str, Any] = {
         "model_name": run.windows.adapter.model_name,
         "n_random": n_random,
@@ -1941,13 +1973,17 @@ class _SharedRun:
         seq_len: int,
         max_tokens_per_language: int | None,
         scoring: _Scoring,
+        n_matrices: int,
     ) -> "_SharedRun":
-        """Cut the windows and compute the no-intervention row, once for the whole evaluation."""
+        """Cut the windows and compute the no-intervention row, once for the whole evaluation;
+        one progress bar counts every cell of the ``n_matrices`` matrices that follow."""
         windows = _prepare(model, neurons, corpus, languages, seq_len, max_tokens_per_language)
+        rows = _resolve_rows(None, neurons)
+        scoring = scoring.with_bar((1 + n_matrices * len(rows)) * len(windows.languages))
         baseline = _window_row(model, windows, [], scoring, NO_INTERVENTION)
         return cls(
             model,
-            _resolve_rows(None, neurons),
+            rows,
             windows,
             baseline,
             seq_len,
