@@ -105,7 +105,7 @@ def test_neuron_card_oracles(llama, stats):
     # Top activations: sorted, and the largest equals the maximum of silu(hook_pre) over the corpus.
     values = [v for *_, v in card.top_activations]
     assert values == sorted(values, reverse=True) and len(values) == 4
-    from tl_lape.experiments.evaluation import token_windows
+    from tl_lape.collection.windows import token_windows
 
     best = -float("inf")
     for texts in CORPUS.values():

@@ -145,7 +145,7 @@ def test_gemma_hooked_transformer_counts_match_hf_and_the_bridge():
     from _hf_reference import hf_firing_counts
 
     import tl_lape
-    from tl_lape.experiments.evaluation import token_windows
+    from tl_lape.collection.windows import token_windows
     from tl_lape.sources.corpora import load_debian_handbook
 
     hooked = tl_lape.load_model("gemma-3-270m", device="cpu", backend="hooked")
