@@ -4,7 +4,7 @@
 pyproject.toml). Examples that need a model find these names in their namespace:
 
 * ``model``: a tiny random-initialised LLaMA-style ``TransformerBridge`` built locally
-  (tests/models.py; 2 layers, d_mlp 64, nothing downloaded);
+  (tests/tiny_models.py; 2 layers, d_mlp 64, nothing downloaded);
 * ``corpus``: a few sentences per language (en, fr, zh, ru); ``stats`` and ``neurons``:
   statistics collected on it and the neurons selected from them (``top_rate=0.1``);
 * ``tokens``, ``en_tokens``, ``fr_tokens``: token ids of an English and a French sentence;
@@ -55,7 +55,7 @@ def _runs_and_uses_names(item: pytest.Item) -> bool:
 def _doctest_objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if str(_TESTS) not in sys.path:
         sys.path.insert(0, str(_TESTS))
-    from models import SENTENCES, boot_tiny_bridge
+    from tiny_models import SENTENCES, boot_tiny_bridge
 
     from tl_lape import collect_activation_stats, identify_language_neurons
 

@@ -6,6 +6,8 @@ MLP is gated. Architectures: see ``models.ARCHITECTURES``. ``handbook_cache`` is
 holding the Debian handbook parsed once per session (the tests skip without the package).
 ``text_corpus`` is a folder of ``<lang>.txt`` files for ``--corpus text:DIR``. ``browser``
 renders a page in headless Chromium as a person would see it (skipped without Chromium).
+``llama``, ``stats`` and ``neurons``: the tiny llama, its statistics on ``CORPUS`` (windows of 16
+tokens) and its 10% LAPE set, shared by the evaluation, steering and analysis tests.
 """
 
 import os
@@ -20,7 +22,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from models import ARCHITECTURES, SENTENCES, boot_tiny_bridge, load_hf_model
+from tiny_models import ARCHITECTURES, CORPUS, SENTENCES, boot_tiny_bridge, load_hf_model
 
 from tl_lape.errors import LapeError
 from tl_lape.sources.corpora import PAPER_LANGUAGES, find_debian_handbook, load_debian_handbook
@@ -129,3 +131,25 @@ def browser(tmp_path: Path) -> Callable[..., Rendered]:
         return Rendered(dom=dom.stdout, console=console + console_of(dom.stderr))
 
     return render
+
+
+@pytest.fixture(scope="session")
+def llama(tiny_model: Callable[[str], TinyModel]) -> TinyModel:
+    """The tiny llama (gated MLP)."""
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def stats(llama: TinyModel) -> Any:
+    """The tiny llama's statistics on :data:`tiny_models.CORPUS`, windows of 16 tokens."""
+    from tl_lape.collection.engine import collect_activation_stats
+
+    return collect_activation_stats(llama.bridge, CORPUS, seq_len=16, progress=False)
+
+
+@pytest.fixture(scope="session")
+def neurons(stats: Any) -> Any:
+    """The 10% LAPE set of :func:`stats`."""
+    from tl_lape.selection import identify_language_neurons
+
+    return identify_language_neurons(stats, top_rate=0.1)

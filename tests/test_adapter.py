@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from models import ARCHITECTURES, build_toy_model
+from tiny_models import ARCHITECTURES, build_toy_model
 
 from tl_lape import LapeError
 from tl_lape._adapter import adapt, resolve_activation

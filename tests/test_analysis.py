@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from models import SENTENCES, hf_down_projection, hf_mlp_modules
+from tiny_models import CORPUS, hf_down_projection, hf_mlp_modules
 
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.errors import LapeError
@@ -19,18 +19,6 @@ from tl_lape.experiments.analysis import (
 )
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons
-
-CORPUS = {lang: texts * 2 for lang, texts in SENTENCES.items()}
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_model):
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
-def stats(llama):
-    return collect_activation_stats(llama.bridge, CORPUS, seq_len=16, progress=False)
 
 
 def test_split_corpus_is_a_seeded_partition():

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 import torch
-from models import build_toy_model
 from safetensors import safe_open
+from tiny_models import build_toy_model
 
 import tl_lape
 from tl_lape.cli import main

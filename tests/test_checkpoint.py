@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import SENTENCES
+from tiny_models import SENTENCES
 
 from tl_lape import LapeError
 from tl_lape.collection.checkpoint import CollectionCheckpoint

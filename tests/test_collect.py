@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from models import ARCHITECTURES, SENTENCES, hf_count_by_hand
+from tiny_models import ARCHITECTURES, SENTENCES, hf_count_by_hand
 
 from tl_lape import LapeError
 from tl_lape._adapter import adapt

@@ -6,9 +6,8 @@ import math
 import pytest
 import torch
 from matplotlib.figure import Figure
-from models import SENTENCES, hf_down_projection, hf_mlp_modules
+from tiny_models import CORPUS, hf_down_projection, hf_mlp_modules
 
-from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
 from tl_lape.experiments.evaluation import (
@@ -20,26 +19,9 @@ from tl_lape.experiments.evaluation import (
     selectivity,
 )
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
-from tl_lape.selection import identify_language_neurons
 
 SEQ_LEN = 16
 BUDGET = 120
-CORPUS = {lang: texts * 2 for lang, texts in SENTENCES.items()}
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_model):
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
-def stats(llama):
-    return collect_activation_stats(llama.bridge, CORPUS, seq_len=SEQ_LEN, progress=False)
-
-
-@pytest.fixture(scope="module")
-def neurons(stats):
-    return identify_language_neurons(stats, top_rate=0.1)
 
 
 def _matrix(model, neurons, **kwargs):

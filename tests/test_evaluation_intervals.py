@@ -7,9 +7,8 @@ import math
 
 import pytest
 import torch
-from models import SENTENCES
+from tiny_models import CORPUS
 
-from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
 from tl_lape.experiments.evaluation import (
@@ -23,27 +22,10 @@ from tl_lape.intervals import bootstrap_weights, min_p_value, percentile_interva
 from tl_lape.interventions.hooks import deactivation_hooks
 from tl_lape.judging.nll import window_nll
 from tl_lape.neurons import LanguageNeurons
-from tl_lape.selection import identify_language_neurons
 
 SEQ_LEN = 16
 BUDGET = 120
-CORPUS = {lang: texts * 2 for lang, texts in SENTENCES.items()}
 N_BOOT = 400
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_model):
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
-def stats(llama):
-    return collect_activation_stats(llama.bridge, CORPUS, seq_len=SEQ_LEN, progress=False)
-
-
-@pytest.fixture(scope="module")
-def neurons(stats):
-    return identify_language_neurons(stats, top_rate=0.1)
 
 
 @pytest.fixture(scope="module")

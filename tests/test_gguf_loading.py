@@ -299,7 +299,7 @@ def test_not_gguf_raises(tmp_path: Path, loader: str) -> None:
 
 def test_not_gguf_next_to_hf_folder_raises(tmp_path: Path) -> None:
     """A damaged ``.gguf`` is an error even where its folder also holds a Hugging Face model."""
-    from models import save_tiny_model
+    from tiny_models import save_tiny_model
 
     folder = save_tiny_model("llama", tmp_path / "hf")
     path = folder / "x.gguf"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from models import ARCHITECTURES, hf_down_projection, hf_mlp_modules
+from tiny_models import ARCHITECTURES, hf_down_projection, hf_mlp_modules
 
 from tl_lape import LapeError
 from tl_lape.interventions.hooks import deactivation_hooks, patching_hooks, steering_hooks

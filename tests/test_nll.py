@@ -108,7 +108,7 @@ def test_subsampled_sums_are_the_full_nll_at_the_scored_positions(model: Any) ->
 def test_soft_capped_logits_match(tmp_path: Any) -> None:
     """A model with a final logit soft cap (Gemma 2 style): the cap is applied to the rows."""
     import transformers
-    from models import build_tokenizer
+    from tiny_models import build_tokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
     tokenizer = build_tokenizer()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import build_toy_model
+from tiny_models import build_toy_model
 
 from tl_lape import LanguageNeurons, LapeError, deactivation_hooks
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from matplotlib.figure import Figure
-from models import SENTENCES
+from tiny_models import CORPUS, SENTENCES
 
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.errors import LapeError
@@ -31,23 +31,7 @@ from tl_lape.judging.outputs import DEFAULT_MAX_REPETITION, DEFAULT_NLL_MARGIN
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons
 
-CORPUS = {lang: texts * 2 for lang, texts in SENTENCES.items()}
 PROMPTS = ["The cat", "Le chat dort sur", "猫", "/etc/"]
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_model):
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
-def stats(llama):
-    return collect_activation_stats(llama.bridge, CORPUS, seq_len=16, progress=False)
-
-
-@pytest.fixture(scope="module")
-def neurons(stats):
-    return identify_language_neurons(stats, top_rate=0.1)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

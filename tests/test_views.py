@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-from models import SENTENCES
 from test_html import well_formed_text
+from tiny_models import SENTENCES
 
 from tl_lape._adapter import adapt
 from tl_lape.collection.engine import collect_activation_stats

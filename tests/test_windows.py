@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from models import SENTENCES
+from tiny_models import SENTENCES
 
 from tl_lape._adapter import adapt
 from tl_lape.collection.windows import (

@@ -44,6 +44,9 @@ SENTENCES: dict[str, list[str]] = {
     ],
 }
 
+#: The tests' small corpus: every sentence twice.
+CORPUS: dict[str, list[str]] = {lang: texts * 2 for lang, texts in SENTENCES.items()}
+
 #: Architectures :func:`build_tiny_hf_model` knows, and whether their MLP is gated.
 ARCHITECTURES: dict[str, bool] = {
     "llama": True,
