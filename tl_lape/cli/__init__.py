@@ -92,7 +92,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (
+        _add_collect_command,
+        _add_identify_command,
+        _add_evaluate_command,
+        _add_steer_command,
+        _add_demo_command,
+    ):
+        add_command(sub)
+    return parser
 
+
+def _add_collect_command(sub: Any) -> None:
+    """`collect`: a model and a corpus to a statistics file."""
     collect = sub.add_parser("collect", help="collect per-language activation statistics")
     _add_model_options(collect)
     _add_corpus_options(collect)
@@ -128,6 +140,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     collect.set_defaults(func=_cmd_collect)
 
+
+def _add_identify_command(sub: Any) -> None:
+    """`identify`: a statistics file to a neuron-set file."""
     identify = sub.add_parser("identify", help="select language neurons from statistics")
     identify.add_argument("stats", type=Path, help="statistics file written by `collect`")
     _add_threshold_options(identify)
@@ -137,6 +152,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     identify.set_defaults(func=_cmd_identify)
 
+
+def _add_evaluate_command(sub: Any) -> None:
+    """`evaluate`: perplexity under deactivation, with matched random controls and intervals."""
     evaluate = sub.add_parser(
         "evaluate", help="perplexity under deactivation, with matched random controls"
     )
@@ -174,6 +192,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, type=Path, help="report folder")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+
+def _add_steer_command(sub: Any) -> None:
+    """`steer`: the steering sweep, or with ``--study`` the steering study."""
     steer = sub.add_parser(
         "steer", help="steering generation sweep toward each language, with random controls"
     )
@@ -229,6 +250,9 @@ def _build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--out", required=True, type=Path, help="report folder")
     steer.set_defaults(func=_cmd_steer)
 
+
+def _add_demo_command(sub: Any) -> None:
+    """`demo`: the whole pipeline on one model, written to a report folder."""
     demo = sub.add_parser(
         "demo",
         help="run the whole pipeline on a model (default: Gemma 3 270M) and the handbook corpus",
@@ -272,7 +296,6 @@ def _build_parser() -> argparse.ArgumentParser:
         help="tokens generated per prompt when steering (default: 24; 32 for --model demo)",
     )
     demo.set_defaults(func=_cmd_demo)
-    return parser
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -584,12 +607,57 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
     """``steer --study``: :func:`~tl_lape.experiments.steering_study.run_steering_study`, its
     report folder."""
     from tl_lape.collection.residual_means import ResidualMeans
-    from tl_lape.experiments.steering_study import (
-        DEFAULT_STRENGTHS,
-        check_study_inputs,
-        run_steering_study,
-    )
+    from tl_lape.experiments.steering_study import check_study_inputs, run_steering_study
     from tl_lape.stats import ActivationStats
+
+    sweep, parsed = _study_arguments(args)
+    n_content = parsed["n_content"]
+    _check_model_source(args.model, args.device)
+    stats = ActivationStats.load(args.stats)
+    means = ResidualMeans.load(args.means) if args.means is not None else None
+    reference = _load_corpus(
+        args.reference_corpus, ",".join(stats.languages), "heldout", args.hf_config
+    )
+    parallel: list[dict[str, str]] = []
+    if args.reference_corpus == "handbook" and n_content > 0:
+        from tl_lape.sources.corpora import load_handbook_parallel
+
+        parallel = load_handbook_parallel(stats.languages, split="heldout")
+    options: dict[str, Any] = {
+        "reference_corpus": {lang: list(texts) for lang, texts in reference.items()},
+        "parallel": parallel,
+        "targets": sweep.get("targets"),
+        "n_content": max(2, n_content),
+        "top_rates": sweep["top_rates"],
+        "filter_rate": sweep.get("filter_rate"),
+        "activation_bar_ratio": sweep.get("activation_bar_ratio"),
+        "strengths": parsed["strengths"],
+        "deactivate": (args.deactivate,) if args.deactivate else ("none", "others"),
+        "diffmean_layers": parsed["diffmean_layers"],
+        "diffmean_strengths": parsed["diffmean_strengths"],
+        "n_random": 3 if args.n_random is None else args.n_random,
+    }
+    check_study_inputs(stats, means, **options)  # everything but the model, before loading it
+    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
+    study = run_steering_study(
+        model,
+        stats,
+        means,
+        max_new_tokens=sweep["max_new_tokens"],
+        batch_size=sweep["batch_size"],
+        progress=not args.no_progress,
+        **options,
+    )
+    study.save(args.out)
+    print(study.to_markdown())
+    print(f"\nreport written to {args.out}/")
+    return 0
+
+
+def _study_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sweep options and the study's own options of ``steer --study``, parsed and
+    checked before anything is loaded."""
+    from tl_lape.experiments.steering_study import DEFAULT_STRENGTHS
 
     sweep_only = [
         opt
@@ -638,46 +706,13 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
     if missing:
         raise LapeError(f"--strengths names mode(s) {missing} that --modes {list(modes)} omits.")
     strengths = {m: given.get(m, DEFAULT_STRENGTHS[m]) for m in modes}
-    _check_model_source(args.model, args.device)
-    stats = ActivationStats.load(args.stats)
-    means = ResidualMeans.load(args.means) if args.means is not None else None
-    reference = _load_corpus(
-        args.reference_corpus, ",".join(stats.languages), "heldout", args.hf_config
-    )
-    parallel: list[dict[str, str]] = []
-    if args.reference_corpus == "handbook" and n_content > 0:
-        from tl_lape.sources.corpora import load_handbook_parallel
-
-        parallel = load_handbook_parallel(stats.languages, split="heldout")
-    options: dict[str, Any] = {
-        "reference_corpus": {lang: list(texts) for lang, texts in reference.items()},
-        "parallel": parallel,
-        "targets": sweep.get("targets"),
-        "n_content": max(2, n_content),
-        "top_rates": sweep["top_rates"],
-        "filter_rate": sweep.get("filter_rate"),
-        "activation_bar_ratio": sweep.get("activation_bar_ratio"),
-        "strengths": strengths,
-        "deactivate": (args.deactivate,) if args.deactivate else ("none", "others"),
+    study = {
+        "n_content": n_content,
         "diffmean_layers": layers,
         "diffmean_strengths": diff_strengths,
-        "n_random": 3 if args.n_random is None else args.n_random,
+        "strengths": strengths,
     }
-    check_study_inputs(stats, means, **options)  # everything but the model, before loading it
-    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
-    study = run_steering_study(
-        model,
-        stats,
-        means,
-        max_new_tokens=sweep["max_new_tokens"],
-        batch_size=sweep["batch_size"],
-        progress=not args.no_progress,
-        **options,
-    )
-    study.save(args.out)
-    print(study.to_markdown())
-    print(f"\nreport written to {args.out}/")
-    return 0
+    return sweep, study
 
 
 def _write_report(
