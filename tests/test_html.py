@@ -129,3 +129,36 @@ def test_report_page_in_a_browser(tmp_path, browser) -> None:
     assert 'href="neurons.json"' in shown.dom
     assert "+0.1 [0.0, 0.2]" in shown.dom
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_steering_study_view_shows_fresh_success_per_method_and_target() -> None:
+    from tl_lape.experiments.steering_study import SteeringStudy
+
+    def row(phase, method, target, success):
+        return {
+            "phase": phase,
+            "setting": "english",
+            "method": method,
+            "target": target,
+            "success_rate": success,
+            "config": method,
+        }
+
+    study = SteeringStudy.from_dict(
+        {
+            "rows": [
+                row("fresh", "lape", "fr", 0.75),
+                row("fresh", "lape", "zh", 0.5),
+                row("fresh", "random", "fr", 0.0),
+                row("fresh", "random", "fr", 0.5),
+                row("fresh", "random", "zh", 0.25),
+                row("fresh", "random", "zh", 0.25),
+                row("dev", "lape", "fr", 1.0),
+            ],
+            "chosen": {},
+        }
+    )
+    text = " ".join(well_formed_text(study._repr_html_()).split())
+    assert "english prompts" in text
+    assert "lape 75% 50%" in text  # fresh rows only: the dev row's 100% is not shown
+    assert "random (mean of 2 draws) 25% 25%" in text

@@ -285,6 +285,44 @@ class SteeringStudy:
             raise LapeError(f"{str(path)!r} is not valid JSON ({err})") from err
         return cls.from_dict(data)
 
+    def _repr_html_(self) -> str:
+        """Fresh-prompt success per method and target, one coloured table per setting (random:
+        the mean over its draws, with their number)."""
+        from tl_lape.html import fragment, table
+
+        parts = []
+        for setting in dict.fromkeys(r["setting"] for r in self.rows):
+            fresh = self.select(phase="fresh", setting=setting)
+            targets = list(dict.fromkeys(r["target"] for r in fresh))
+            methods = list(dict.fromkeys(r["method"] for r in fresh))
+            rows, shade = [], []
+            for method in methods:
+                draws = max(
+                    sum(1 for r in fresh if (r["method"], r["target"]) == (method, target))
+                    for target in targets
+                )
+                label = f"{method} (mean of {draws} draws)" if draws > 1 else method
+                cells: list[Any] = [label]
+                tints: list[float | None] = [None]
+                for target in targets:
+                    got = [
+                        r["success_rate"]
+                        for r in fresh
+                        if (r["method"], r["target"]) == (method, target)
+                    ]
+                    mean = sum(got) / len(got) if got else None
+                    cells.append("-" if mean is None else f"{100 * mean:.0f}%")
+                    tints.append(mean)
+                rows.append(cells)
+                shade.append(tints)
+            parts.append(
+                f"<div><b>{setting}</b> prompts: success (target language and fluent)</div>"
+            )
+            parts.append(table(["method", *targets], rows, shade=shade, scale=(0.0, 1.0)))
+        return fragment(
+            "SteeringStudy", *parts, note="fresh prompts; chosen on development prompts"
+        )
+
     def mean_success(self, setting: str, config: str) -> float:
         """Mean fresh success over the targets of one configuration (the label) in a setting."""
         rows = self.select(phase="fresh", setting=setting, config=config)
