@@ -163,6 +163,10 @@ def test_evaluate_writes_a_report_with_controls(
     text = (out / "evaluation.md").read_text(encoding="utf-8")
     assert "random" in text.lower()
     assert sorted(p.suffix for p in out.iterdir()).count(".png") >= 1
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert ">Perplexity under deactivation</h2>" in page and ">Statistics</h2>" in page
+    assert page.count("data:image/png;base64,") == len(list(out.glob("*.png")))
+    assert 'href="evaluation.json"' in page
     assert "report written to" in capsys.readouterr().out
 
 

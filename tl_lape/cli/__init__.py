@@ -27,7 +27,7 @@ import torch
 
 from tl_lape.errors import LapeError
 from tl_lape.experiments.evaluation import DEFAULT_LEVEL, DEFAULT_MAX_TOKENS_PER_LANGUAGE
-from tl_lape.experiments.reports import format_summary, write_report
+from tl_lape.experiments.reports import format_summary, report_page, write_report, write_text
 from tl_lape.experiments.steering import DEFAULT_MAX_NEW_TOKENS
 from tl_lape.formats import (
     atomic_dir,
@@ -561,7 +561,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         **({} if args.seq_len is None else {"seq_len": args.seq_len}),
     )
     with atomic_dir(args.out) as tmp:
-        text = _write_report(report, tmp, "evaluation")
+        files: list[str] = []
+        text = _write_report(report, tmp, "evaluation", files=files)
+        files.append("report.html")
+        page = report_page(
+            tmp,
+            title="tl-lape evaluation report",
+            intro=f"Model: {args.model}. Neuron set: {args.neurons}. Corpus: {args.corpus} "
+            f"({args.split} split).\n\nFiles: {', '.join(files)}.",
+            neurons=neurons,
+            stats=stats,
+            sections=[text],
+            files=files,
+        )
+        write_text(tmp / "report.html", page)
     print(text)
     print(f"\nreport written to {args.out}/")
     return 0

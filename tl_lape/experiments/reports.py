@@ -134,20 +134,21 @@ def report_page(
     title: str,
     intro: str,
     neurons: LanguageNeurons,
-    stats: ActivationStats,
+    stats: ActivationStats | None = None,
     sections: Sequence[str] = (),
     files: Sequence[str] = (),
 ) -> str:
     """One self-contained HTML page of a report folder: the introduction, the neuron set and
-    statistics views, every PNG of ``files`` inline, the Markdown ``sections`` and links to the
-    data files. Write it with :func:`write_text` beside ``summary.md``."""
+    (when given) statistics views, every PNG of ``files`` inline, the Markdown ``sections``
+    and links to the data files. Write it with :func:`write_text` beside ``summary.md``."""
     figures = [name for name in files if name.endswith(".png")]
     data = [name for name in files if not name.endswith(".png")]
     parts = [
         ("Summary", markdown_html(intro)),
         ("Neuron set", neurons_html(neurons)),
-        ("Statistics", stats_html(stats)),
     ]
+    if stats is not None:
+        parts.append(("Statistics", stats_html(stats)))
     if figures:
         images = "".join(
             f"<figure>{png_img((folder / name).read_bytes(), name)}"
