@@ -135,6 +135,12 @@ def test_demo_writes_a_complete_report(tmp_path: Path, capsys) -> None:
     stats = tl_lape.ActivationStats.load(out / "stats.safetensors")
     assert set(neurons.languages) == {"en", "zh", "fr", "es", "vi", "id", "ja"}
     assert neurons == tl_lape.identify_language_neurons(stats)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for heading in ("Summary", "Neuron set", "Statistics", "Figures", "Neuron cards", "Data files"):
+        assert f">{heading}</h2>" in page, heading
+    cards = [lang for lang in neurons.languages if neurons.counts()[lang] > 0]
+    assert page.count("<h3>") == len(cards)  # one card per language with neurons
+    assert page.count("data:image/png;base64,") == 2  # the two figures, inline
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "| language | tokens | neurons |" in summary
     assert json.loads((out / "neurons.json").read_text(encoding="utf-8"))["languages"]

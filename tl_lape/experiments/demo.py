@@ -30,6 +30,7 @@ import torch
 from tl_lape.checks import check_positive_int, check_rate
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.errors import LapeError
+from tl_lape.experiments.analysis import neuron_card
 from tl_lape.experiments.evaluation import DEFAULT_MAX_TOKENS_PER_LANGUAGE, run_evaluation
 from tl_lape.experiments.reports import (
     format_summary,
@@ -45,7 +46,7 @@ from tl_lape.interventions.hooks import steering_hooks
 from tl_lape.judging.identification import LanguageIdentifier
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.plots import plot_neurons_per_layer, plot_overlap
-from tl_lape.selection import identify_language_neurons
+from tl_lape.selection import identify_language_neurons, lape_scores
 from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook
 from tl_lape.sources.models import GEMMA_3_270M, check_model_source, load_model, resolve_dtype
 from tl_lape.stats import ActivationStats
@@ -56,6 +57,7 @@ __all__ = [
     "DemoSettings",
     "demo_evaluation",
     "demo_settings",
+    "neuron_cards_html",
     "run_demo",
     "steering_example",
     "write_demo_report",
@@ -322,9 +324,29 @@ def write_demo_report(
         stats=stats,
         sections=sections,
         files=files,
+        views=[("Neuron cards", neuron_cards_html(model, neurons, stats))],
     )
     write_text(out / "report.html", html)
     return summary, sections
+
+
+def neuron_cards_html(model: Any, neurons: LanguageNeurons, stats: ActivationStats) -> str:
+    """The card of each language's most specific neuron (its lowest LAPE): firing rate per
+    language and the tokens it promotes and suppresses, from the statistics and the weights
+    (no forward pass)."""
+    scores = lape_scores(stats)  # n_layers d_mlp
+    cards = []
+    for lang in neurons.languages:
+        candidates = [
+            (float(scores[layer, int(i)]), layer, int(i))
+            for layer in range(neurons.n_layers)
+            for i in neurons.indices(lang, layer)
+        ]
+        if candidates:
+            _, layer, index = min(candidates)
+            card = neuron_card(model, layer, index, stats=stats, neurons=neurons, k=8)
+            cards.append(f"<h3>{lang}: neuron {layer}.{index}</h3>{card.to_html()}")
+    return "".join(cards) or "<p>No language has a neuron in this set.</p>"
 
 
 #: The steering configuration of the demo model's sweep: `add` x10 at 5% of neurons with the

@@ -137,10 +137,12 @@ def report_page(
     stats: ActivationStats | None = None,
     sections: Sequence[str] = (),
     files: Sequence[str] = (),
+    views: Sequence[tuple[str, str]] = (),
 ) -> str:
     """One self-contained HTML page of a report folder: the introduction, the neuron set and
     (when given) statistics views, every PNG of ``files`` inline, the Markdown ``sections``
-    and links to the data files. Write it with :func:`write_text` beside ``summary.md``."""
+    and links to the data files; ``views`` adds ``(heading, html)`` sections such as neuron
+    cards. Write it with :func:`write_text` beside ``summary.md``."""
     figures = [name for name in files if name.endswith(".png")]
     data = [name for name in files if not name.endswith(".png")]
     parts = [
@@ -160,6 +162,7 @@ def report_page(
         first, _, rest = section.strip().partition("\n")
         heading = first.lstrip("#").strip() if first.startswith("#") else "Results"
         parts.append((heading, markdown_html(rest if first.startswith("#") else section)))
+    parts.extend(views)
     links = "".join(f'<li><a href="{name}">{name}</a></li>' for name in data)
     parts.append(("Data files", f"<ul>{links}</ul>"))
     return page(title, parts)
