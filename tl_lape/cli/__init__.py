@@ -888,15 +888,6 @@ def _load_corpus(
     return load_corpus(source, languages=langs, split=split, hf_config=hf_config)
 
 
-def _check_rates(args: argparse.Namespace) -> None:
-    for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
-        value = getattr(args, name)
-        if not 0.0 < value < 1.0:
-            raise LapeError(
-                f"--{name.replace('_', '-')} must lie strictly between 0 and 1, got {value}."
-            )
-
-
 def _check_at_least_one(args: argparse.Namespace, names: Sequence[str]) -> None:
     for name in names:
         value = getattr(args, name)
