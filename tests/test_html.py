@@ -162,3 +162,12 @@ def test_steering_study_view_shows_fresh_success_per_method_and_target() -> None
     assert "english prompts" in text
     assert "lape 75% 50%" in text  # fresh rows only: the dev row's 100% is not shown
     assert "random (mean of 2 draws) 25% 25%" in text
+
+
+def test_markdown_of_a_stray_table_line_is_a_paragraph() -> None:
+    """A '|' line without a table rule used to stall the converter; it is text."""
+    from tl_lape.html import markdown_html
+
+    assert markdown_html("| a | b |") == "<p>| a | b |</p>"
+    assert markdown_html("| a |\ntext") == "<p>| a | text</p>"  # one paragraph
+    assert markdown_html("intro\n| x |\n| --- |\n| 1 |").startswith("<p>intro</p><table>")

@@ -108,4 +108,14 @@ def test_bad_arguments_are_refused_with_the_value() -> None:
     with pytest.raises(LapeError, match="n_boot"):
         bootstrap_weights(3, n_boot=0)
     with pytest.raises(LapeError, match="level"):
-        percentile_interval(torch.zeros(3), point=0.0, level=1.5)
+        percentile_interval(torch.zeros(3), point=0.0, n_units=3, level=1.5)
+
+
+def test_one_cluster_gives_no_interval_and_undefined_observations_no_p_value() -> None:
+    w = bootstrap_weights(3, clusters=[5, 5, 5], n_boot=10, seed=0)
+    reps = (w @ torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)) / w.sum(1)
+    est = percentile_interval(reps, point=2.0, n_units=1)  # one document: never "± 0"
+    assert not est.has_interval and est.format(1) == "2.0 ± n/a"
+    assert empirical_p_value(float("nan"), [1.0] * 19) is None
+    assert empirical_p_value(5.0, [float("nan")] * 3) is None
+    assert empirical_p_value(5.0, [1.0, float("nan")]) == 0.5  # the undefined draw is dropped

@@ -344,12 +344,11 @@ def markdown_html(text: str) -> str:
                 i += 1
             out.append(f"<ul>{''.join(items)}</ul>")
             continue
-        paragraph = []
-        while (
-            i < len(lines)
-            and lines[i].strip()
-            and not re.match(r"#{1,6} |\s*\||\s*[-*] ", lines[i])
-        ):
+        # A paragraph runs to the next block; its first line is always taken, so a line that
+        # looks like a block but is not one (a "|" line without a table rule) cannot stall.
+        paragraph = [line.strip()]
+        i += 1
+        while i < len(lines) and lines[i].strip() and not _BLOCK_START.match(lines[i]):
             paragraph.append(lines[i].strip())
             i += 1
         out.append(f"<p>{_inline(' '.join(paragraph))}</p>")

@@ -18,7 +18,7 @@ Example:
     >>> import torch
     >>> w = bootstrap_weights(4, n_boot=1000, seed=0)
     >>> values = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
-    >>> est = percentile_interval((w @ values) / w.sum(1), point=2.5)
+    >>> est = percentile_interval((w @ values) / w.sum(1), point=2.5, n_units=4)
     >>> est.low < 2.5 < est.high
     True
     >>> empirical_p_value(10.0, [1.0, 2.0, 3.0])
@@ -183,7 +183,7 @@ def percentile_interval(
     replicates: Float[Tensor, " boot"],
     *,
     point: float,
-    n_units: int | None = None,
+    n_units: int,
     level: float = 0.95,
 ) -> Estimate:
     """The percentile interval of bootstrap ``replicates`` around the full-sample ``point``.
@@ -191,7 +191,8 @@ def percentile_interval(
     Args:
         replicates: The statistic in each replicate.
         point: The statistic on the full sample.
-        n_units: Independent units behind the replicates; fewer than 2 gives no interval.
+        n_units: Independent units resampled (clusters, not replicates); fewer than 2 gives
+            no interval.
         level: Coverage, strictly between 0 and 1.
 
     Returns:
@@ -201,7 +202,12 @@ def percentile_interval(
     if not 0 < level < 1:
         raise LapeError(f"level must lie strictly between 0 and 1, e.g. 0.95; received {level!r}")
     reps = replicates.detach().to(torch.float64).flatten()
-    n = int(n_units) if n_units is not None else reps.numel()
+    if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 0:
+        raise LapeError(
+            f"n_units must be the number of independent units resampled (an int >= 0); "
+            f"received {n_units!r}; pass e.g. the number of documents or windows"
+        )
+    n = n_units
     if n < 2 or reps.numel() < 2 or not bool(torch.isfinite(reps).all()):
         return Estimate(float(point), None, None, n=n, level=level)
     alpha = (1 - level) / 2
@@ -215,7 +221,8 @@ def empirical_p_value(
     *,
     alternative: str = "greater",
 ) -> float | None:
-    """``(1 + #{null draws at least as extreme as observed}) / (1 + n)``; None without draws.
+    """``(1 + #{null draws at least as extreme as observed}) / (1 + n)``; None without finite
+    draws or for an undefined (non-finite) observation, never a small p-value.
 
     ``alternative="greater"`` asks whether ``observed`` is larger than chance. The result is
     never below :func:`min_p_value` of the number of draws.
@@ -227,7 +234,8 @@ def empirical_p_value(
         0.6666666666666666
     """
     draws = torch.as_tensor(null, dtype=torch.float64).flatten()
-    if draws.numel() == 0:
+    draws = draws[torch.isfinite(draws)]  # an undefined draw is no evidence either way
+    if draws.numel() == 0 or not math.isfinite(observed):
         return None
     check_choice(alternative, ("greater", "less"), "alternative")
     extreme = draws >= observed if alternative == "greater" else draws <= observed

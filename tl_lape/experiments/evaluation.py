@@ -1290,7 +1290,9 @@ class EvaluationReport:
         valid = ~torch.isnan(lape)
         denominator = float(rand[:, valid].abs().mean())
         numerator = float(lape[valid].mean())
-        return numerator / denominator if denominator > 0 else math.inf
+        if denominator > 0:
+            return numerator / denominator
+        return math.copysign(math.inf, numerator) if numerator != 0 else math.nan
 
     def n_own_largest(self) -> int:
         """For how many deactivated languages their own NLL rises more than any other's."""
@@ -1884,7 +1886,7 @@ def check_evaluation_options(
     control: Any = "layer",
     stats: Any = None,
     n_boot: Any = DEFAULT_N_BOOT,
-    level: Any = 0.95,
+    level: Any = DEFAULT_LEVEL,
     batch_size: Any = 8,
     positions_per_window: Any = None,
 ) -> tuple[str, ...]:
