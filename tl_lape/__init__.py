@@ -34,6 +34,7 @@ from tl_lape.experiments.views import (
     token_view,
     token_views_side_by_side,
 )
+from tl_lape.intervals import Estimate
 from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
 from tl_lape.interventions.hooks import (
@@ -63,6 +64,7 @@ __all__ = [
     "PAPER_LANGUAGES",
     "ActivationStats",
     "DemoResult",
+    "Estimate",
     "EvaluationReport",
     "LanguageIdentifier",
     "LanguageNeurons",

@@ -167,7 +167,11 @@ def _add_evaluate_command(sub: Any) -> None:
     )
     evaluate.add_argument("--n-random", type=int, default=3, help="matched random draws")
     evaluate.add_argument(
-        "--seed", type=int, default=0, help="seed of the random draws and of the bootstrap"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random draws, the bootstrap and (with --positions-per-window) the "
+        "scored positions",
     )
     evaluate.add_argument(
         "--control",
@@ -281,7 +285,8 @@ def _add_demo_command(sub: Any) -> None:
         type=int,
         default=None,
         help="held-out tokens per language for the perplexity matrices (default: 128; "
-        f"{DEFAULT_MAX_TOKENS_PER_LANGUAGE} for --model demo); windows are no longer than this",
+        f"{DEFAULT_MAX_TOKENS_PER_LANGUAGE} for --model demo), cut into windows of the "
+        "preset's evaluation length (32 tokens on a real model)",
     )
     demo.add_argument(
         "--eval-random",

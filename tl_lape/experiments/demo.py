@@ -181,13 +181,14 @@ def demo_settings(
     if seq_len is not None:
         check_positive_int(seq_len, "seq_len")
     check_positive_int(batch_size, "batch_size")
-    for name in (
-        "max_tokens_per_language",
-        "eval_tokens_per_language",
-        "eval_random",
-        "steer_new_tokens",
-    ):
+    for name in ("max_tokens_per_language", "eval_tokens_per_language", "steer_new_tokens"):
         check_positive_int(preset[name], name)
+    eval_random = preset["eval_random"]
+    if isinstance(eval_random, bool) or not isinstance(eval_random, int) or eval_random < 0:
+        raise LapeError(
+            f"eval_random must be an int >= 0 (matched random draws; 0: none); received "
+            f"{eval_random!r}; pass e.g. 3"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LapeError(
