@@ -322,3 +322,17 @@ def test_bad_interval_options(llama, neurons):
         )
     with pytest.raises(LapeError, match="a perplexity matrix must be a dict"):
         PerplexityMatrix.from_dict({"nll": []})
+
+
+def test_late_failures_are_checked_before_any_forward_pass(stats) -> None:
+    """The activity control's need for activation values and the seed range of the draws are
+    checked with the other options, so the CLI refuses them before loading a model."""
+    from tl_lape.experiments.evaluation import check_evaluation_options
+    from tl_lape.stats import ActivationStats
+
+    counts_only = ActivationStats.from_counts(stats.active_counts, stats.n_tokens, stats.languages)
+    with pytest.raises(LapeError, match="built from counts alone"):
+        check_evaluation_options(control="activity", stats=counts_only)
+    with pytest.raises(LapeError, match=r"seed=9223372036854775807, n_random=3"):
+        check_evaluation_options(seed=2**63 - 1, n_random=3)
+    check_evaluation_options(seed=2**63 - 3, n_random=3)  # the last seed is 2**63 - 1

@@ -60,10 +60,14 @@ def check_language_codes(languages: Any, where: str) -> None:
         )
 
 
-def check_positive_int(value: Any, field_name: str) -> int:
-    """``value`` as a positive int (bools refused), or a LapeError naming ``field_name``."""
+def check_positive_int(value: Any, field_name: str, *, example: int = 8) -> int:
+    """``value`` as a positive int (bools refused), or a LapeError naming ``field_name``, the
+    value received and an ``example`` of a valid one."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LapeError(f"{field_name} must be a positive int; received {value!r}")
+        raise LapeError(
+            f"{field_name} must be a positive int; received {value!r}; pass a whole number of "
+            f"at least 1, e.g. {field_name}={example}"
+        )
     return value
 
 

@@ -1931,6 +1931,17 @@ def _check_evaluation_options(
             "activation, which come from the statistics; received stats=None. Pass stats= (the "
             "ActivationStats the set was selected from) or control='layer'"
         )
+    if control == "activity" and stats is not None and not stats.has_activation_sums:
+        raise LapeError(
+            "control='activity' needs the statistics' activation values (mean activation per "
+            "neuron); received statistics built from counts alone. Collect them with "
+            "collect_activation_stats, or pass control='layer'"
+        )
+    if n_random > 0 and seed + n_random - 1 >= 2**63:
+        raise LapeError(
+            f"the random draws use the seeds seed..seed+n_random-1, which must stay below 2**63; "
+            f"received seed={seed}, n_random={n_random}; pass a smaller seed, e.g. seed=0"
+        )
     return tuple(selectors)
 
 
