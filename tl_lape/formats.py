@@ -33,6 +33,7 @@ __all__ = [
     "atomic_paths",
     "check_output_file",
     "check_output_folder",
+    "check_report_folder",
     "existing_file",
     "finite_json",
     "json_text",
@@ -207,6 +208,19 @@ def check_output_folder(folder: str | os.PathLike[str], what: str = "output") ->
         os.close(fd)
         os.unlink(probe)
     return f
+
+
+def check_report_folder(folder: str | os.PathLike[str]) -> Path:
+    """Check that a report folder can be written: not a file, and creatable or writable
+    (nothing is created). The commands and :func:`tl_lape.run_demo` call it before any work."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise LapeError(
+            f"cannot write the report folder {str(out)!r}: it is a file; remove it or give "
+            "another output folder (--out on the command line)"
+        )
+    check_output_folder(out, f"the report folder {str(out)!r}")
+    return out
 
 
 def existing_file(path: str | os.PathLike[str], what: str) -> Path:

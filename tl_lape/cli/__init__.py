@@ -33,7 +33,7 @@ from tl_lape.formats import (
     atomic_dir,
     atomic_paths,
     check_output_file,
-    check_output_folder,
+    check_report_folder,
 )
 from tl_lape.intervals import DEFAULT_N_BOOT
 from tl_lape.sources.models import DTYPES
@@ -535,7 +535,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tl_lape.neurons import LanguageNeurons
     from tl_lape.stats import ActivationStats
 
-    _check_report_folder(args.out)
+    check_report_folder(args.out)
     _check_collect_sizes(args)
     _check_model_source(args.model, args.device)
     neurons = LanguageNeurons.load(args.neurons)
@@ -588,7 +588,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_steer(args: argparse.Namespace) -> int:
     from tl_lape.stats import ActivationStats
 
-    _check_report_folder(args.out)
+    check_report_folder(args.out)
     if args.study:
         return _cmd_steer_study(args)
     study_only = [
@@ -907,15 +907,6 @@ def _check_collect_sizes(args: argparse.Namespace) -> None:
         _check_at_least_one(args, ("seq_len",))
     if args.max_tokens_per_language is not None:
         _check_at_least_one(args, ("max_tokens_per_language",))
-
-
-def _check_report_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise LapeError(
-            f"cannot write the report folder {str(out)!r}: it is a file; remove it or give "
-            "another --out"
-        )
-    check_output_folder(out, f"the report folder {str(out)!r}")
 
 
 def _check_model_source(name: str, device: str) -> None:

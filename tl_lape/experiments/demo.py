@@ -30,7 +30,7 @@ import torch
 from tl_lape.checks import check_positive_int, check_rate
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.errors import LapeError
-from tl_lape.experiments.analysis import neuron_card
+from tl_lape.experiments.analysis import neuron_cards
 from tl_lape.experiments.evaluation import DEFAULT_MAX_TOKENS_PER_LANGUAGE, run_evaluation
 from tl_lape.experiments.reports import (
     format_summary,
@@ -40,7 +40,7 @@ from tl_lape.experiments.reports import (
     write_text,
 )
 from tl_lape.experiments.steering import run_steering_sweep
-from tl_lape.formats import atomic_dir, check_output_folder
+from tl_lape.formats import atomic_dir, check_report_folder
 from tl_lape.interventions.generation import generate_with_hooks
 from tl_lape.interventions.hooks import steering_hooks
 from tl_lape.judging.identification import LanguageIdentifier
@@ -189,13 +189,7 @@ def demo_settings(
             f"eval_random must be an int >= 0 (matched random draws; 0: none); received "
             f"{eval_random!r}; pass e.g. 3"
         )
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LapeError(
-            f"cannot write the report folder {str(out)!r}: it is a file; remove it or give "
-            "another out folder"
-        )
-    check_output_folder(out, f"the report folder {str(out)!r}")
+    out = check_report_folder(out)
     check_model_source(model, device=device)
     return DemoSettings(
         model=model,
@@ -336,7 +330,7 @@ def neuron_cards_html(model: Any, neurons: LanguageNeurons, stats: ActivationSta
     language and the tokens it promotes and suppresses, from the statistics and the weights
     (no forward pass)."""
     scores = lape_scores(stats)  # n_layers d_mlp
-    cards = []
+    picks: list[tuple[str, int, int]] = []
     for lang in neurons.languages:
         candidates = [
             (float(scores[layer, int(i)]), layer, int(i))
@@ -345,9 +339,17 @@ def neuron_cards_html(model: Any, neurons: LanguageNeurons, stats: ActivationSta
         ]
         if candidates:
             _, layer, index = min(candidates)
-            card = neuron_card(model, layer, index, stats=stats, neurons=neurons, k=8)
-            cards.append(f"<h3>{lang}: neuron {layer}.{index}</h3>{card.to_html()}")
-    return "".join(cards) or "<p>No language has a neuron in this set.</p>"
+            picks.append((lang, layer, index))
+    if not picks:
+        return "<p>No language has a neuron in this set.</p>"
+    made = neuron_cards(
+        model, [(layer, index) for _, layer, index in picks], stats=stats, neurons=neurons, k=8
+    )
+    cards = [
+        f"<h3>{lang}: neuron {layer}.{index}</h3>{card.to_html()}"
+        for (lang, layer, index), card in zip(picks, made, strict=True)
+    ]
+    return "".join(cards)
 
 
 #: The steering configuration of the demo model's sweep: `add` x10 at 5% of neurons with the
