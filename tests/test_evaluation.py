@@ -172,6 +172,13 @@ def test_run_evaluation_report(llama, neurons, stats):
     text = report.to_markdown()
     assert "LAP selectivity" in text and "ratio" in text  # the label, upper-cased
     assert set(report.neuron_counts) == {"lape", "lap", "lave"}
+    # By default the other selectors get LAPE's size per language (where they have candidates).
+    for name in ("lap", "lave"):
+        for lang, n in report.neuron_counts[name].items():
+            assert n <= report.neuron_counts["lape"][lang]
+    assert report.neuron_counts["lap"] == report.neuron_counts["lape"]
+    assert report.metadata["selector_sizes"] == "language"
+    assert "as many neurons per language as LAPE's" in text
     json.dumps(report.to_dict())
     figures = report.figures()
     assert all(isinstance(f, Figure) for f in figures.values())

@@ -12,6 +12,7 @@ from tl_lape.selection import (
     lap_scores,
     lape_scores,
     lave_scores,
+    select_at_sizes,
 )
 
 LANGS7 = ("en", "zh", "fr", "es", "vi", "id", "ja")
@@ -373,3 +374,56 @@ def test_thresholds_are_keyword_only() -> None:
     stats = ActivationStats.from_counts(torch.ones(1, 8, 2, dtype=torch.long), [2, 2], ["en", "fr"])
     with pytest.raises(TypeError):
         identify_language_neurons(stats, 0.5)  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- equal-size controls
+
+
+def _random_stats(seed: int, n_lang: int = 4) -> ActivationStats:
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 100, (3, 200, n_lang), generator=g)
+    counts[0, :20, 0] = torch.randint(80, 100, (20,), generator=g)  # some en-specific neurons
+    return ActivationStats.from_counts(counts, [100] * n_lang, list(LANGS7[:n_lang]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("rate", "threshold"), [(0.05, 0.95), (0.1, 0.9), (0.02, 0.8)])
+def test_select_at_sizes_of_lape_is_lape(seed, rate, threshold):
+    stats = _random_stats(seed)
+    kw = {"filter_rate": threshold, "activation_bar_ratio": threshold}
+    lape = identify_language_neurons(stats, top_rate=rate, **kw)
+    again = select_at_sizes(stats, lape.counts(), method="lape", **kw)
+    assert torch.equal(lape.masks(), again.masks())
+
+
+def test_select_at_sizes_lap_takes_the_highest_probabilities():
+    stats = _random_stats(0)
+    sizes = {"en": 7, "fr": 2}
+    lap = select_at_sizes(stats, sizes, method="lap")
+    assert lap.languages == ("en", "fr") and lap.counts() == sizes
+    p = stats.probabilities.flatten(0, 1)  # neuron lang
+    bar = lap.metadata["activation_bar"]
+    for lang in sizes:
+        k = stats.languages.index(lang)
+        chosen = lap.masks()[lap.languages.index(lang)].flatten()
+        eligible = p[:, k] > bar
+        assert bool(eligible[chosen].all())
+        # nothing eligible left out scores higher than the lowest chosen
+        assert float(p[eligible & ~chosen, k].max()) <= float(p[chosen, k].min())
+    assert lap.metadata["shortfall_per_language"] == {"en": 0, "fr": 0}
+
+
+def test_select_at_sizes_shortfall_and_refusals(caplog):
+    stats = _random_stats(1)
+    with caplog.at_level(logging.WARNING):
+        big = select_at_sizes(stats, {"en": 10_000}, method="lap")
+    assert big.metadata["shortfall_per_language"]["en"] > 0 and "fewer candidates" in caplog.text
+    with pytest.raises(LapeError, match=r"lack: \['xx'\]"):
+        select_at_sizes(stats, {"xx": 1})
+    with pytest.raises(LapeError, match=r"sizes\['en'\] must be an int >= 0; received -1"):
+        select_at_sizes(stats, {"en": -1})
+    with pytest.raises(LapeError, match="non-empty"):
+        select_at_sizes(stats, {})
+    one = ActivationStats.from_counts(torch.ones(1, 4, 1, dtype=torch.long), [2], ["en"])
+    with pytest.raises(LapeError, match="at least two languages"):
+        select_at_sizes(one, {"en": 1})

@@ -38,7 +38,7 @@ Example:
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import einops
@@ -57,6 +57,7 @@ __all__ = [
     "lap_scores",
     "lape_scores",
     "lave_scores",
+    "select_at_sizes",
     "select_with",
     "selection_kwargs",
 ]
@@ -174,6 +175,26 @@ def _kth_smallest(flat: Tensor, rate: float, name: str) -> float:
     return float(torch.kthvalue(flat, k).values)
 
 
+def _rows_and_thresholds(
+    stats: ActivationStats, method: str, filter_rate: float, activation_bar_ratio: float
+) -> tuple[Float[Tensor, "neuron lang"], float, float]:
+    """The ``(neuron, lang)`` values of ``method`` and its filter threshold and activation bar.
+
+    Rows are neurons flattened in ``(layer, neuron)`` order: row ``i`` is layer ``i // d_mlp``.
+    """
+    kind = "mean activations" if method == "lave" else "probabilities"
+    values = _as_values(stats, name="stats", kind=kind)  # n_layers d_mlp lang, float64
+    flat_values = einops.rearrange(values, "n_layers d_mlp lang -> (n_layers d_mlp lang)")
+    t = _kth_smallest(flat_values, filter_rate, "filter_rate")
+    b = (
+        t
+        if activation_bar_ratio == filter_rate
+        else _kth_smallest(flat_values, activation_bar_ratio, "activation_bar_ratio")
+    )
+    rows = einops.rearrange(values, "n_layers d_mlp lang -> (n_layers d_mlp) lang")
+    return rows, t, b
+
+
 def identify_language_neurons(
     stats: ActivationStats,
     *,
@@ -248,18 +269,7 @@ def identify_language_neurons(
             f"received {list(stats.languages)}; collect statistics on two or more languages"
         )
 
-    kind = "mean activations" if method == "lave" else "probabilities"
-    values = _as_values(stats, name="stats", kind=kind)  # n_layers d_mlp lang, float64
-    flat_values = einops.rearrange(values, "n_layers d_mlp lang -> (n_layers d_mlp lang)")
-    t = _kth_smallest(flat_values, filter_rate, "filter_rate")
-    b = (
-        t
-        if activation_bar_ratio == filter_rate
-        else _kth_smallest(flat_values, activation_bar_ratio, "activation_bar_ratio")
-    )
-    del flat_values
-    # (neuron, lang) rows, neurons flattened in (layer, neuron) order: row i = layer i // d_mlp.
-    rows = einops.rearrange(values, "n_layers d_mlp lang -> (n_layers d_mlp) lang")
+    rows, t, b = _rows_and_thresholds(stats, method, filter_rate, activation_bar_ratio)
 
     metadata: dict[str, Any] = {
         "method": method,
@@ -353,6 +363,115 @@ def _select_lap(
     if sum(selected) < per_language * n_lang:
         logger.warning("LAP: fewer neurons above the thresholds than requested: %s", selected)
     return masks
+
+
+def select_at_sizes(
+    stats: ActivationStats,
+    sizes: Mapping[str, int],
+    *,
+    method: str = "lap",
+    filter_rate: float = 0.95,
+    activation_bar_ratio: float = 0.95,
+) -> LanguageNeurons:
+    """Select each language's best ``sizes[lang]`` neurons by ``method``: a control of equal size.
+
+    The paper's comparison gives every selector the same total budget, so a selector that spreads
+    it differently over the languages is compared on different set sizes. Here each language gets
+    exactly the size asked for (e.g. ``sizes=lape_set.counts()``), from the neurons ``method``
+    would assign to it:
+
+    * ``"lape"`` / ``"lave"``: neurons that pass the filter and exceed the bar on ``lang``, lowest
+      entropy first;
+    * ``"lap"``: neurons whose value on ``lang`` exceeds both thresholds, highest first.
+
+    Ties keep ``(layer, neuron)`` order, as in :func:`identify_language_neurons`. With
+    ``method="lape"``, the same thresholds and ``sizes`` the counts of a LAPE set, the result is
+    that set again (each language's LAPE neurons are its lowest-entropy assigned candidates).
+    A language with fewer candidates than asked gets all of them; the shortfall is recorded in
+    ``metadata["shortfall_per_language"]`` and logged.
+
+    Args:
+        stats: Per-language statistics.
+        sizes: ``{language: number of neurons}`` for some or all of ``stats.languages``; the set
+            has those languages, in ``stats`` order.
+        method: One of :data:`METHODS`.
+        filter_rate: As in :func:`identify_language_neurons`.
+        activation_bar_ratio: As in :func:`identify_language_neurons`.
+
+    Raises:
+        LapeError: Fewer than two languages in ``stats``, a language not in ``stats``, a size
+            that is not an int >= 0, or an invalid method or rate.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> counts = torch.randint(0, 100, (4, 64, 3), generator=g)
+        >>> stats = ActivationStats.from_counts(counts, [100, 100, 100], ["en", "zh", "fr"])
+        >>> lap = select_at_sizes(stats, {"en": 3, "zh": 1, "fr": 2}, method="lap")
+        >>> lap.counts()
+        {'en': 3, 'zh': 1, 'fr': 2}
+    """
+    if not isinstance(stats, ActivationStats):
+        raise LapeError(f"stats must be ActivationStats; received {type(stats).__name__}")
+    method = check_choice(method, METHODS, "method")
+    filter_rate = check_rate(filter_rate, "filter_rate")
+    activation_bar_ratio = check_rate(activation_bar_ratio, "activation_bar_ratio")
+    if stats.n_languages < 2:
+        raise LapeError(
+            f"language-specific neurons need statistics of at least two languages; received "
+            f"{list(stats.languages)}; collect statistics on two or more languages"
+        )
+    if not isinstance(sizes, Mapping) or not sizes:
+        raise LapeError(
+            f"sizes must be a non-empty {{language: int}} mapping, e.g. neurons.counts(); "
+            f"received {sizes!r}"
+        )
+    unknown = [lang for lang in sizes if lang not in stats.languages]
+    if unknown:
+        raise LapeError(
+            f"sizes names languages the statistics lack: {unknown}; the statistics have "
+            f"{list(stats.languages)}"
+        )
+    for lang, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise LapeError(f"sizes[{lang!r}] must be an int >= 0; received {n!r}")
+    rows, t, b = _rows_and_thresholds(stats, method, filter_rate, activation_bar_ratio)
+    languages = [lang for lang in stats.languages if lang in sizes]
+    if method == "lap":
+        eligible = rows > max(t, b)  # neuron lang
+        score = -rows  # highest value first
+    else:
+        passes = einops.reduce(rows > t, "neuron lang -> neuron 1", "any")
+        eligible = passes & (rows > b)
+        score = einops.repeat(_entropy(rows[None])[0], "neuron -> neuron lang", lang=rows.shape[1])
+    masks = torch.zeros(len(languages), rows.shape[0], dtype=torch.bool)
+    shortfall: dict[str, int] = {}
+    for i, lang in enumerate(languages):
+        k = stats.languages.index(lang)
+        candidates = torch.nonzero(eligible[:, k]).flatten()  # position order
+        order = torch.sort(score[candidates, k], stable=True).indices[: sizes[lang]]
+        masks[i, candidates[order].cpu()] = True
+        shortfall[lang] = sizes[lang] - int(order.numel())
+    if any(shortfall.values()):
+        logger.warning("%s: fewer candidates than the sizes asked for: %s", method, shortfall)
+    metadata: dict[str, Any] = {
+        "method": method,
+        "sizes": {lang: sizes[lang] for lang in languages},
+        "filter_rate": filter_rate,
+        "activation_bar_ratio": activation_bar_ratio,
+        "filter_threshold": t,
+        "activation_bar": b,
+        "tie_break": _TIE_BREAK,
+        "shortfall_per_language": shortfall,
+        "stats_languages": list(stats.languages),
+        "stats_n_tokens": stats.n_tokens.tolist(),
+    }
+    if "model_name" in stats.metadata:
+        metadata["model_name"] = stats.metadata["model_name"]
+    masks_lang = einops.rearrange(
+        masks, "lang (n_layers d_mlp) -> lang n_layers d_mlp", n_layers=stats.n_layers
+    )
+    return LanguageNeurons.from_masks(masks_lang, languages, metadata)
 
 
 # ============================================================================ reselection

@@ -181,6 +181,13 @@ def _add_evaluate_command(sub: Any) -> None:
         "firing rate and mean activation; needs --stats)",
     )
     evaluate.add_argument(
+        "--selector-sizes",
+        default="language",
+        choices=["language", "budget"],
+        help="with --stats: give lap and lave as many neurons per language as the set has "
+        "('language') or the same total budget split their own way ('budget', the paper)",
+    )
+    evaluate.add_argument(
         "--n-boot", type=int, default=DEFAULT_N_BOOT, help="bootstrap replicates of the intervals"
     )
     evaluate.add_argument(
@@ -548,6 +555,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "positions_per_window": args.positions_per_window,
         "control": args.control,
+        "selector_sizes": args.selector_sizes,
         "n_boot": args.n_boot,
         "level": args.level,
     }

@@ -72,13 +72,14 @@ from tl_lape.neurons import (
     activity_gap,
     random_matched_neurons,
 )
-from tl_lape.selection import METHODS, select_with
+from tl_lape.selection import METHODS, select_at_sizes, select_with, selection_kwargs
 from tl_lape.stats import ActivationStats
 
 __all__ = [
     "DEFAULT_LEVEL",
     "DEFAULT_MAX_TOKENS_PER_LANGUAGE",
     "NO_INTERVENTION",
+    "SELECTOR_SIZES",
     "EvaluationReport",
     "MatrixEstimates",
     "PerplexityMatrix",
@@ -106,6 +107,11 @@ EVALUATED = "lape"
 
 #: The other selectors :func:`run_evaluation` can compare, by method name (``selection.METHODS``).
 SELECTORS: tuple[str, ...] = tuple(m for m in METHODS if m != EVALUATED)
+
+#: How the other selectors' sets are sized: ``"language"`` (each language gets as many neurons as
+#: the evaluated set gives it, :func:`~tl_lape.selection.select_at_sizes`) or ``"budget"`` (the
+#: same total budget, split as each selector splits it: the paper's comparison).
+SELECTOR_SIZES = ("language", "budget")
 
 #: How windows are grouped for the bootstrap, per language: by the document (one text of the
 #: corpus) each window starts in, or each window alone (a corpus given as token ids).
@@ -1572,6 +1578,14 @@ class EvaluationReport:
                 f"own language rises most for {s[f'{name}_n_own_largest']} of "
                 f"{s['n_deactivated']}."
             )
+        if self.baselines:
+            sizes = self.metadata.get("selector_sizes", "budget")
+            lines.append(
+                "The other selectors' sets have as many neurons per language as LAPE's."
+                if sizes == "language"
+                else "The other selectors' sets share LAPE's total budget, split as each "
+                "selector splits it (per-language sizes differ)."
+            )
         return lines
 
     def _markdown_ratio(self, s: Mapping[str, Any], est: ReportEstimates | None) -> str:
@@ -1778,6 +1792,7 @@ def run_evaluation(
     max_tokens_per_language: int | None = DEFAULT_MAX_TOKENS_PER_LANGUAGE,
     positions_per_window: int | None = None,
     control: MatchOn = "layer",
+    selector_sizes: str = "language",
     n_boot: int = DEFAULT_N_BOOT,
     level: float = DEFAULT_LEVEL,
     progress: bool = True,
@@ -1786,10 +1801,11 @@ def run_evaluation(
 
     Computes the :func:`perplexity_matrix` of ``neurons``, of ``n_random`` seeded random sets
     matched to it (:func:`random_matched_neurons`, seeds ``seed .. seed + n_random - 1``), and,
-    when ``stats`` is given, of the paper's alternative selectors on those statistics with the
-    same neuron budget (``"lap"``: activation probability alone; ``"lave"``: entropy over
-    mean activation values). The no-intervention row and the token windows are shared, and the
-    report's intervals (:meth:`EvaluationReport.intervals`) are paired across all of them.
+    when ``stats`` is given, of the paper's alternative selectors on those statistics
+    (``"lap"``: activation probability alone; ``"lave"``: entropy over mean activation values),
+    by default with as many neurons per language as ``neurons`` has (``selector_sizes``). The
+    no-intervention row and the token windows are shared, and the report's intervals
+    (:meth:`EvaluationReport.intervals`) are paired across all of them.
 
     Args:
         model: A TransformerLens model.
@@ -1813,6 +1829,10 @@ def run_evaluation(
         control: How the random sets are matched (``match`` of :func:`random_matched_neurons`):
             ``"layer"`` (size and layers, the default) or ``"activity"`` (also firing rate and
             mean activation on the language; needs ``stats``).
+        selector_sizes: ``"language"`` (default): each other selector gets, for every
+            language, as many neurons as ``neurons`` has for it
+            (:func:`~tl_lape.selection.select_at_sizes`), so rows compare sets of equal size;
+            ``"budget"``: the same total budget, split as the selector splits it (the paper).
         n_boot: Bootstrap replicates of the intervals.
         level: Coverage of the intervals.
         progress: Show progress bars.
@@ -1838,6 +1858,7 @@ def run_evaluation(
         selectors=selectors,
         control=control,
         stats=stats,
+        selector_sizes=selector_sizes,
         n_boot=n_boot,
         level=level,
     )
@@ -1857,7 +1878,7 @@ def run_evaluation(
         counts: dict[str, dict[str, int]] = {EVALUATED: neurons.counts()}
         lape = run.matrix(neurons, EVALUATED)
         random_matrices = tuple(run.matrix(c, f"random{draw}") for draw, c in enumerate(controls))
-        baselines = _selector_matrices(run, neurons, stats, selectors, counts)
+        baselines = _selector_matrices(run, neurons, stats, selectors, selector_sizes, counts)
     finally:
         run.scoring.close()
     metadata: dict[str, Any] = {
@@ -1869,6 +1890,7 @@ def run_evaluation(
         "max_tokens_per_language": max_tokens_per_language,
         "positions_per_window": positions_per_window,
         "control": control,
+        "selector_sizes": selector_sizes,
         "neurons": dict(neurons.metadata),
     }
     if control == "activity" and controls:
@@ -1885,6 +1907,7 @@ def check_evaluation_options(
     selectors: Any = SELECTORS,
     control: Any = "layer",
     stats: Any = None,
+    selector_sizes: Any = "language",
     n_boot: Any = DEFAULT_N_BOOT,
     level: Any = DEFAULT_LEVEL,
     batch_size: Any = 8,
@@ -1895,6 +1918,7 @@ def check_evaluation_options(
     :func:`run_evaluation` calls it first; the command line calls it before loading the model.
     """
     checked = _check_evaluation_options(n_random, seed, selectors, control, stats)
+    check_choice(selector_sizes, SELECTOR_SIZES, "selector_sizes")
     _check_bootstrap_options(n_boot, seed, level)
     _Scoring.checked(batch_size, positions_per_window, seed, False)
     return checked
@@ -2024,14 +2048,20 @@ def _selector_matrices(
     neurons: LanguageNeurons,
     stats: ActivationStats | None,
     selectors: Sequence[str],
+    sizes: str,
     counts: dict[str, dict[str, int]],
 ) -> dict[str, PerplexityMatrix]:
-    """The other selectors' sets at ``neurons``' budget, by method name (none without stats)."""
+    """The other selectors' sets, sized by ``sizes``, by method name (none without stats)."""
     matrices: dict[str, PerplexityMatrix] = {}
     if stats is None:
         return matrices
     for name in selectors:
-        other = select_with(name)(stats, neurons).select(list(neurons.languages))
+        if sizes == "language":
+            thresholds = selection_kwargs(neurons)
+            thresholds.pop("top_rate", None)
+            other = select_at_sizes(stats, neurons.counts(), method=name, **thresholds)
+        else:
+            other = select_with(name)(stats, neurons).select(list(neurons.languages))
         counts[name] = other.counts()
         matrices[name] = run.matrix(other, name)
     return matrices
