@@ -11,6 +11,9 @@ from tl_lape.errors import LapeError
 from tl_lape.experiments.analysis import (
     NeuronCard,
     StabilityReport,
+    bootstrap_selection,
+    collect_shards,
+    deal_corpus,
     neuron_card,
     neuron_cards,
     split_corpus,
@@ -19,6 +22,7 @@ from tl_lape.experiments.analysis import (
 )
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.selection import identify_language_neurons
+from tl_lape.stats import ActivationStats
 
 
 def test_split_corpus_is_a_seeded_partition():
@@ -130,3 +134,84 @@ def test_bad_input(llama, stats):
     b = LanguageNeurons.from_indices({"fr": {}}, n_layers=1, d_mlp=4)
     with pytest.raises(LapeError, match="the two neuron sets differ"):
         split_half_jaccard(a, b)
+
+
+# --------------------------------------------------------------------------- bootstrap stability
+
+
+def _shards(seed: int, n: int = 6) -> list[ActivationStats]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        counts = torch.randint(0, 40, (2, 40, 3), generator=g)
+        counts[0, 5] = torch.tensor([45, 0, 0])  # strongly en-specific in every shard
+        out.append(ActivationStats.from_counts(counts, [50] * 3, ["en", "fr", "zh"]))
+    return out
+
+
+def test_deal_corpus_partitions_every_language():
+    parts = deal_corpus(CORPUS, 3, seed=1)
+    assert len(parts) == 3
+    for lang, texts in CORPUS.items():
+        dealt = [t for part in parts for t in part[lang]]
+        assert sorted(dealt) == sorted(texts) and len(dealt) == len(texts)
+    assert deal_corpus(CORPUS, 3, seed=1) == parts
+    pieces = deal_corpus({"en": torch.arange(10)}, 3)
+    assert torch.equal(torch.cat([p["en"] for p in pieces]), torch.arange(10))
+    with pytest.raises(LapeError, match="needs at least 4"):
+        deal_corpus({"en": ["a", "b", "c"]}, 4)
+
+
+def test_bootstrap_selection_identical_shards_are_perfectly_stable():
+    shard = _shards(0, n=1)[0]
+    stability = bootstrap_selection([shard] * 4, n_boot=6, top_rate=0.05)
+    full = identify_language_neurons(shard, top_rate=0.05)  # 4 equal shards: same p
+    assert torch.equal(stability.neurons.masks(), full.masks())
+    assert torch.equal(stability.frequency, full.masks().to(torch.float64))
+    valid = ~torch.isnan(stability.jaccard_to_full)
+    assert bool((stability.jaccard_to_full[valid] == 1).all())
+    assert stability.self_jaccard.shape == (3, 3)
+    assert all(stability.stable()[lang] for lang in ("en",))
+
+
+def test_bootstrap_selection_frequency_and_report():
+    shards = _shards(1)
+    stability = bootstrap_selection(shards, n_boot=20, seed=3, top_rate=0.05)
+    again = bootstrap_selection(shards, n_boot=20, seed=3, top_rate=0.05)
+    assert torch.equal(stability.frequency, again.frequency)  # seeded
+    assert float(stability.frequency[0, 0, 5]) == 1.0  # the en-specific neuron, every time
+    assert bool(((stability.frequency >= 0) & (stability.frequency <= 1)).all())
+    # frequency is the mean of the replicates' masks: its total is the mean replicate size
+    assert float(stability.frequency.sum()) == pytest.approx(
+        float(stability.sizes.sum(1).to(torch.float64).mean())
+    )
+    d = stability.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["per_language"]["en"]["neurons"] == stability.neurons.counts()["en"]
+    assert [5, 1.0] in [list(p) for p in d["selected_frequency"]["en"]["0"]]
+    text = stability.to_markdown()
+    assert "| en |" in text and "expected self-Jaccard" in text
+
+
+def test_bootstrap_selection_refuses_bad_input():
+    shards = _shards(0, n=2)
+    with pytest.raises(LapeError, match="at least 2 ActivationStats"):
+        bootstrap_selection(shards[:1])
+    other = ActivationStats.from_counts(
+        torch.zeros(2, 40, 2, dtype=torch.long), [5, 5], ["en", "fr"]
+    )
+    with pytest.raises(LapeError, match="shard 1 has languages"):
+        bootstrap_selection([shards[0], other])
+    with pytest.raises(LapeError, match="n_boot must be an int >= 2; received 1"):
+        bootstrap_selection(shards, n_boot=1)
+
+
+def test_collect_shards_split_the_budget(llama):
+    shards = collect_shards(
+        llama.bridge, CORPUS, n_shards=2, max_tokens_per_language=60, seq_len=16, progress=False
+    )
+    assert len(shards) == 2
+    for shard in shards:
+        assert bool((shard.n_tokens <= 30).all()) and bool((shard.n_tokens > 0).all())
+    with pytest.raises(LapeError, match="gives each of 8 shards no tokens"):
+        collect_shards(llama.bridge, CORPUS, n_shards=8, max_tokens_per_language=7)

@@ -34,13 +34,19 @@ from tl_lape._adapter import adapt
 from tl_lape.checks import check_positive_int, check_seed
 from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
+from tl_lape.formats import finite_json
 from tl_lape.html import bar_chart, colour, escape, fragment, table, text_colour
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
 __all__ = [
+    "STABLE_JACCARD",
     "NeuronCard",
+    "SelectionStability",
     "StabilityReport",
+    "bootstrap_selection",
+    "collect_shards",
+    "deal_corpus",
     "neuron_card",
     "neuron_cards",
     "split_corpus",
@@ -52,41 +58,55 @@ __all__ = [
 # ============================================================================ split-half stability
 
 
-def split_corpus(
-    corpus: Mapping[str, Iterable[str] | Tensor], *, seed: int = 0
-) -> tuple[dict[str, list[str] | Tensor], dict[str, list[str] | Tensor]]:
-    """Split every language's text into two disjoint halves.
+def deal_corpus(
+    corpus: Mapping[str, Iterable[str] | Tensor], n_parts: int, *, seed: int = 0
+) -> list[dict[str, list[str] | Tensor]]:
+    """Deal every language's text into ``n_parts`` disjoint parts.
 
-    Lists of texts are shuffled (seeded) and dealt alternately, so both halves cover the whole
-    corpus; a 1-D tensor of token ids is cut in the middle.
+    Lists of texts are shuffled (seeded) and dealt in turn, so every part covers the whole
+    corpus; a 1-D tensor of token ids is cut into ``n_parts`` consecutive pieces.
 
     Example:
-        >>> a, b = split_corpus({"en": ["one", "two", "three", "four"]}, seed=0)
-        >>> sorted(a["en"] + b["en"])
-        ['four', 'one', 'three', 'two']
+        >>> parts = deal_corpus({"en": ["a", "b", "c", "d", "e", "f"]}, 3, seed=0)
+        >>> sorted(t for part in parts for t in part["en"])
+        ['a', 'b', 'c', 'd', 'e', 'f']
     """
     check_seed(seed)
-    half_a: dict[str, list[str] | Tensor] = {}
-    half_b: dict[str, list[str] | Tensor] = {}
+    check_positive_int(n_parts, "n_parts", example=8)
+    parts: list[dict[str, list[str] | Tensor]] = [{} for _ in range(n_parts)]
     for k, (lang, texts) in enumerate(corpus.items()):
         if isinstance(texts, Tensor):
-            middle = texts.shape[0] // 2
-            half_a[lang], half_b[lang] = texts[:middle], texts[middle:]
+            for i, piece in enumerate(torch.tensor_split(texts, n_parts)):
+                parts[i][lang] = piece
             continue
         if isinstance(texts, str):
             raise LapeError(
                 f"corpus[{lang!r}] must be a list of texts, not one string; wrap it in a list"
             )
         items = list(texts)
-        if len(items) < 2:
+        if len(items) < n_parts:
             raise LapeError(
-                f"corpus[{lang!r}] has {len(items)} text(s); a split in two halves needs at "
-                "least 2 (split long texts into paragraphs)"
+                f"corpus[{lang!r}] has {len(items)} text(s); dealing it into {n_parts} parts "
+                f"needs at least {n_parts} (split long texts into paragraphs, or use fewer parts)"
             )
         generator = torch.Generator().manual_seed(seed + 7919 * k)
         order = torch.randperm(len(items), generator=generator).tolist()
-        half_a[lang] = [items[i] for i in order[0::2]]
-        half_b[lang] = [items[i] for i in order[1::2]]
+        for i in range(n_parts):
+            parts[i][lang] = [items[j] for j in order[i::n_parts]]
+    return parts
+
+
+def split_corpus(
+    corpus: Mapping[str, Iterable[str] | Tensor], *, seed: int = 0
+) -> tuple[dict[str, list[str] | Tensor], dict[str, list[str] | Tensor]]:
+    """Split every language's text into two disjoint halves (:func:`deal_corpus` in two).
+
+    Example:
+        >>> a, b = split_corpus({"en": ["one", "two", "three", "four"]}, seed=0)
+        >>> sorted(a["en"] + b["en"])
+        ['four', 'one', 'three', 'two']
+    """
+    half_a, half_b = deal_corpus(corpus, 2, seed=seed)
     return half_a, half_b
 
 
@@ -107,10 +127,7 @@ def split_half_jaccard(a: LanguageNeurons, b: LanguageNeurons) -> Float[Tensor, 
             f"({a.n_layers}, {a.d_mlp}) vs ({b.n_layers}, {b.d_mlp}); compare sets selected on "
             "the same model and languages"
         )
-    ma, mb = a.masks(), b.masks()  # lang n_layers d_mlp
-    inter = (ma & mb).flatten(1).sum(-1).to(torch.float64)  # lang
-    union = (ma | mb).flatten(1).sum(-1).to(torch.float64)  # lang
-    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.full_like(inter, math.nan))
+    return _jaccard(a.masks(), b.masks())
 
 
 @dataclass(frozen=True)
@@ -237,6 +254,321 @@ def split_half_stability(
         "model_name": adapt(model, validate=False).model_name,
     }
     return StabilityReport(a.languages, split_half_jaccard(a, b), counts_a, counts_b, metadata)
+
+
+# ============================================================================ bootstrap stability
+
+#: Expected Jaccard of a language's set to itself (two bootstrap replicates) from which
+#: :class:`SelectionStability` calls the set stable.
+STABLE_JACCARD = 0.75
+
+
+@dataclass(frozen=True)
+class SelectionStability:
+    """How stable a neuron selection is when its statistics are resampled.
+
+    The statistics are collected in shards (disjoint parts of the corpus,
+    :func:`collect_shards`); each bootstrap replicate draws, per language, as many shards as
+    there are with replacement, adds them up and selects again.
+
+    Attributes:
+        neurons: The set selected on all the shards together.
+        frequency: ``[lang, n_layers, d_mlp]``: in what fraction of the replicates each neuron
+            was selected for each language (float64).
+        jaccard_to_full: ``[boot, lang]``: Jaccard of each replicate's set with ``neurons``.
+        self_jaccard: ``[pair, lang]``: Jaccard between replicates ``2i`` and ``2i + 1``, whose
+            mean estimates the expected Jaccard of the set to itself.
+        sizes: ``[boot, lang]``: neurons per language in each replicate.
+        metadata: Settings (shards, replicates, seed, thresholds).
+    """
+
+    neurons: LanguageNeurons
+    frequency: Float[Tensor, "lang n_layers d_mlp"]
+    jaccard_to_full: Float[Tensor, "boot lang"]
+    self_jaccard: Float[Tensor, "pair lang"]
+    sizes: Int[Tensor, "boot lang"]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages."""
+        return self.neurons.languages
+
+    def expected_self_jaccard(self) -> Float[Tensor, " lang"]:
+        """Per language, the mean Jaccard between two replicates' sets (NaN if never defined)."""
+        return torch.nanmean(self.self_jaccard, dim=0)
+
+    def stable(self, threshold: float = STABLE_JACCARD) -> dict[str, bool]:
+        """Per language: is the expected Jaccard of the set to itself at least ``threshold``?"""
+        expected = self.expected_self_jaccard()
+        return {lang: bool(expected[k] >= threshold) for k, lang in enumerate(self.languages)}
+
+    def selected_frequency(self) -> dict[str, dict[int, list[tuple[int, float]]]]:
+        """For each language and layer, ``(neuron, frequency)`` of every neuron in the full set."""
+        out: dict[str, dict[int, list[tuple[int, float]]]] = {}
+        for k, lang in enumerate(self.languages):
+            per_layer: dict[int, list[tuple[int, float]]] = {}
+            for layer in range(self.neurons.n_layers):
+                idx = self.neurons.indices(lang, layer)
+                if idx.numel():
+                    freq = self.frequency[k, layer, idx]
+                    per_layer[layer] = [
+                        (int(i), round(float(f), 6)) for i, f in zip(idx, freq, strict=True)
+                    ]
+            out[lang] = per_layer
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values: per-language summaries, and every selected neuron's frequency.
+
+        Undefined Jaccard values (a language empty in both sets) are None.
+        """
+        expected = self.expected_self_jaccard()
+        to_full = torch.nanmean(self.jaccard_to_full, dim=0)
+        stable = self.stable()
+        return finite_json(
+            {
+                "languages": list(self.languages),
+                "metadata": dict(self.metadata),
+                "per_language": {
+                    lang: {
+                        "neurons": self.neurons.counts()[lang],
+                        "expected_self_jaccard": _nan_none(expected[k]),
+                        "mean_jaccard_to_full": _nan_none(to_full[k]),
+                        "replicate_sizes_min_max": [
+                            int(self.sizes[:, k].min()),
+                            int(self.sizes[:, k].max()),
+                        ],
+                        "share_selected_in_90pct": _nan_none(self._share_at_least(k, 0.9)),
+                        "stable": stable[lang],
+                    }
+                    for k, lang in enumerate(self.languages)
+                },
+                "jaccard_to_full": self.jaccard_to_full.tolist(),
+                "self_jaccard": self.self_jaccard.tolist(),
+                "sizes": self.sizes.tolist(),
+                "selected_frequency": {
+                    lang: {str(layer): pairs for layer, pairs in per_layer.items()}
+                    for lang, per_layer in self.selected_frequency().items()
+                },
+            }
+        )
+
+    def _share_at_least(self, k: int, level: float) -> float:
+        """Share of language ``k``'s full-set neurons chosen in at least ``level`` of replicates."""
+        mask = self.neurons.masks()[k]
+        if not bool(mask.any()):
+            return math.nan
+        return float((self.frequency[k][mask] >= level).to(torch.float64).mean())
+
+    def to_markdown(self) -> str:
+        """A Markdown table per language."""
+        d = self.to_dict()
+        meta = self.metadata
+        lines = [
+            "### Selection stability (bootstrap over statistics shards)",
+            "",
+            f"Statistics in {meta.get('n_shards')} shards per language; {meta.get('n_boot')} "
+            "replicates, each drawing the shards with replacement per language and selecting "
+            f"again (top_rate={meta.get('top_rate')}). Self-Jaccard: mean Jaccard between two "
+            f"replicates' sets; a set is called stable at >= {STABLE_JACCARD}.",
+            "",
+            "| language | neurons | expected self-Jaccard | mean Jaccard to full set | "
+            "replicate sizes | selected in >= 90% | stable |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for lang, row in d["per_language"].items():
+            lo, hi = row["replicate_sizes_min_max"]
+            lines.append(
+                f"| {lang} | {row['neurons']} | {_fmt(row['expected_self_jaccard'])} | "
+                f"{_fmt(row['mean_jaccard_to_full'])} | {lo}-{hi} | "
+                f"{_fmt(row['share_selected_in_90pct'], pct=True)} | "
+                f"{'yes' if row['stable'] else 'no'} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _nan_none(x: Tensor | float) -> float | None:
+    value = float(x)
+    return None if math.isnan(value) else value
+
+
+def _fmt(x: float | None, *, pct: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.0f}%" if pct else f"{x:.3f}"
+
+
+def collect_shards(
+    model: Any,
+    corpus: Mapping[str, Iterable[str] | Tensor],
+    *,
+    n_shards: int = 8,
+    seed: int = 0,
+    max_tokens_per_language: int | None = None,
+    **collect_kwargs: Any,
+) -> list[ActivationStats]:
+    """Statistics of ``n_shards`` disjoint parts of ``corpus`` (:func:`deal_corpus`).
+
+    Their sum is the corpus' statistics (up to the windows each part's end cuts off); the
+    parts are the units :func:`bootstrap_selection` resamples.
+
+    Args:
+        model: A TransformerLens model.
+        corpus: ``{language: texts}``.
+        n_shards: Parts per language.
+        seed: Seed of the dealing.
+        max_tokens_per_language: Token budget per language over all shards (each shard gets
+            ``max_tokens_per_language // n_shards``); None: all the text.
+        **collect_kwargs: Passed to :func:`~tl_lape.collection.engine.collect_activation_stats`
+            (``seq_len``, ``batch_size``, ``prepend_bos``, ``progress``, ...).
+    """
+    from tl_lape.collection.engine import collect_activation_stats
+
+    check_positive_int(n_shards, "n_shards", example=8)
+    budget = None
+    if max_tokens_per_language is not None:
+        check_positive_int(max_tokens_per_language, "max_tokens_per_language")
+        budget = max_tokens_per_language // n_shards
+        if budget < 1:
+            raise LapeError(
+                f"max_tokens_per_language={max_tokens_per_language} gives each of {n_shards} "
+                "shards no tokens; pass a larger budget or fewer shards"
+            )
+    parts = deal_corpus(corpus, n_shards, seed=seed)
+    return [
+        collect_activation_stats(model, part, max_tokens_per_language=budget, **collect_kwargs)
+        for part in parts
+    ]
+
+
+def bootstrap_selection(
+    shards: Sequence[ActivationStats],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    top_rate: float = 0.01,
+    filter_rate: float = 0.95,
+    activation_bar_ratio: float = 0.95,
+    method: str = "lape",
+) -> SelectionStability:
+    """Resample the statistics shards and select again: each neuron's selection frequency.
+
+    Each replicate draws, independently for every language, ``len(shards)`` shards with
+    replacement (seeded), sums their counts and token totals, and runs
+    :func:`~tl_lape.selection.identify_language_neurons` with the given thresholds. Shards are
+    the resampled units, so windows of one shard are drawn together (a conservative, clustered
+    bootstrap).
+
+    Args:
+        shards: Statistics of disjoint parts of one corpus, same model and languages
+            (:func:`collect_shards`); at least 2.
+        n_boot: Replicates (at least 2).
+        seed: Seed of the draws.
+        top_rate: Selection threshold.
+        filter_rate: Selection threshold.
+        activation_bar_ratio: Selection threshold.
+        method: Selector (``"lape"``, ``"lap"`` or ``"lave"``).
+
+    Returns:
+        A :class:`SelectionStability`.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> shards = [
+        ...     ActivationStats.from_counts(
+        ...         torch.randint(0, 50, (2, 32, 3), generator=g), [50] * 3, ["en", "fr", "zh"]
+        ...     )
+        ...     for _ in range(4)
+        ... ]
+        >>> stability = bootstrap_selection(shards, n_boot=10, top_rate=0.05)
+        >>> stability.frequency.shape
+        torch.Size([3, 2, 32])
+    """
+    from tl_lape.selection import identify_language_neurons
+
+    shards = list(shards)
+    if len(shards) < 2 or not all(isinstance(x, ActivationStats) for x in shards):
+        raise LapeError(
+            f"shards must be at least 2 ActivationStats of disjoint parts of one corpus (from "
+            f"collect_shards); received {len(shards)} item(s) of types "
+            f"{sorted({type(x).__name__ for x in shards})}"
+        )
+    first = shards[0]
+    for i, other in enumerate(shards[1:], start=1):
+        if other.languages != first.languages or (other.n_layers, other.d_mlp) != (
+            first.n_layers,
+            first.d_mlp,
+        ):
+            raise LapeError(
+                f"shard {i} has languages {list(other.languages)} and shape ({other.n_layers}, "
+                f"{other.d_mlp}); shard 0 has {list(first.languages)} and ({first.n_layers}, "
+                f"{first.d_mlp}); pass shards of one model and one set of languages"
+            )
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:
+        raise LapeError(f"n_boot must be an int >= 2; received {n_boot!r}; pass e.g. 200")
+    check_seed(seed)
+    kwargs: dict[str, Any] = {
+        "top_rate": top_rate,
+        "filter_rate": filter_rate,
+        "activation_bar_ratio": activation_bar_ratio,
+        "method": method,
+    }
+    total = shards[0]
+    for other in shards[1:]:
+        total = total + other
+    full = identify_language_neurons(total, **kwargs)  # checks the thresholds and method first
+    counts = torch.stack([x.active_counts for x in shards])  # shard n_layers d_mlp lang
+    sums = torch.stack([x.activation_sums for x in shards])
+    tokens = torch.stack([x.n_tokens for x in shards])  # shard lang
+    n_shards, n_lang = len(shards), first.n_languages
+    generator = torch.Generator().manual_seed(seed)
+    full_masks = full.masks()  # lang n_layers d_mlp
+    hits = torch.zeros(full_masks.shape, dtype=torch.int64)
+    to_full = torch.empty(n_boot, n_lang, dtype=torch.float64)
+    sizes = torch.empty(n_boot, n_lang, dtype=torch.int64)
+    previous: Tensor | None = None
+    pairs: list[Tensor] = []
+    for b in range(n_boot):
+        draws = torch.randint(0, n_shards, (n_shards, n_lang), generator=generator)
+        weights = torch.zeros(n_shards, n_lang, dtype=torch.int64)
+        weights.scatter_add_(0, draws, torch.ones_like(draws))  # shard lang multiplicities
+        replicate = ActivationStats(
+            first.languages,
+            (weights * tokens).sum(0),
+            torch.einsum("sl,snml->nml", weights, counts),
+            torch.einsum("sl,snml->nml", weights.to(sums.dtype), sums),
+            first.metadata,
+        )
+        masks = identify_language_neurons(replicate, **kwargs).masks()
+        hits += masks
+        sizes[b] = masks.flatten(1).sum(-1)
+        to_full[b] = _jaccard(masks, full_masks)
+        if b % 2 == 1 and previous is not None:
+            pairs.append(_jaccard(masks, previous))
+        previous = masks
+    metadata = {
+        "n_shards": n_shards,
+        "n_boot": n_boot,
+        "seed": seed,
+        **kwargs,
+        "shard_tokens": tokens.tolist(),
+    }
+    return SelectionStability(
+        full,
+        hits.to(torch.float64) / n_boot,
+        to_full,
+        torch.stack(pairs),
+        sizes,
+        metadata,
+    )
+
+
+def _jaccard(a: Tensor, b: Tensor) -> Float[Tensor, " lang"]:
+    """Per language, ``|A ∩ B| / |A ∪ B|`` of two ``[lang, n_layers, d_mlp]`` masks (NaN: empty)."""
+    inter = (a & b).flatten(1).sum(-1).to(torch.float64)
+    union = (a | b).flatten(1).sum(-1).to(torch.float64)
+    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.full_like(inter, math.nan))
 
 
 # ============================================================================ neuron cards
