@@ -16,8 +16,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,18 +30,27 @@ from torch import Tensor
 from tl_lape.errors import LapeError
 
 __all__ = [
+    "FOLDER_MARK",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_INT_DIGITS",
+    "MAX_LAYERS",
+    "MAX_WIDTH",
     "atomic_dir",
     "atomic_path",
     "atomic_paths",
     "check_output_file",
     "check_output_folder",
     "check_report_folder",
+    "check_size",
     "existing_file",
     "finite_json",
     "json_text",
+    "key_meaning",
     "load_tagged_safetensors",
+    "parse_json",
     "save_tagged_safetensors",
     "tensors_checksum",
+    "written_by_tl_lape",
 ]
 
 
@@ -137,6 +148,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
+        (tmp / FOLDER_MARK).write_text(
+            "This folder was written by tl_lape; a later run may write into it.\n",
+            encoding="utf-8",
+        )
+        os.chmod(tmp / FOLDER_MARK, _umask_mode())
         tmp.chmod(_umask_mode(0o777))
         if not target.exists():
             os.replace(tmp, target)
@@ -148,12 +164,34 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_output_file(path: str | os.PathLike[str], what: str = "output file") -> Path:
-    """Check, before any work, that a file can be written at ``path``.
+#: The file :func:`atomic_dir` leaves in every folder it writes: it marks the folder as tl_lape's,
+#: so a later run may write into it without ``overwrite=True``.
+FOLDER_MARK = ".tl_lape"
+
+#: A path the command reads, named for messages: ``(what, path)``, e.g. ``("statistics file", p)``.
+Input = tuple[str, "str | os.PathLike[str] | None"]
+
+
+def check_output_file(
+    path: str | os.PathLike[str],
+    what: str = "output file",
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[Input] = (),
+) -> Path:
+    """Check, before any work, that a file may be written at ``path``: the output rule.
+
+    The rule (the same for every file and report folder tl_lape writes): the output is not one
+    of the command's ``inputs`` (paths compared resolved, symbolic links followed; an output
+    inside an input folder, such as a model folder, counts as the input); its last component
+    is not a symbolic link (tl_lape replaces files by renaming, which would replace the link,
+    not the file it points to: give the link's target instead); and an existing non-empty file
+    that tl_lape did not write (:func:`written_by_tl_lape`) is replaced only with
+    ``overwrite=True``.
 
     Raises:
-        LapeError: ``path`` is an existing directory, its folder does not exist or is a file,
-            or no file can be created in it.
+        LapeError: ``path`` breaks the rule, is an existing directory, its folder does not
+            exist or is a file, or no file can be created in it.
 
     Example:
         >>> try:
@@ -163,6 +201,8 @@ def check_output_file(path: str | os.PathLike[str], what: str = "output file") -
         True
     """
     p = Path(path)
+    _check_not_a_link(p, what)
+    _check_not_an_input(p, what, inputs)
     if p.is_dir():
         raise LapeError(
             f"cannot write {what} {str(p)!r}: it is a directory; give a file name such as "
@@ -175,6 +215,13 @@ def check_output_file(path: str | os.PathLike[str], what: str = "output file") -
             "create the folder first or choose another path"
         )
     check_output_folder(parent, what=f"{what} {str(p)!r}")
+    _check_overwrite(overwrite)
+    if not overwrite and p.is_file() and p.stat().st_size > 0 and not written_by_tl_lape(p):
+        raise LapeError(
+            f"cannot write {what} {str(p)!r}: a file that tl_lape did not write is there "
+            f"({p.stat().st_size:,} bytes); choose another path, or pass overwrite=True "
+            "(--overwrite on the command line) to replace it"
+        )
     return p
 
 
@@ -210,17 +257,110 @@ def check_output_folder(folder: str | os.PathLike[str], what: str = "output") ->
     return f
 
 
-def check_report_folder(folder: str | os.PathLike[str]) -> Path:
-    """Check that a report folder can be written: not a file, and creatable or writable
-    (nothing is created). The commands and :func:`tl_lape.run_demo` call it before any work."""
+def check_report_folder(
+    folder: str | os.PathLike[str], *, overwrite: bool = False, inputs: Sequence[Input] = ()
+) -> Path:
+    """Check that a report folder may be written: the output rule of :func:`check_output_file`
+    (an existing non-empty folder without tl_lape's mark, :data:`FOLDER_MARK`, needs
+    ``overwrite=True``; an input may not be the folder or lie inside it), not a file, and
+    creatable or writable (nothing is created). The commands and :func:`tl_lape.run_demo`
+    call it before any work."""
     out = Path(folder)
+    what = f"the report folder {str(out)!r}"
+    _check_not_a_link(out, "the report folder")
+    _check_not_an_input(out, "the report folder", inputs)
     if out.exists() and not out.is_dir():
         raise LapeError(
-            f"cannot write the report folder {str(out)!r}: it is a file; remove it or give "
-            "another output folder (--out on the command line)"
+            f"cannot write {what}: it is a file; remove it or give another output folder "
+            "(--out on the command line)"
         )
-    check_output_folder(out, f"the report folder {str(out)!r}")
+    check_output_folder(out, what)
+    _check_overwrite(overwrite)
+    if not overwrite and out.is_dir() and not (out / FOLDER_MARK).is_file():
+        items = sorted(p.name for p in out.iterdir())
+        if items:
+            shown = ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+            raise LapeError(
+                f"cannot write {what}: it holds files that tl_lape did not write ({shown}); "
+                "give a new or empty folder, or pass overwrite=True (--overwrite on the command "
+                "line) to write the report among them"
+            )
     return out
+
+
+def _check_overwrite(overwrite: Any) -> None:
+    if not isinstance(overwrite, bool):
+        raise LapeError(f"overwrite must be True or False; received {overwrite!r}")
+
+
+def _check_not_a_link(path: Path, what: str) -> None:
+    if path.is_symlink():
+        raise LapeError(
+            f"cannot write {what} {str(path)!r}: it is a symbolic link (to "
+            f"{os.readlink(path)!r}); tl_lape does not write through links: give the path it "
+            f"points to, {str(path.resolve())!r}, or another path"
+        )
+
+
+def _check_not_an_input(path: Path, what: str, inputs: Sequence[Input]) -> None:
+    """Refuse an output that is an input, lies inside an input folder or holds an input."""
+    out = path.resolve()
+    for name, given in inputs:
+        if given is None or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if out == source or source in out.parents or out in source.parents:
+            relation = (
+                "is" if out == source else ("lies inside" if source in out.parents else "holds")
+            )
+            raise LapeError(
+                f"cannot write {what} {str(path)!r}: it {relation} the input {name} "
+                f"{str(given)!r} (both resolve to {str(source if relation != 'holds' else out)!r}"
+                "), which writing would destroy; choose another output path"
+            )
+
+
+def written_by_tl_lape(path: str | os.PathLike[str]) -> bool:
+    """Whether the file at ``path`` is one tl_lape writes: a safetensors file whose header's
+    ``format`` starts with ``"tl_lape."``, a JSON document whose ``"format"`` does, or a small
+    ``.neuron.pth`` file in the LAPE paper's format (read with ``weights_only=True``).
+
+    Example:
+        >>> import pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+        >>> _ = p.write_text("my notes")
+        >>> written_by_tl_lape(p)
+        False
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) >= 8:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= min(size - 8, 1 << 24) and head[8:9] == b"{":
+            with open(p, "rb") as f:
+                f.seek(8)
+                header = f.read(n)
+            return re.search(rb'"format"\s*:\s*"tl_lape\.', header) is not None
+    if head.lstrip()[:1] == b"{":
+        return re.search(rb'^\s*\{\s*"format"\s*:\s*"tl_lape\.', head) is not None
+    if head[:4] == b"PK\x03\x04" and size <= 1 << 26:
+        try:
+            data = torch.load(p, weights_only=True, map_location="cpu")
+        except Exception:  # any unreadable file is simply not ours
+            return False
+        return (
+            isinstance(data, list)
+            and all(isinstance(row, list) for row in data)
+            and all(
+                isinstance(t, Tensor) and not t.is_floating_point() for row in data for t in row
+            )
+        )
+    return False
 
 
 def existing_file(path: str | os.PathLike[str], what: str) -> Path:
@@ -402,3 +542,149 @@ def json_text(value: Any, *, indent: int | None = 1) -> str:
         '{"x": null}'
     """
     return json.dumps(finite_json(value), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- strict JSON
+
+#: Deepest nesting of arrays and objects a JSON document tl_lape reads may have.
+MAX_JSON_DEPTH = 64
+#: Most digits of an integer in a JSON document tl_lape reads (2**64 has 20).
+MAX_JSON_INT_DIGITS = 24
+#: Most layers a file may declare (``n_layers``): no model comes near it; it bounds what a
+#: small, hostile file can make a reader allocate.
+MAX_LAYERS = 4096
+#: Most neurons per layer (``d_mlp``) or residual width (``d_model``) a file may declare.
+MAX_WIDTH = 1 << 20
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def key_meaning(key: str) -> str:
+    """What a JSON object key means, for :func:`parse_json`'s same-meaning check: a key of
+    ASCII digits means its number (``"03"`` is ``"3"``), any other key its Unicode NFC form.
+
+    Example:
+        >>> key_meaning("03"), key_meaning("e\\u0301")
+        ('3', 'é')
+    """
+    if key.isascii() and key.isdigit():
+        return str(int(key))
+    return unicodedata.normalize("NFC", key)
+
+
+def parse_json(text: str | bytes, *, where: str, advice: str) -> Any:
+    """The one strict JSON reader of tl_lape: every JSON document it reads goes through here.
+
+    Refused, with one :class:`~tl_lape.LapeError` line naming ``where``, what was wrong, the
+    value found and ``advice``: text that is not JSON; a key given twice in one object, or two
+    keys of the same meaning (:func:`key_meaning`: ``"3"`` and ``"03"``); nesting deeper than
+    :data:`MAX_JSON_DEPTH`; an integer of more than :data:`MAX_JSON_INT_DIGITS` digits;
+    ``NaN``, ``Infinity`` and numbers that overflow to infinity.
+
+    Args:
+        text: The document.
+        where: What it is, for messages (e.g. ``"the neuron-set file 'x.json'"``).
+        advice: What the user should do (ends every message).
+
+    Example:
+        >>> parse_json('{"a": [1, 2]}', where="x", advice="fix it")
+        {'a': [1, 2]}
+        >>> try:
+        ...     parse_json('{"3": [], "03": []}', where="x", advice="fix it")
+        ... except LapeError as err:
+        ...     print(err)
+        x is not valid: the keys '3' and '03' of one object mean the same; fix it
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise LapeError(
+                f"{where} is not valid JSON (corrupted or truncated?): it is not UTF-8 text "
+                f"(byte {err.start}: "
+                f"{err.object[err.start : err.start + 1]!r}); {advice}"
+            ) from None
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_STRING.sub('""', text)):
+        depth += 1 if match.group() in "[{" else -1
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            raise LapeError(
+                f"{where} is not valid: it nests arrays or objects more than "
+                f"{MAX_JSON_DEPTH} deep; {advice}"
+            )
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_strict_object,
+            parse_int=_strict_int,
+            parse_float=_strict_float,
+            parse_constant=_no_constant,
+        )
+    except _StrictJsonError as err:
+        raise LapeError(f"{where} is not valid: {err}; {advice}") from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise LapeError(
+            f"{where} is not valid JSON (corrupted or truncated?): {reason}; {advice}"
+        ) from None
+
+
+class _StrictJsonError(ValueError):
+    pass
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    meanings: dict[str, str] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _StrictJsonError(f"the key {key!r} appears twice in one object")
+        meaning = key_meaning(key)
+        if meaning in meanings:
+            raise _StrictJsonError(
+                f"the keys {meanings[meaning]!r} and {key!r} of one object mean the same"
+            )
+        meanings[meaning] = key
+        out[key] = value
+    return out
+
+
+def _strict_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise _StrictJsonError(
+            f"it holds an integer of {len(digits.lstrip('-'))} digits ({digits[:12]}...), more "
+            f"than the {MAX_JSON_INT_DIGITS} allowed"
+        )
+    return int(digits)
+
+
+def _strict_float(digits: str) -> float:
+    value = float(digits)
+    if not math.isfinite(value):
+        raise _StrictJsonError(f"it holds the number {digits[:30]}, too large for a float")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _StrictJsonError(f"it holds {name}, which is not JSON (a number must be finite)")
+
+
+def check_size(value: Any, name: str, most: int) -> int:
+    """A size field read from a file (``n_layers``, ``d_mlp``, a width), checked against its
+    stated limit (:data:`MAX_LAYERS`, :data:`MAX_WIDTH`) before anything is allocated from it.
+    The caller adds the file's name and what to do.
+
+    Example:
+        >>> try:
+        ...     check_size(10**12, '"d_mlp"', MAX_WIDTH)
+        ... except LapeError as err:
+        ...     print(err)
+        "d_mlp" is 1000000000000, more than the 1048576 this format allows
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LapeError(f"{name} must be a positive integer; received {value!r}")
+    if value > most:
+        raise LapeError(f"{name} is {value}, more than the {most} this format allows")
+    return value

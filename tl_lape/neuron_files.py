@@ -3,9 +3,11 @@
 :class:`~tl_lape.neurons.LanguageNeurons` reads and writes through these functions
 (:meth:`~tl_lape.neurons.LanguageNeurons.save`, ``load``, ``to_rucaibox``, ``from_rucaibox``);
 its documentation is there. The JSON document carries a format tag, a version and a SHA-256
-checksum of its canonical content; reading refuses repeated keys, sizes beyond
-:data:`MAX_LAYERS` and anything inconsistent with one :class:`~tl_lape.errors.LapeError` that
-names the file.
+checksum of its canonical content; it is read with the strict parser
+:func:`~tl_lape.formats.parse_json` (repeated keys and keys of the same meaning, such as layers
+``"3"`` and ``"03"``, refused), sizes beyond :data:`~tl_lape.formats.MAX_LAYERS` and
+:data:`~tl_lape.formats.MAX_WIDTH` are refused before anything is allocated, and anything
+inconsistent gets one :class:`~tl_lape.errors.LapeError` that names the file.
 """
 
 import hashlib
@@ -20,11 +22,18 @@ from torch import Tensor
 
 from tl_lape.checks import check_language_codes, check_languages, check_positive_int
 from tl_lape.errors import LapeError
-from tl_lape.formats import atomic_path, existing_file
+from tl_lape.formats import (
+    MAX_LAYERS,
+    MAX_WIDTH,
+    atomic_path,
+    check_output_file,
+    check_size,
+    existing_file,
+    parse_json,
+)
 from tl_lape.neurons import LanguageNeurons
 
 __all__ = [
-    "MAX_LAYERS",
     "read_neurons_json",
     "read_rucaibox",
     "write_neurons_json",
@@ -33,13 +42,13 @@ __all__ = [
 
 _FORMAT = "tl_lape.LanguageNeurons"
 _VERSION = 1
-#: Most layers a neuron-set file may declare: no model comes near it, and it bounds what a
-#: small, hostile file can make :func:`read_neurons_json` allocate.
-MAX_LAYERS = 4096
 
 
-def write_neurons_json(neurons: LanguageNeurons, path: str | os.PathLike[str]) -> None:
+def write_neurons_json(
+    neurons: LanguageNeurons, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> None:
     """Write ``neurons`` as checksummed, human-readable JSON, atomically (``save``)."""
+    check_output_file(path, "neuron-set file", overwrite=overwrite)
     header = {
         "format": _FORMAT,
         "version": _VERSION,
@@ -71,15 +80,7 @@ def read_neurons_json(path: str | os.PathLike[str]) -> LanguageNeurons:
     """Read and verify a file written by :func:`write_neurons_json` (``load``)."""
     p = existing_file(path, "neuron set")
     advice = "re-create it with LanguageNeurons.save (or from_rucaibox for the paper's .pth)"
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_no_repeated_keys)
-    except _RepeatedKey as err:
-        raise LapeError(f"{str(p)!r} has invalid content: {err}; {advice}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise LapeError(
-            f"{str(p)!r} is not a valid LanguageNeurons JSON file (corrupted or truncated?): "
-            f"{err}; {advice}"
-        ) from None
+    doc = parse_json(p.read_bytes(), where=f"the neuron-set file {str(p)!r}", advice=advice)
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise LapeError(
@@ -112,13 +113,10 @@ def read_neurons_json(path: str | os.PathLike[str]) -> LanguageNeurons:
                 f'"metadata" must be an object; received a {type(metadata).__name__}: '
                 f"{str(metadata)[:60]!r}"
             )
-        for name, value, most in (("n_layers", n_layers, MAX_LAYERS), ("d_mlp", d_mlp, None)):
+        for name, value, most in (("n_layers", n_layers, MAX_LAYERS), ("d_mlp", d_mlp, MAX_WIDTH)):
             if name == "d_mlp" and value is None:  # a set of unknown width (from_rucaibox)
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LapeError(f'"{name}" must be a positive integer; received {value!r}')
-            if most is not None and value > most:
-                raise LapeError(f'"{name}" is {value}, more than the {most} this format allows')
+            check_size(value, f'"{name}"', most)
         dupes = sorted({k for k in languages if languages.count(k) > 1}, key=str)
         if dupes:
             raise LapeError(f'"languages" repeats {dupes!r}: {languages!r}')
@@ -252,25 +250,14 @@ def read_rucaibox(
     return LanguageNeurons(langs, file_layers, d_mlp, tuple(tuple(row) for row in tensors), meta)
 
 
-def write_rucaibox(neurons: LanguageNeurons, path: str | os.PathLike[str]) -> None:
+def write_rucaibox(
+    neurons: LanguageNeurons, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> None:
     """Write the LAPE paper's ``.neuron.pth`` format, atomically (``to_rucaibox``)."""
+    check_output_file(path, "neuron file", overwrite=overwrite)
     data = [[idx.clone() for idx in per_layer] for per_layer in neurons.neurons]
     with atomic_path(path) as tmp:
         torch.save(data, tmp)
-
-
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` for :func:`json.loads` that refuses a key given twice."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _RepeatedKey(f"the key {key!r} appears twice in one JSON object")
-        out[key] = value
-    return out
 
 
 def _document_checksum(doc: Mapping[str, Any]) -> str:

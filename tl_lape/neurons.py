@@ -57,6 +57,7 @@ from tl_lape.checks import (
     check_seed,
 )
 from tl_lape.errors import LapeError
+from tl_lape.formats import parse_json
 
 __all__ = ["MATCH_ON", "LanguageNeurons", "MatchOn", "activity_gap", "random_matched_neurons"]
 
@@ -69,13 +70,15 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     if not isinstance(metadata, Mapping):
         raise LapeError(f"metadata must be a dict; received {type(metadata).__name__}")
     try:
-        # A JSON round trip both validates and deep-copies (no aliasing of the caller's dict).
-        copied = json.loads(json.dumps(dict(metadata), allow_nan=False))
+        text = json.dumps(dict(metadata), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise LapeError(
             f"metadata must be JSON-serialisable (str keys; str, int, float, bool, None, "
             f"lists and dicts as values); {err}"
         ) from None
+    # A strict JSON round trip validates (what is saved can be read back by the same parser
+    # that reads files) and deep-copies (no aliasing of the caller's dict).
+    copied = parse_json(text, where="metadata", advice="give JSON-like metadata without it")
     return copied  # type: ignore[no-any-return]
 
 
@@ -544,8 +547,11 @@ class LanguageNeurons:
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the set as human-readable JSON (atomically: a failed save leaves no file).
+
+        An existing file that tl_lape did not write is refused unless ``overwrite=True``
+        (:func:`tl_lape.formats.check_output_file`).
 
         Example:
             >>> import tempfile, pathlib
@@ -557,7 +563,7 @@ class LanguageNeurons:
         """
         from tl_lape.neuron_files import write_neurons_json
 
-        write_neurons_json(self, path)
+        write_neurons_json(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "LanguageNeurons":
@@ -615,11 +621,12 @@ class LanguageNeurons:
             path, languages, n_layers=n_layers, d_mlp=d_mlp, model=model, metadata=metadata
         )
 
-    def to_rucaibox(self, path: str | os.PathLike[str]) -> None:
+    def to_rucaibox(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the set in the LAPE paper's format (``torch.save`` of ``List[List[LongTensor]]``).
 
         Language names, ``d_mlp`` and metadata are not part of that format; keep them with
-        :meth:`save`.
+        :meth:`save`. An existing file that tl_lape did not write is refused unless
+        ``overwrite=True``.
 
         Example:
             >>> import tempfile, pathlib
@@ -631,7 +638,7 @@ class LanguageNeurons:
         """
         from tl_lape.neuron_files import write_rucaibox
 
-        write_rucaibox(self, path)
+        write_rucaibox(self, path, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- random controls

@@ -15,10 +15,13 @@ language), come in through :meth:`ActivationStats.from_counts`.
 File format (:meth:`ActivationStats.save`): one ``.safetensors`` file holding the three tensors
 ``active_counts`` (int64), ``activation_sums`` (float64) and ``n_tokens`` (int64); its header's
 ``__metadata__`` holds ``format`` (``"tl_lape.ActivationStats"``), ``version``, ``languages`` (a
-JSON list), ``metadata`` (a JSON object) and ``checksum`` (``"sha256:..."`` of the three tensors'
-names, dtypes, shapes and bytes), verified by :meth:`ActivationStats.load`; files written before
-the checksum existed load without the check. Inspect it without tl_lape with
-``safetensors.safe_open(path, "pt").metadata()``.
+JSON list), ``metadata`` (a JSON object), ``checksum`` (``"sha256:..."`` of the three tensors'
+names, dtypes, shapes and bytes) and ``header_checksum`` (of the other header entries), verified
+by :meth:`ActivationStats.load`, which also refuses a header entry it does not know; files
+written before the checksums existed load without them. The JSON entries are read with the
+strict parser :func:`tl_lape.formats.parse_json`. Statistics from collection record the model's
+dtype in ``metadata["dtype"]``; :meth:`ActivationStats.merge` refuses two different dtypes.
+Inspect a file without tl_lape with ``safetensors.safe_open(path, "pt").metadata()``.
 
 Example:
     >>> import torch
@@ -49,7 +52,7 @@ from torch import Tensor
 
 from tl_lape.checks import check_language_codes, check_languages
 from tl_lape.errors import LapeError
-from tl_lape.formats import atomic_path, existing_file
+from tl_lape.formats import atomic_path, check_output_file, existing_file, parse_json
 from tl_lape.neurons import check_metadata
 
 __all__ = ["ActivationStats"]
@@ -58,6 +61,11 @@ _FORMAT = "tl_lape.ActivationStats"
 _VERSION = "1"
 # metadata key set to False by from_counts when no activation sums were given.
 _HAS_SUMS = "has_activation_sums"
+# metadata key of the model dtype at collection ("float32", ...), recorded by collection.
+_DTYPE = "dtype"
+# Header entries of a statistics file: always, and those of some versions of the writer.
+_HEADER_REQUIRED = frozenset({"format", "version", "languages"})
+_HEADER_OPTIONAL = frozenset({"metadata", "checksum", "header_checksum"})
 
 # Counts given as floats must be finite and below this to convert to int64 without wrapping.
 _MAX_COUNT = 2.0**62
@@ -233,7 +241,9 @@ class ActivationStats:
         entries win over ``other``'s; the result has activation sums only if both have.
 
         Raises:
-            LapeError: different shapes, or different ``metadata["model_name"]``.
+            LapeError: different shapes, or different ``metadata["model_name"]`` or
+                ``metadata["dtype"]`` (the model dtype at collection; statistics without it,
+                such as files written before it was recorded, merge with any).
 
         Example:
             >>> import torch
@@ -254,6 +264,13 @@ class ActivationStats:
             raise LapeError(
                 f"cannot merge statistics of different models: model_name {mine!r} vs {theirs!r}; "
                 "merge only statistics collected on the same model"
+            )
+        mine, theirs = self.metadata.get(_DTYPE), other.metadata.get(_DTYPE)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise LapeError(
+                f"cannot merge statistics collected with different model dtypes: {mine!r} vs "
+                f"{theirs!r} (rounding changes which neurons fire); collect both with one dtype "
+                "(--dtype on the command line)"
             )
         if self.active_counts.device != other.active_counts.device:
             raise LapeError(
@@ -277,6 +294,8 @@ class ActivationStats:
         metadata = {**other.metadata, **self.metadata}
         if not (self.has_activation_sums and other.has_activation_sums):
             metadata[_HAS_SUMS] = False
+        if mine is None or theirs is None:  # one side's dtype is unknown: so is the merge's
+            metadata.pop(_DTYPE, None)
         return ActivationStats(languages, tokens, counts, sums, metadata)
 
     def __add__(self, other: "ActivationStats") -> "ActivationStats":
@@ -321,8 +340,11 @@ class ActivationStats:
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write a ``.safetensors`` file (tensors + JSON metadata in its header), atomically.
+
+        An existing file that tl_lape did not write is refused unless ``overwrite=True``
+        (:func:`tl_lape.formats.check_output_file`).
 
         Example:
             >>> import tempfile, pathlib, torch
@@ -337,6 +359,7 @@ class ActivationStats:
             "active_counts": self.active_counts.detach().cpu().contiguous(),
             "activation_sums": self.activation_sums.detach().cpu().contiguous(),
         }
+        check_output_file(path, "statistics file", overwrite=overwrite)
         header = {
             "format": _FORMAT,
             "version": _VERSION,
@@ -344,6 +367,7 @@ class ActivationStats:
             "metadata": json.dumps(self.metadata, ensure_ascii=False, allow_nan=False),
             "checksum": _checksum(tensors),
         }
+        header["header_checksum"] = _header_checksum(header)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
 
@@ -377,8 +401,26 @@ class ActivationStats:
                 tokens = f.get_tensor("n_tokens")
                 counts = f.get_tensor("active_counts")
                 sums = f.get_tensor("activation_sums")
-            languages = json.loads(header["languages"])
-            metadata = json.loads(header.get("metadata", "{}"))
+            keys = set(header)
+            unknown = sorted(keys - _HEADER_REQUIRED - _HEADER_OPTIONAL)
+            missing_keys = sorted(_HEADER_REQUIRED - keys)
+            if unknown or missing_keys:
+                raise LapeError(
+                    f"{str(p)!r} is damaged: its header has unexpected entries {unknown} "
+                    f"(or lacks {missing_keys}); restore it from a copy or {advice}"
+                )
+            expected = header.get("header_checksum")
+            if expected is not None and expected != _header_checksum(header):
+                raise LapeError(
+                    f"{str(p)!r} is damaged: the checksum of its header (languages, metadata) "
+                    f"is {_header_checksum(header)}, but it records {expected}; restore it "
+                    f"from a copy or {advice}"
+                )
+            where = f"the statistics file {str(p)!r}"
+            languages = parse_json(header["languages"], where=f"{where} (languages)", advice=advice)
+            metadata = parse_json(
+                header.get("metadata", "{}"), where=f"{where} (metadata)", advice=advice
+            )
             expected = header.get("checksum")
             if expected is not None:
                 found = _checksum(
@@ -564,3 +606,10 @@ def _checksum(tensors: Mapping[str, Tensor]) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+def _header_checksum(header: Mapping[str, str]) -> str:
+    """``"sha256:..."`` of the header entries other than the two checksums, in key order."""
+    entries = {k: header[k] for k in sorted(header) if k not in ("checksum", "header_checksum")}
+    text = json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

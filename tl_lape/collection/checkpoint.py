@@ -45,7 +45,7 @@ from tl_lape._adapter import ModelAdapter
 from tl_lape.collection.counting import HookList, ShareCounts, count_share
 from tl_lape.collection.windows import WindowBatch, WindowSettings
 from tl_lape.errors import LapeError
-from tl_lape.formats import load_tagged_safetensors, save_tagged_safetensors
+from tl_lape.formats import load_tagged_safetensors, parse_json, save_tagged_safetensors
 
 __all__ = ["CollectionCheckpoint"]
 
@@ -134,17 +134,23 @@ class CollectionCheckpoint:
             advice=advice,
             required=("n_tokens", "n_windows", "active_counts", "activation_sums"),
         )
+        where = f"the collection checkpoint {str(path)!r}"
         try:
+            finished = parse_json(header["finished"], where=where, advice=advice)
+            if not isinstance(finished, bool):
+                raise ValueError(f"finished is {finished!r}, not true or false")
             return cls(
-                fingerprint=json.loads(header["fingerprint"]),
+                fingerprint=parse_json(header["fingerprint"], where=where, advice=advice),
                 next_batch=int(header["next_batch"]),
                 tokens_sha256=header["tokens_sha256"],
-                finished=bool(json.loads(header["finished"])),
+                finished=finished,
                 n_tokens=tensors["n_tokens"],
                 n_windows=tensors["n_windows"],
                 active_counts=tensors["active_counts"],
                 activation_sums=tensors["activation_sums"],
             )
+        except LapeError:
+            raise
         except (KeyError, ValueError) as err:
             raise LapeError(
                 f"{str(path)!r} is a damaged collection checkpoint ({type(err).__name__}: "

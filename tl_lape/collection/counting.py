@@ -361,6 +361,7 @@ def _stats_metadata(
     """The provenance recorded in the statistics' metadata (JSON-serialisable)."""
     return {
         "model_name": adapter.model_name,
+        "dtype": _model_dtype(adapter.model),
         "n_layers": adapter.n_layers,
         "d_mlp": adapter.d_mlp,
         "gated": adapter.gated,
@@ -377,6 +378,17 @@ def _stats_metadata(
             "tl_lape": _tl_lape_version(),
         },
     }
+
+
+def _model_dtype(model: Any) -> str | None:
+    """The model's dtype as recorded in the statistics (``"float32"``), or None if unknown."""
+    dtype = getattr(getattr(model, "cfg", None), "dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        try:
+            dtype = next(iter(model.parameters())).dtype
+        except (AttributeError, TypeError, StopIteration):
+            return None
+    return str(dtype).removeprefix("torch.")
 
 
 def _tl_lape_version() -> str:

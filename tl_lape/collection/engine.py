@@ -324,5 +324,7 @@ def _check_options(
                 f"firing counts only; received checkpoint_path={str(checkpoint_path)!r}); drop "
                 "one of them"
             )
-        check_output_file(checkpoint_path, "collection checkpoint")
+        # overwrite=True: an existing file is read first (a resume), and one that is not a
+        # checkpoint is refused there, so a file tl_lape did not write is never replaced.
+        check_output_file(checkpoint_path, "collection checkpoint", overwrite=True)
     return hooks

@@ -41,7 +41,12 @@ from tl_lape.checks import check_languages
 from tl_lape.collection.counting import ShareCounts
 from tl_lape.collection.windows import WindowBatch, WindowSettings
 from tl_lape.errors import LapeError
-from tl_lape.formats import load_tagged_safetensors, save_tagged_safetensors
+from tl_lape.formats import (
+    check_output_file,
+    load_tagged_safetensors,
+    parse_json,
+    save_tagged_safetensors,
+)
 
 __all__ = ["ResidualMeans"]
 
@@ -141,9 +146,10 @@ class ResidualMeans:
         others = [self._index(lang) for lang in names]
         return means[..., t] - means[..., others].mean(-1)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the sums, counts and metadata to one safetensors file (atomically), with a
-        format tag, a version and a checksum.
+        format tag, a version and a checksum. An existing file that tl_lape did not write is
+        refused unless ``overwrite=True``.
 
         Example:
             >>> import tempfile, pathlib
@@ -159,6 +165,7 @@ class ResidualMeans:
             "metadata": json.dumps(self.metadata, ensure_ascii=False, allow_nan=False),
         }
         tensors = {"sums": self.sums, "n_tokens": self.n_tokens}
+        check_output_file(path, "residual-means file", overwrite=overwrite)
         save_tagged_safetensors(path, tensors, tag=_FORMAT, version=_VERSION, header=header)
 
     @classmethod
@@ -188,10 +195,13 @@ class ResidualMeans:
             legacy_keys=_LEGACY_KEYS,
         )
         name = repr(str(path))
+        where = f"the residual-means file {name}"
         try:
-            languages = json.loads(header["languages"])
-            metadata = json.loads(header.get("metadata", "{}"))
-        except (KeyError, ValueError) as err:
+            languages = parse_json(header["languages"], where=f"{where} (languages)", advice=advice)
+            metadata = parse_json(
+                header.get("metadata", "{}"), where=f"{where} (metadata)", advice=advice
+            )
+        except KeyError as err:
             raise LapeError(
                 f"{name} is a damaged residual-means file (its header: {type(err).__name__}: "
                 f"{err}); {advice}"
