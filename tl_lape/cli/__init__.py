@@ -138,6 +138,7 @@ def _add_collect_command(sub: Any) -> None:
         help="also write the per-language residual-stream means (for DiffMean steering, "
         "`steer --study --means FILE`), collected in the same pass",
     )
+    _add_overwrite_option(collect)
     collect.set_defaults(func=_cmd_collect)
 
 
@@ -150,6 +151,7 @@ def _add_identify_command(sub: Any) -> None:
     identify.add_argument(
         "--rucaibox", type=Path, default=None, help="also write the paper's .neuron.pth format"
     )
+    _add_overwrite_option(identify)
     identify.set_defaults(func=_cmd_identify)
 
 
@@ -201,6 +203,7 @@ def _add_evaluate_command(sub: Any) -> None:
     )
     _add_collect_options(evaluate, default_max_tokens=DEFAULT_MAX_TOKENS_PER_LANGUAGE)
     evaluate.add_argument("--out", required=True, type=Path, help="report folder")
+    _add_overwrite_option(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
 
@@ -259,6 +262,7 @@ def _add_steer_command(sub: Any) -> None:
     )
     steer.add_argument("--no-progress", action="store_true", help="hide progress bars")
     steer.add_argument("--out", required=True, type=Path, help="report folder")
+    _add_overwrite_option(steer)
     steer.set_defaults(func=_cmd_steer)
 
 
@@ -307,7 +311,17 @@ def _add_demo_command(sub: Any) -> None:
         default=None,
         help="tokens generated per prompt when steering (default: 24; 32 for --model demo)",
     )
+    _add_overwrite_option(demo)
     demo.set_defaults(func=_cmd_demo)
+
+
+def _add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing file, or write into an existing folder, that tl_lape did not "
+        "write (an input is never overwritten)",
+    )
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -459,13 +473,17 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_collect(args: argparse.Namespace) -> int:
     from tl_lape.collection.engine import collect_activation_stats
 
-    check_output_file(args.out, "statistics file")
+    inputs = _inputs(args)
+    check_output_file(args.out, "statistics file", overwrite=args.overwrite, inputs=inputs)
     _check_collect_sizes(args)
     if args.resume is not None:
-        check_output_file(args.resume, "checkpoint")
+        # Read first if it exists (a resume) and refused there if it is not a checkpoint.
+        check_output_file(args.resume, "checkpoint", overwrite=True, inputs=inputs)
         _check_at_least_one(args, ("checkpoint_every",))
     if args.residual_means is not None:
-        check_output_file(args.residual_means, "residual-means file")
+        check_output_file(
+            args.residual_means, "residual-means file", overwrite=args.overwrite, inputs=inputs
+        )
         if Path(args.residual_means).resolve() == Path(args.out).resolve():
             raise LapeError(
                 f"--out and --residual-means name the same file {str(args.out)!r}; give two paths"
@@ -501,7 +519,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     else:
         stats = collect_activation_stats(model, corpus, **window_kwargs)
     if args.residual_means is None:
-        stats.save(args.out)
+        stats.save(args.out, overwrite=args.overwrite)
     tokens = ", ".join(
         f"{lang} {int(n):,}" for lang, n in zip(stats.languages, stats.n_tokens, strict=True)
     )
@@ -513,9 +531,12 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     from tl_lape.selection import identify_language_neurons
     from tl_lape.stats import ActivationStats
 
-    targets = [check_output_file(args.out, "neuron-set file")]
+    inputs, overwrite = _inputs(args), args.overwrite
+    targets = [check_output_file(args.out, "neuron-set file", overwrite=overwrite, inputs=inputs)]
     if args.rucaibox is not None:
-        targets.append(check_output_file(args.rucaibox, "--rucaibox file"))
+        targets.append(
+            check_output_file(args.rucaibox, "--rucaibox file", overwrite=overwrite, inputs=inputs)
+        )
         if targets[1].resolve() == targets[0].resolve():
             raise LapeError(
                 f"--out and --rucaibox name the same file {str(args.out)!r}; give two paths"
@@ -542,7 +563,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tl_lape.neurons import LanguageNeurons
     from tl_lape.stats import ActivationStats
 
-    check_report_folder(args.out)
+    check_report_folder(args.out, overwrite=args.overwrite, inputs=_inputs(args))
     _check_collect_sizes(args)
     _check_model_source(args.model, args.device)
     neurons = LanguageNeurons.load(args.neurons)
@@ -596,7 +617,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_steer(args: argparse.Namespace) -> int:
     from tl_lape.stats import ActivationStats
 
-    check_report_folder(args.out)
+    check_report_folder(args.out, overwrite=args.overwrite, inputs=_inputs(args))
     if args.study:
         return _cmd_steer_study(args)
     study_only = [
@@ -872,6 +893,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         eval_random=args.eval_random,
         steer_new_tokens=args.steer_new_tokens,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     result = run_demo(settings, echo=lambda line: print(line, flush=True))
     print()
@@ -899,6 +921,32 @@ def _load_corpus(
 
     langs = _parse_languages(languages) if languages is not None else None
     return load_corpus(source, languages=langs, split=split, hf_config=hf_config)
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The files and folders a command reads, for the output rule
+    (:func:`tl_lape.formats.check_output_file`): no output may be one of them."""
+    from tl_lape.sources.models import MODEL_ALIASES
+
+    found = [
+        (what, Path(getattr(args, name)))
+        for name, what in (
+            ("stats", "statistics file"),
+            ("neurons", "neuron-set file"),
+            ("means", "residual-means file"),
+        )
+        if getattr(args, name, None) is not None
+    ]
+    model = getattr(args, "model", None)
+    if model is not None and model not in MODEL_ALIASES and Path(model).expanduser().exists():
+        found.append(("model", Path(model).expanduser()))
+    for name in ("corpus", "reference_corpus"):
+        source = getattr(args, name, None)
+        if isinstance(source, str) and source.startswith("text:"):
+            folder = Path(source[len("text:") :]).expanduser()
+            if folder.is_dir():
+                found += [("corpus file", p) for p in sorted(folder.iterdir()) if p.is_file()]
+    return found
 
 
 def _check_at_least_one(args: argparse.Namespace, names: Sequence[str]) -> None:

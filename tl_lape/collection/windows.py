@@ -12,7 +12,12 @@ difference is one explicit :class:`WindowPolicy`:
   references): ``EOS BOS`` between documents and BOS at the start of every window, the format
   the demo model was trained on; without BOS, just ``EOS``.
 
-Special tokens the tokenizer lacks are left out of the separator.
+Special tokens the tokenizer lacks are left out of the separator. A document longer than
+:data:`DOCUMENT_PIECE_CHARS` characters is tokenized piece by piece, lazily (each piece cut just
+before a space or newline when there is one in its second half), so that the work and memory of
+a token budget are bounded by the budget, not by the longest line: a 50 MB one-line file with a
+budget of 512 tokens tokenizes one piece. A cut can merge or split the one token that spans it,
+once per piece.
 
 Example:
     >>> COLLECTION
@@ -34,6 +39,7 @@ from tl_lape.errors import LapeError
 
 __all__ = [
     "COLLECTION",
+    "DOCUMENT_PIECE_CHARS",
     "WindowBatch",
     "WindowPolicy",
     "WindowSettings",
@@ -44,6 +50,9 @@ __all__ = [
 ]
 
 SpecialToken = Literal["eos", "bos"]
+
+#: Characters of a long document tokenized at a time (see the module docstring).
+DOCUMENT_PIECE_CHARS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -204,9 +213,10 @@ def document_stream(
 ) -> Iterator[Int[Tensor, " n"]]:
     """Tokenize documents one at a time into one stream, with the policy's separator between.
 
-    Yields 1-D CPU LongTensor chunks: a document's ids, then the separator, then the next
-    document's ids, and so on; empty documents are skipped (no separator for them). Lazy: a
-    caller that stops early tokenizes no further.
+    Yields 1-D CPU LongTensor chunks: a document's ids (a long document's in pieces of
+    :data:`DOCUMENT_PIECE_CHARS` characters), then the separator, then the next document's ids,
+    and so on; empty documents are skipped (no separator for them). Lazy: a caller that stops
+    early tokenizes no further, not even the rest of a long document.
 
     Raises:
         LapeError: A document that is not a string (``where`` names the collection).
@@ -217,13 +227,28 @@ def document_stream(
     for i, doc in enumerate(texts):
         if not isinstance(doc, str):
             raise LapeError(f"{where} must hold strings; item {i} is a {type(doc).__name__}")
-        ids = adapter.encode(doc)
-        if ids.numel() == 0:
-            continue
-        if not first and separator is not None:
-            yield separator
-        first = False
-        yield ids
+        started = False
+        for piece in _document_pieces(doc):
+            ids = adapter.encode(piece)
+            if ids.numel() == 0:
+                continue
+            if not started and not first and separator is not None:
+                yield separator
+            started, first = True, False
+            yield ids
+
+
+def _document_pieces(doc: str, size: int = DOCUMENT_PIECE_CHARS) -> Iterator[str]:
+    """``doc`` in pieces of at most ``size`` characters, each cut before the last space or
+    newline of its second half when there is one (``"".join`` gives ``doc`` back)."""
+    start = 0
+    while len(doc) - start > size:
+        end = start + size
+        cut = max(doc.rfind(" ", start + size // 2, end), doc.rfind("\n", start + size // 2, end))
+        end = cut if cut > start else end
+        yield doc[start:end]
+        start = end
+    yield doc[start:]
 
 
 def _iter_windows(chunks: Iterable[Tensor], settings: WindowSettings) -> Iterator[Tensor]:

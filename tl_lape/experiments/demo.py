@@ -48,7 +48,13 @@ from tl_lape.neurons import LanguageNeurons
 from tl_lape.plots import plot_neurons_per_layer, plot_overlap
 from tl_lape.selection import identify_language_neurons, lape_scores
 from tl_lape.sources.corpora import PAPER_LANGUAGES, load_debian_handbook
-from tl_lape.sources.models import GEMMA_3_270M, check_model_source, load_model, resolve_dtype
+from tl_lape.sources.models import (
+    GEMMA_3_270M,
+    MODEL_ALIASES,
+    check_model_source,
+    load_model,
+    resolve_dtype,
+)
 from tl_lape.stats import ActivationStats
 
 __all__ = [
@@ -157,11 +163,15 @@ def demo_settings(
     eval_random: int | None = None,
     steer_new_tokens: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> DemoSettings:
     """The demo's settings: the model's preset (:data:`DEMO_PRESETS`) with the given options
     on top (``None`` keeps the preset's value), every option checked before anything loads.
 
-    ``model="demo"`` takes the ``"demo"`` preset, any other model the ``"real"`` one.
+    ``model="demo"`` takes the ``"demo"`` preset, any other model the ``"real"`` one. ``out``
+    follows the output rule of :func:`tl_lape.formats.check_report_folder`: an existing
+    non-empty folder that tl_lape did not write needs ``overwrite=True``, and a model folder
+    may not be or hold it.
 
     Example:
         >>> demo_settings("demo").max_tokens_per_language
@@ -189,7 +199,8 @@ def demo_settings(
             f"eval_random must be an int >= 0 (matched random draws; 0: none); received "
             f"{eval_random!r}; pass e.g. 3"
         )
-    out = check_report_folder(out)
+    inputs = [("model", Path(model).expanduser())] if model not in MODEL_ALIASES else []
+    out = check_report_folder(out, overwrite=overwrite, inputs=inputs)
     check_model_source(model, device=device)
     return DemoSettings(
         model=model,
