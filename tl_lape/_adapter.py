@@ -327,6 +327,23 @@ class ModelAdapter:
         n_ctx = getattr(getattr(self.model, "cfg", None), "n_ctx", None)
         return int(n_ctx) if n_ctx is not None else None
 
+    def check_token_ids(self, ids: Tensor, where: str) -> None:
+        """Refuse token ids outside the model's vocabulary (an embedding would raise a raw
+        ``IndexError``), naming ``where`` and the range found.
+
+        Example:
+            >>> adapt(model).check_token_ids(torch.tensor([0, 1]), "windows")  # doctest: +SKIP
+        """
+        d_vocab = getattr(getattr(self.model, "cfg", None), "d_vocab", None)
+        if not isinstance(ids, Tensor) or ids.numel() == 0:
+            return
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or (isinstance(d_vocab, int) and hi >= d_vocab):
+            raise LapeError(
+                f"{where} holds token ids in [{lo}, {hi}], outside the vocabulary [0, {d_vocab}) "
+                f"of {self.model_name!r}; were they made with another tokenizer?"
+            )
+
     def encode(self, text: str, *, prepend_bos: bool = False) -> Int[Tensor, " pos"]:
         """Token ids of ``text`` (on the CPU), with no special tokens unless ``prepend_bos``.
 

@@ -84,7 +84,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             f"cannot write {str(target)!r}: its directory {str(directory)!r} does not exist; "
             "create the directory first or choose another path"
         )
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise _write_error(target, err) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -92,9 +95,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp.exists():
             os.chmod(tmp, _umask_mode())
         os.replace(tmp, target)
+    except _WRITE_ERRORS as err:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(target, err) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_errors() -> tuple[type[Exception], ...]:
+    from safetensors import SafetensorError  # raised for an I/O error while serializing
+
+    return (OSError, SafetensorError)
+
+
+#: What a failed write raises: the OS's errors (a full disk: ``ENOSPC``) and safetensors'.
+_WRITE_ERRORS = _write_errors()
+
+
+def _write_error(target: Path, err: Exception) -> LapeError:
+    """The one-line error of a write that failed (a full disk, a lost mount, ...)."""
+    reason = " ".join(str(err).split())[:200] or type(err).__name__
+    return LapeError(
+        f"cannot write {str(target)!r} ({reason}); it was left as it was: free space (or fix "
+        "the folder) and try again, or choose another path"
+    )
 
 
 @contextlib.contextmanager
@@ -159,6 +184,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             return
         for item in sorted(tmp.iterdir()):
             os.replace(item, target / item.name)
+    except _WRITE_ERRORS as err:
+        raise _write_error(target, err) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -519,12 +519,28 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     else:
         stats = collect_activation_stats(model, corpus, **window_kwargs)
     if args.residual_means is None:
-        stats.save(args.out, overwrite=args.overwrite)
+        try:
+            stats.save(args.out, overwrite=args.overwrite)
+        except LapeError as err:  # e.g. a full disk: say what is kept and how to go on
+            raise LapeError(f"{err}; {_after_a_failed_save(args)}") from None
     tokens = ", ".join(
         f"{lang} {int(n):,}" for lang, n in zip(stats.languages, stats.n_tokens, strict=True)
     )
     print(f"wrote {args.out}: {stats.n_layers} layers x {stats.d_mlp} neurons; tokens: {tokens}")
     return 0
+
+
+def _after_a_failed_save(args: argparse.Namespace) -> str:
+    """What `collect` says when its final save fails: where the counts are, how to go on."""
+    if args.resume is not None and Path(args.resume).is_file():
+        return (
+            f"the collected counts are kept in the checkpoint {str(args.resume)!r}: run the same "
+            "command again to write the statistics without collecting again"
+        )
+    return (
+        "the collected counts are lost; run again (with --resume CHECKPOINT, a long run keeps "
+        "its counts in a checkpoint that survives a failed save)"
+    )
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:

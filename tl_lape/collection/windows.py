@@ -415,6 +415,7 @@ def token_windows(
         stream = texts.to(torch.long).cpu()
         if limit is not None:
             stream = stream[:limit]
+        adapter.check_token_ids(stream, "the token-id corpus")
     else:
         if isinstance(texts, str):
             raise LapeError(

@@ -113,6 +113,41 @@ def _pre_linear_name(layer: int) -> str:
 # --------------------------------------------------------------------------- positions
 
 
+#: Positions beyond any sequence a model can run (int64 indexing stays exact below it).
+_MAX_POSITION = 2**62
+
+
+def _check_position(value: int) -> int:
+    """An int position, refused with a LapeError if no sequence could have it."""
+    if not -_MAX_POSITION < value < _MAX_POSITION:
+        raise LapeError(
+            f"positions holds {value}, beyond any sequence; give positions within the "
+            "sequence, such as 0 or -1"
+        )
+    return value
+
+
+def _check_slice(positions: slice) -> slice:
+    """A ``positions=`` slice with int (or None) bounds and a positive step, or a LapeError."""
+    for part in ("start", "stop", "step"):
+        value = getattr(positions, part)
+        if value is None:
+            continue
+        try:
+            _check_position(operator.index(value))
+        except TypeError:
+            raise LapeError(
+                f"positions={positions!r}: its {part} must be an int or None; received "
+                f"{type(value).__name__}"
+            ) from None
+    if positions.step is not None and operator.index(positions.step) < 1:
+        raise LapeError(
+            f"positions={positions!r}: the step must be a positive int (torch indexes no "
+            "slice backwards, and a step of 0 selects nothing); give e.g. slice(0, None, 2)"
+        )
+    return positions
+
+
 def _starts_at_end(positions: slice, pos_len: int) -> bool:
     """Whether ``positions`` starts just past the last of ``pos_len`` positions: ``slice(n, ...)``.
 
@@ -153,12 +188,12 @@ class PositionSelector:
             self.kind = positions
         elif isinstance(positions, slice):
             self.kind = "slice"
-            self.slice = positions
+            self.slice = _check_slice(positions)
         elif isinstance(positions, bool):
             raise LapeError(f"positions must not be a bool; received {positions!r}")
         elif isinstance(positions, int):
             self.kind = "index"
-            self.static = torch.tensor([positions], dtype=torch.long)
+            self.static = torch.tensor([_check_position(positions)], dtype=torch.long)
         elif isinstance(positions, Tensor) and positions.dtype == torch.bool:
             if positions.ndim != 1:
                 raise LapeError(
@@ -170,7 +205,7 @@ class PositionSelector:
         else:
             try:
                 idx = torch.as_tensor(positions)
-            except (TypeError, ValueError, RuntimeError):
+            except (TypeError, ValueError, RuntimeError, OverflowError):
                 raise LapeError(
                     f"positions must be None, an int, a slice, indices, a bool mask, 'new' or "
                     f"'prompt'; received {type(positions).__name__}"

@@ -133,6 +133,7 @@ def window_nll(
         )
     _check_windows(windows)
     adapter = adapt(model, validate=False)
+    adapter.check_token_ids(windows, "windows")
     device = adapter.device
     fwd_hooks = list(fwd_hooks)
     check_fwd_hooks(model, fwd_hooks)  # a LapeError, not TransformerLens' KeyError
