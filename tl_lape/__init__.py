@@ -44,6 +44,7 @@ from tl_lape.interventions.hooks import (
     steered,
     steering_hooks,
 )
+from tl_lape.judging.fluency import FluencyRule
 from tl_lape.judging.identification import LanguageIdentifier
 from tl_lape.judging.outputs import SteeringOutputs
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
@@ -66,6 +67,7 @@ __all__ = [
     "DemoResult",
     "Estimate",
     "EvaluationReport",
+    "FluencyRule",
     "LanguageIdentifier",
     "LanguageNeurons",
     "LapeError",

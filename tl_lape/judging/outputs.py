@@ -4,13 +4,16 @@
 :class:`~tl_lape.judging.identification.LanguageIdentifier` (the output language) with
 :mod:`tl_lape.judging.metrics` (quality) into a :class:`SteeringOutputs`:
 
-- the output language, by an offline identifier restricted to the languages of the study;
+- the output language, by an offline identifier over every language it knows, with
+  ``"other"`` for a language outside the study (and its confidence);
 - the *unsteered* model's NLL of each output
-  (:func:`~tl_lape.judging.metrics.sequence_nll`) and its share of repeated token trigrams
-  (:func:`~tl_lape.judging.metrics.repetition_rate`);
-- *fluent*: not empty, repetition at most ``max_repetition`` and NLL at most ``nll_margin``
-  above the yardstick language's natural-text NLL
-  (:func:`~tl_lape.judging.metrics.reference_nll`);
+  (:func:`~tl_lape.judging.metrics.sequence_nll`), its share of repeated token trigrams
+  (:func:`~tl_lape.judging.metrics.repetition_rate`) and the text rule's verdict
+  (:class:`~tl_lape.judging.fluency.FluencyRule`: no phrase, digit or markup loop);
+- *fluent*: not empty, passing the text rule, repetition at most ``max_repetition`` and NLL at
+  most ``nll_margin`` above the yardstick language's natural-text NLL
+  (:func:`~tl_lape.judging.metrics.reference_nll`). The NLL bar rejects shuffled text, the
+  text rule rejects loops (which a model predicts best, so their NLL is low);
 - *success* (:meth:`SteeringOutputs.success_rate`): in the target language and fluent.
 
 Example:
@@ -27,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_lape.judging.fluency import FluencyRule, repeated_coverage, text_units
 from tl_lape.judging.identification import LanguageIdentifier
 from tl_lape.judging.metrics import repetition_rate, sequence_nll
 
@@ -42,6 +46,8 @@ __all__ = [
 DEFAULT_NLL_MARGIN = 1.0
 #: Fluent outputs have at most this share of repeated token trigrams.
 DEFAULT_MAX_REPETITION = 0.5
+#: Fluent outputs pass this text rule (no phrase, digit or markup loop).
+DEFAULT_FLUENCY_RULE = FluencyRule()
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,10 @@ class SteeringOutputs:
         nll: The unsteered model's mean NLL per token of each continuation (float64).
         repetition: :func:`~tl_lape.judging.metrics.repetition_rate` of each continuation.
         fluent: Whether each continuation meets the fluency criterion.
+        confidence: The identifier's confidence in each language (empty: not recorded).
+        coverage: :func:`~tl_lape.judging.fluency.repeated_coverage` of each continuation's
+            text units (empty: not recorded).
+        text_fluent: Whether each continuation passes the text rule (empty: no rule applied).
     """
 
     prompts: tuple[str, ...]
@@ -63,6 +73,15 @@ class SteeringOutputs:
     nll: Float[Tensor, " batch"]
     repetition: Float[Tensor, " batch"]
     fluent: tuple[bool, ...]
+    confidence: tuple[float, ...] = ()
+    coverage: tuple[float, ...] = ()
+    text_fluent: tuple[bool, ...] = ()
+
+    def successes(self, target: str) -> tuple[bool, ...]:
+        """Per output, whether it is in ``target`` and fluent."""
+        return tuple(
+            lang == target and fl for lang, fl in zip(self.languages, self.fluent, strict=True)
+        )
 
     def rate(self, language: str) -> float:
         """Share of outputs identified as ``language``."""
@@ -104,10 +123,11 @@ def judge_outputs(
     reference: Mapping[str, float] | None,
     nll_margin: float = DEFAULT_NLL_MARGIN,
     max_repetition: float = DEFAULT_MAX_REPETITION,
+    rule: FluencyRule | None = DEFAULT_FLUENCY_RULE,
 ) -> SteeringOutputs:
     """Judge generated outputs: their language, the unsteered model's NLL, repetition, fluency.
 
-    An output is fluent when it is not empty, its
+    An output is fluent when it is not empty, passes ``rule`` (when given), its
     :func:`~tl_lape.judging.metrics.repetition_rate` is at most ``max_repetition`` and, when
     ``reference`` has the yardstick language (``target``, or the output's own identified
     language when ``target`` is None), its :func:`~tl_lape.judging.metrics.sequence_nll` is at
@@ -125,17 +145,22 @@ def judge_outputs(
             checks only emptiness and repetition).
         nll_margin: Fluent outputs have NLL at most this far above the yardstick's reference.
         max_repetition: Fluent outputs have at most this repetition rate.
+        rule: The text rule fluent outputs pass (None: none).
 
     Returns:
         The judged :class:`SteeringOutputs`.
     """
-    languages = tuple(identifier.identify_many(texts))
+    scored = [identifier.identify_scored(text) for text in texts]
+    languages = tuple(lang for lang, _ in scored)
     nll = sequence_nll(model, tokens)
     repetition = torch.tensor([repetition_rate(t) for t in tokens], dtype=torch.float64)
+    coverage = tuple(repeated_coverage(text_units(text)) for text in texts)
+    text_fluent = tuple(rule(text) for text in texts) if rule is not None else ()
     fluent = []
     for i, lang in enumerate(languages):
         yardstick_lang = target if target is not None else lang
         ok = bool(tokens[i].numel() > 0) and float(repetition[i]) <= max_repetition
+        ok = ok and (rule is None or text_fluent[i])
         if (
             ok
             and reference is not None
@@ -144,7 +169,17 @@ def judge_outputs(
         ):
             ok = bool(float(nll[i]) <= reference[yardstick_lang] + nll_margin)
         fluent.append(ok)
-    return SteeringOutputs(tuple(prompts), tuple(texts), languages, nll, repetition, tuple(fluent))
+    return SteeringOutputs(
+        tuple(prompts),
+        tuple(texts),
+        languages,
+        nll,
+        repetition,
+        tuple(fluent),
+        confidence=tuple(conf for _, conf in scored),
+        coverage=coverage,
+        text_fluent=text_fluent,
+    )
 
 
 @dataclass(frozen=True)
@@ -159,6 +194,7 @@ class OutputJudge:
             checks only emptiness and repetition).
         nll_margin: Fluent outputs have NLL at most this far above the yardstick's reference.
         max_repetition: Fluent outputs have at most this repetition rate.
+        rule: The text rule fluent outputs pass (None: none).
     """
 
     model: Any
@@ -167,6 +203,7 @@ class OutputJudge:
     _: KW_ONLY
     nll_margin: float = DEFAULT_NLL_MARGIN
     max_repetition: float = DEFAULT_MAX_REPETITION
+    rule: FluencyRule | None = DEFAULT_FLUENCY_RULE
 
     def __call__(
         self, prompts: Sequence[str], texts: list[str], tokens: list[Tensor], *, target: str | None
@@ -182,4 +219,5 @@ class OutputJudge:
             reference=self.reference,
             nll_margin=self.nll_margin,
             max_repetition=self.max_repetition,
+            rule=self.rule,
         )
