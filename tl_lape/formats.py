@@ -583,9 +583,6 @@ MAX_LAYERS = 4096
 #: Most neurons per layer (``d_mlp``) or residual width (``d_model``) a file may declare.
 MAX_WIDTH = 1 << 20
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
-
 
 def key_meaning(key: str) -> str:
     """What a JSON object key means, for :func:`parse_json`'s same-meaning check: a key of
@@ -632,26 +629,24 @@ def parse_json(text: str | bytes, *, where: str, advice: str) -> Any:
                 f"(byte {err.start}: "
                 f"{err.object[err.start : err.start + 1]!r}); {advice}"
             ) from None
-    depth = deepest = 0
-    for match in _BRACKET.finditer(_STRING.sub('""', text)):
-        depth += 1 if match.group() in "[{" else -1
-        deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:
-            raise LapeError(
-                f"{where} is not valid: it nests arrays or objects more than "
-                f"{MAX_JSON_DEPTH} deep; {advice}"
-            )
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_strict_object,
             parse_int=_strict_int,
             parse_float=_strict_float,
             parse_constant=_no_constant,
         )
+        _check_depth(value)
+        return value
     except _StrictJsonError as err:
         raise LapeError(f"{where} is not valid: {err}; {advice}") from None
-    except (json.JSONDecodeError, RecursionError, ValueError) as err:
+    except RecursionError:  # nesting deeper than Python's recursion limit
+        raise LapeError(
+            f"{where} is not valid: it nests arrays or objects more than {MAX_JSON_DEPTH} deep "
+            f"(thousands of levels); {advice}"
+        ) from None
+    except (json.JSONDecodeError, ValueError) as err:
         reason = " ".join(str(err).split())[:200]
         raise LapeError(
             f"{where} is not valid JSON (corrupted or truncated?): {reason}; {advice}"
@@ -660,6 +655,23 @@ def parse_json(text: str | bytes, *, where: str, advice: str) -> Any:
 
 class _StrictJsonError(ValueError):
     pass
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse nesting deeper than :data:`MAX_JSON_DEPTH` (iteratively: no recursion limit).
+    Deeper text than Python's recursion limit never gets here: the parser raises first."""
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [
+            child
+            for item in level
+            if isinstance(item, (dict, list))
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return
+    raise _StrictJsonError(f"it nests arrays or objects more than {MAX_JSON_DEPTH} deep")
 
 
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

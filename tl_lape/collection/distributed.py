@@ -48,6 +48,7 @@ from tl_lape._adapter import ModelAdapter
 from tl_lape.collection.checkpoint import collection_fingerprint, fingerprint_differences
 from tl_lape.collection.windows import WindowSettings
 from tl_lape.errors import LapeError
+from tl_lape.formats import parse_json
 
 __all__ = ["rank_checkpoint_path"]
 
@@ -123,7 +124,11 @@ def check_same_run(
     dist.all_gather_object(gathered, json.dumps(mine, sort_keys=True), group=group)
     for other_rank, other in enumerate(gathered):
         if other != gathered[0]:
-            diffs = fingerprint_differences(json.loads(gathered[0]), json.loads(other))
+            where, advice = "a process's collection fingerprint", "report it"
+            diffs = fingerprint_differences(
+                parse_json(gathered[0], where=where, advice=advice),
+                parse_json(other, where=where, advice=advice),
+            )
             shown = "; ".join(f"{key}: {a!r} vs {b!r}" for key, a, b in diffs[:4])
             raise LapeError(
                 f"process {other_rank} of {world} was given another run than process 0 "

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_lape.errors import LapeError
-from tl_lape.formats import atomic_path
+from tl_lape.formats import atomic_path, parse_json
 
 __all__ = [
     "HANDBOOK_LOCALES",
@@ -332,9 +332,13 @@ def _load_cache(path: Path, version: str) -> dict[str, Any]:
     if not path.is_file():
         return empty
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        payload = parse_json(
+            path.read_bytes(), where=f"the handbook cache {str(path)!r}", advice=""
+        )
+    except (OSError, ValueError):  # a LapeError is a ValueError
         logger.warning("Ignoring unreadable handbook cache %s", path)
+        return empty
+    if not isinstance(payload, dict):
         return empty
     if payload.get("format") != _CACHE_FORMAT or payload.get("version") != version:
         return empty
@@ -736,11 +740,16 @@ def _help_edition(
     cache_path = cache / f"{package}-{re.sub(r'[^A-Za-z0-9.+-]', '_', version)}.json"
     if cache_path.is_file():
         try:
-            payload = json.loads(cache_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            payload = parse_json(cache_path.read_bytes(), where=str(cache_path), advice="")
+        except (OSError, ValueError):  # a LapeError is a ValueError
             logger.warning("Ignoring unreadable LibreOffice Help cache %s", cache_path)
         else:
-            if payload.get("format") == _HELP_CACHE_FORMAT and payload.get("version") == version:
+            if (
+                isinstance(payload, dict)
+                and payload.get("format") == _HELP_CACHE_FORMAT
+                and payload.get("version") == version
+                and isinstance(payload.get("pages"), dict)
+            ):
                 pages: dict[str, list[list[str]]] = payload["pages"]
                 return pages
     logger.info("Parsing the %s edition of LibreOffice Help", locale)

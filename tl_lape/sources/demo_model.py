@@ -15,7 +15,6 @@ Example:
 """
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from tl_lape.errors import LapeError
+from tl_lape.formats import parse_json
 
 __all__ = ["demo_model_path", "demo_training_log", "hub_offline", "load_demo_model"]
 
@@ -61,7 +61,16 @@ def demo_training_log() -> dict[str, Any]:
     log_path = _checked_path() / "training_log.json"
     if not log_path.is_file():
         raise LapeError(f"The demo model has no training log at {str(log_path)!r}.")
-    log: dict[str, Any] = json.loads(log_path.read_text(encoding="utf-8"))
+    log = parse_json(
+        log_path.read_bytes(),
+        where=f"the demo model's training log {str(log_path)!r}",
+        advice="reinstall tl_lape",
+    )
+    if not isinstance(log, dict):
+        raise LapeError(
+            f"the demo model's training log {str(log_path)!r} is not a JSON object; reinstall "
+            "tl_lape"
+        )
     return log
 
 

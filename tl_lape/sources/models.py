@@ -39,6 +39,7 @@ from typing import Any, Literal
 import torch
 
 from tl_lape.errors import LapeError
+from tl_lape.formats import parse_json
 from tl_lape.sources.demo_model import hub_offline
 
 __all__ = [
@@ -579,8 +580,10 @@ def _check_entry(entry: Path, digest: str) -> str | None:
     """``None`` if the cache entry is complete and intact, else what is wrong with it."""
     manifest_path = entry / _MANIFEST
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = parse_json(manifest_path.read_bytes(), where=str(manifest_path), advice="")
+    except (OSError, ValueError):  # a LapeError is a ValueError
+        return "no readable manifest"
+    if not isinstance(manifest, dict):
         return "no readable manifest"
     if manifest.get("format") != _CACHE_FORMAT or manifest.get("gguf_sha256") != digest:
         return "manifest of another file or format"
