@@ -77,6 +77,23 @@ ROWS: dict[str, str] = {
     "one-language": "need statistics of at least two languages",
     "short-corpus-advice": "--seq-len on the command line",
     "collect-resume": "",
+    "out-is-input": "which writing would destroy",
+    "out-inside-model": "lies inside the input model",
+    "out-symlink": "it is a symbolic link",
+    "out-foreign-file": "a file that tl_lape did not write is there",
+    "report-foreign-folder": "it holds files that tl_lape did not write",
+    "json-same-meaning-key": "mean the same",
+    "json-deep": "more than 64 deep",
+    "json-huge-integer": "more than the 24 allowed",
+    "neurons-huge-d-mlp": "more than the 1048576 this format allows",
+    "stats-header-edit": "the checksum of its header",
+    "merge-dtype": "different model dtypes",
+    "long-line-corpus": "",
+    "collect-disk-full": "the collected counts are kept in the checkpoint",
+    "positions-slice-step": "the step must be a positive int",
+    "token-ids-vocab": "outside the vocabulary",
+    "seed-range": "seed must be an integer between 0 and 2**63 - 1",
+    "save-onto-folder": "it is a directory",
 }
 
 
@@ -799,3 +816,294 @@ def test_collect_resume(tiny_model, text_corpus: Path, tmp_path: Path, capsys) -
         "it is a directory",
         capsys,
     )
+
+
+# ----------------------------------------------------------------------------- the output rule
+
+
+def _bytes_of(paths: list[Path]) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in paths}
+
+
+@pytest.mark.parametrize("case", ["same-file", "same-file-resolved", "report-holds-input"])
+def test_out_is_input(case: str, stats_file: Path, neurons_file: Path, tmp_path: Path, capsys):
+    before = _bytes_of([stats_file, neurons_file])
+    if case == "same-file":
+        argv = ["identify", str(stats_file), "--out", str(stats_file)]
+    elif case == "same-file-resolved":
+        (tmp_path / "sub").mkdir()
+        argv = ["identify", str(stats_file), "--rucaibox", str(tmp_path / "sub" / ".." / "n.pth")]
+        argv += ["--out", str(tmp_path / "sub" / ".." / stats_file.name)]
+    else:  # the neuron set lies inside the report folder
+        argv = ["evaluate", str(neurons_file), "--model", "no-such-model", "--out", str(tmp_path)]
+    message = _fails(argv, ROWS["out-is-input"], capsys)
+    assert str(stats_file if case != "report-holds-input" else neurons_file) in message
+    assert _bytes_of([stats_file, neurons_file]) == before
+    assert not (tmp_path / "n.pth").exists()
+
+
+def test_out_inside_model_folder(tiny_model, text_corpus: Path, capsys) -> None:
+    model = tiny_model("llama").path
+    before = _bytes_of(sorted(p for p in model.iterdir() if p.is_file()))
+    argv = ["collect", "--model", str(model), "--corpus", f"text:{text_corpus}"]
+    _fails([*argv, "--out", str(model / "model.safetensors")], ROWS["out-inside-model"], capsys)
+    assert _bytes_of(sorted(before)) == before
+    # A corpus file is an input too.
+    corpus_file = text_corpus / "en.txt"
+    text = corpus_file.read_bytes()
+    _fails([*argv, "--out", str(corpus_file), "--overwrite"], ROWS["out-is-input"], capsys)
+    assert corpus_file.read_bytes() == text
+
+
+def test_out_symlink(stats_file: Path, neurons_file: Path, tmp_path: Path, capsys) -> None:
+    link = tmp_path / "link.json"
+    link.symlink_to(neurons_file)
+    before = neurons_file.read_bytes()
+    argv = ["identify", str(stats_file), "--out", str(link), "--overwrite"]
+    message = _fails(argv, ROWS["out-symlink"], capsys)
+    assert str(neurons_file) in message
+    assert link.is_symlink() and neurons_file.read_bytes() == before
+    report_link = tmp_path / "report-link"
+    report_link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(LapeError, match=ROWS["out-symlink"]):
+        tl_lape.formats.check_report_folder(report_link)
+
+
+def test_out_foreign_file(stats_file: Path, tmp_path: Path, capsys) -> None:
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "notes"}', encoding="utf-8")
+    argv = ["identify", str(stats_file), "--out", str(notes)]
+    message = _fails(argv, ROWS["out-foreign-file"], capsys)
+    assert "--overwrite" in message and str(notes) in message
+    assert notes.read_text(encoding="utf-8") == '{"my": "notes"}'
+    with pytest.raises(LapeError, match=ROWS["out-foreign-file"]):
+        _tiny_stats().save(notes)
+    # With --overwrite the file is replaced; a file tl_lape wrote is replaced without it.
+    assert main([*argv, "--overwrite"]) == 0
+    assert tl_lape.LanguageNeurons.load(notes).languages == ("en", "fr")
+    assert main(argv) == 0
+    rucaibox = tmp_path / "x.neuron.pth"
+    tl_lape.LanguageNeurons.load(notes).to_rucaibox(rucaibox)
+    tl_lape.LanguageNeurons.load(notes).to_rucaibox(rucaibox)  # its own format: no refusal
+    _tiny_stats().save(stats_file)  # likewise
+
+
+def test_report_foreign_folder(neurons_file: Path, tmp_path: Path, capsys) -> None:
+    from tl_lape.experiments.demo import demo_settings
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("chapter 1", encoding="utf-8")
+    argv = ["evaluate", str(neurons_file), "--model", "/no/such/model", "--out", str(folder)]
+    message = _fails(argv, ROWS["report-foreign-folder"], capsys)
+    assert "thesis.tex" in message and "--overwrite" in message
+    assert _listing(folder) == ["thesis.tex"]
+    for command in (["demo", "--model", "demo"], ["steer", str(neurons_file), "--model", "x"]):
+        _fails([*command, "--out", str(folder)], ROWS["report-foreign-folder"], capsys)
+    with pytest.raises(LapeError, match=ROWS["report-foreign-folder"]):
+        demo_settings("demo", out=folder)
+    assert demo_settings("demo", out=folder, overwrite=True).out == folder
+    # With --overwrite the command goes on (here to the model check, after the folder's).
+    _fails([*argv, "--overwrite"], ROWS["model-missing-folder"], capsys)
+    assert _listing(folder) == ["thesis.tex"]
+
+
+# ----------------------------------------------------------------------------- strict JSON
+
+
+def test_json_same_meaning_key(tmp_path: Path, text_corpus: Path, capsys) -> None:
+    text = json.dumps({"en": {"1": [1]}, "fr": {"1": [3]}}).replace(
+        '{"1": [1]}', '{"1": [1], "01": [2]}'
+    )
+    path = _write_neurons_doc(tmp_path / "n.json", neurons={})
+    path.write_text(path.read_text().replace('"neurons": {}', f'"neurons": {text}'))
+    before = path.read_bytes()
+    with pytest.raises(LapeError, match=ROWS["json-same-meaning-key"]):
+        tl_lape.LanguageNeurons.load(path)
+    argv = ["evaluate", str(path), "--model", "no-such-model", "--corpus", f"text:{text_corpus}"]
+    message = _fails([*argv, "--out", str(tmp_path / "r")], ROWS["json-same-meaning-key"], capsys)
+    assert "'1' and '01'" in message and str(path) in message
+    assert path.read_bytes() == before
+
+
+def test_json_deep(tmp_path: Path) -> None:
+    for depth in (100, 100_000):
+        path = _write_neurons_doc(tmp_path / "n.json", metadata={})
+        path.write_text(
+            path.read_text().replace(
+                '"metadata": {}', '"metadata": {"x": ' + "[" * depth + "]" * depth + "}"
+            )
+        )
+        with pytest.raises(LapeError, match=ROWS["json-deep"]) as info:
+            tl_lape.LanguageNeurons.load(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_json_huge_integer(tmp_path: Path) -> None:
+    path = _write_neurons_doc(tmp_path / "n.json")
+    path.write_text(path.read_text().replace('"n_layers": 2', '"n_layers": ' + "9" * 5000))
+    started = time.perf_counter()
+    with pytest.raises(LapeError, match=ROWS["json-huge-integer"]) as info:
+        tl_lape.LanguageNeurons.load(path)
+    assert time.perf_counter() - started < 1.0
+    assert "5000 digits" in str(info.value) and str(path) in str(info.value)
+
+
+def test_neurons_huge_d_mlp(tmp_path: Path) -> None:
+    path = _write_neurons_doc(tmp_path / "n.json", d_mlp=10**12)
+    with pytest.raises(LapeError, match=ROWS["neurons-huge-d-mlp"]):
+        tl_lape.LanguageNeurons.load(path)
+
+
+def test_stats_header_edit(stats_file: Path) -> None:
+    with safe_open(str(stats_file), framework="pt") as f:
+        header = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    from safetensors.torch import save_file
+
+    swapped = {**header, "languages": json.dumps(["fr", "en"])}  # the columns now lie
+    save_file(tensors, str(stats_file), metadata=swapped)
+    with pytest.raises(LapeError, match=ROWS["stats-header-edit"]):
+        ActivationStats.load(stats_file)
+    extra = {**header, "note": "added"}  # an entry no tl_lape writes
+    save_file(tensors, str(stats_file), metadata=extra)
+    with pytest.raises(LapeError, match="unexpected entries"):
+        ActivationStats.load(stats_file)
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def test_merge_dtype(tiny_model, text_corpus: Path, tmp_path: Path) -> None:
+    from tl_lape.sources.corpora import load_text_files
+
+    bridge = tiny_model("llama").bridge
+    corpus = load_text_files(text_corpus, languages=["en", "fr"])
+    stats = tl_lape.collect_activation_stats(bridge, corpus, seq_len=16, progress=False)
+    assert stats.metadata["dtype"] == "float32"
+    half = ActivationStats(
+        stats.languages,
+        stats.n_tokens,
+        stats.active_counts,
+        stats.activation_sums,
+        {**stats.metadata, "dtype": "float16"},
+    )
+    with pytest.raises(LapeError, match=ROWS["merge-dtype"]) as info:
+        _ = stats + half
+    assert "'float32' vs 'float16'" in str(info.value)
+    # Statistics without the field (files written before it existed) still merge and load.
+    old = _tiny_stats()
+    assert "dtype" not in old.metadata
+    merged = old + _tiny_stats(seed=1)
+    assert "dtype" not in merged.metadata
+    same = stats + stats
+    assert same.metadata["dtype"] == "float32"
+
+
+def test_long_line_corpus(tiny_model, tmp_path: Path, capsys, monkeypatch) -> None:
+    from tl_lape._adapter import ModelAdapter
+    from tl_lape.collection.windows import DOCUMENT_PIECE_CHARS
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = "the cat sat on the warm mat and watched the rain "
+    (corpus / "en.txt").write_text(words * (50_000_000 // len(words)), encoding="utf-8")
+    (corpus / "fr.txt").write_text("le chat dort sur le tapis " * 200, encoding="utf-8")
+    tokenized: list[int] = []
+    encode = ModelAdapter.encode
+
+    def counting_encode(self: Any, text: str, **kwargs: Any) -> torch.Tensor:
+        tokenized.append(len(text))
+        return encode(self, text, **kwargs)
+
+    monkeypatch.setattr(ModelAdapter, "encode", counting_encode)
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", str(tiny_model("llama").path), "--corpus", f"text:{corpus}"]
+    argv += ["--languages", "en,fr", "--max-tokens-per-language", "512", "--seq-len", "16"]
+    started = time.perf_counter()
+    assert main([*argv, "--no-progress", "--out", str(out)]) == 0
+    assert time.perf_counter() - started < 30  # was 97 s and 7.5 GB before pieces
+    assert max(tokenized) <= DOCUMENT_PIECE_CHARS
+    assert sum(tokenized) < 3 * DOCUMENT_PIECE_CHARS  # one piece of the 50 MB line, and fr
+    assert ActivationStats.load(out).n_tokens.tolist() == [512, 512]
+
+
+def test_collect_disk_full(tiny_model, text_corpus: Path, tmp_path: Path, capsys, monkeypatch):
+    import errno
+
+    import tl_lape.stats
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    model = str(tiny_model("llama").path)
+    argv = ["collect", "--model", model, "--corpus", f"text:{text_corpus}", "--languages", "en,fr"]
+    argv += ["--seq-len", "16", "--no-progress"]
+    out, checkpoint = tmp_path / "stats.safetensors", tmp_path / "run.ckpt"
+    monkeypatch.setattr(tl_lape.stats, "save_file", full)
+    resume = ["--resume", str(checkpoint)]
+    message = _fails([*argv, *resume, "--out", str(out)], ROWS["collect-disk-full"], capsys)
+    assert "No space left on device" in message and str(checkpoint) in message
+    assert checkpoint.is_file() and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".stats")]  # no temp file
+    message = _fails([*argv, "--out", str(out)], "the collected counts are lost", capsys)
+    assert "--resume" in message
+    monkeypatch.undo()
+    assert main([*argv, *resume, "--out", str(out)]) == 0  # written from the checkpoint
+    plain = tmp_path / "plain.safetensors"
+    assert main([*argv, "--out", str(plain)]) == 0
+    assert torch.equal(
+        ActivationStats.load(out).active_counts, ActivationStats.load(plain).active_counts
+    )
+
+
+# ----------------------------------------------------------------------------- API arguments
+
+
+@pytest.mark.parametrize("positions", [slice(0, None, 0), slice(None, None, -1), slice("a", 3)])
+def test_positions_slice_step(positions: slice) -> None:
+    neurons = tl_lape.LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=2, d_mlp=64)
+    with pytest.raises(
+        LapeError,
+        match=ROWS["positions-slice-step"]
+        if positions.step is not None
+        else "must be an int or None",
+    ):
+        deactivation_hooks(neurons, ["en"], positions=positions)
+    with pytest.raises(LapeError, match="beyond any sequence"):
+        deactivation_hooks(neurons, ["en"], positions=10**30)
+
+
+def test_token_ids_vocab(tiny_model) -> None:
+    from tl_lape.collection.windows import token_windows
+    from tl_lape.judging.nll import window_nll
+
+    bridge = tiny_model("llama").bridge
+    vocab = bridge.cfg.d_vocab
+    with pytest.raises(LapeError, match=ROWS["token-ids-vocab"]) as info:
+        window_nll(bridge, torch.full((1, 8), vocab + 5))
+    assert f"[{vocab + 5}, {vocab + 5}]" in str(info.value)
+    with pytest.raises(LapeError, match=ROWS["token-ids-vocab"]):
+        token_windows(bridge, torch.full((40,), -1), seq_len=8)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**70])
+def test_seed_range(seed: Any) -> None:
+    from tl_lape.intervals import bootstrap_weights
+
+    neurons = tl_lape.LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=2, d_mlp=64)
+    with pytest.raises(LapeError, match=ROWS["seed-range"].replace("*", r"\*")):
+        tl_lape.random_matched_neurons(neurons, seed=seed)
+    with pytest.raises(LapeError, match=ROWS["seed-range"].replace("*", r"\*")):
+        bootstrap_weights(3, seed=seed)
+
+
+def test_save_onto_folder(tmp_path: Path) -> None:
+    neurons = tl_lape.LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=2, d_mlp=64)
+    means = tl_lape.ResidualMeans(
+        ("en", "fr"), torch.ones(1, 2, 2, dtype=torch.float64), torch.tensor([3, 4])
+    )
+    for save in (_tiny_stats().save, neurons.save, neurons.to_rucaibox, means.save):
+        with pytest.raises(LapeError, match=ROWS["save-onto-folder"]):
+            save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
