@@ -226,6 +226,39 @@ def test_study_report_files(study, tmp_path):
     assert all(isinstance(f, Figure) for f in study.figures().values())
 
 
+def test_study_keeps_every_output_with_its_verdicts(study, tmp_path):
+    """Every output of both phases is a record; the rows' rates are means over their records;
+    the quoted examples are chosen by rule; fresh cells have intervals over prompts."""
+    assert len(study.outputs) == sum(r["n"] for r in study.rows)
+    for row in study.rows:
+        mine = [
+            o
+            for o in study.outputs
+            if (o["phase"], o["setting"], o["config"], o["target"])
+            == (row["phase"], row["setting"], row["config"], row["target"])
+        ]
+        assert len(mine) == row["n"]
+        assert sum(o["success"] for o in mine) / row["n"] == pytest.approx(row["success_rate"])
+        assert sum(o["language"] == "other" for o in mine) / row["n"] == row["other_rate"]
+    record = study.outputs[0]
+    for key in ("prompt", "text", "method", "target", "language", "lingua", "nll", "fluent"):
+        assert key in record
+    assert all("content_gain" in o for o in study.outputs if o["setting"] == "content")
+    for chosen in study.examples.values():
+        assert chosen[0]["rule"] == "random"
+        assert all(x["rule"] in ("random", "weakest success") for x in chosen)
+        assert all(x["success"] for x in chosen if x["rule"] == "weakest success")
+    success = study.intervals["success"]
+    fresh_cells = {(r["setting"], r["config"], r["target"]) for r in study.select(phase="fresh")}
+    assert {(x["setting"], x["config"], x["target"]) for x in success} >= fresh_cells
+    diffs = {(x["first"], x["second"]) for x in study.intervals["differences"]}
+    assert ("lape", "random") in diffs and ("lape", "diffmean") in diffs
+    text = study.to_markdown()
+    assert "Paired differences in success" in text and "(random)" in text
+    back = SteeringStudy.load(study.save(tmp_path / "again"))
+    assert back.outputs == study.outputs and back.intervals == study.intervals
+
+
 def test_study_bad_input(demo, heldout, parallel, handbook_cache):
     train = load_debian_handbook(["en", "fr"], split="train", cache_dir=handbook_cache)
     stats, means = collect_activation_stats(

@@ -9,9 +9,12 @@ fresh ones:
   prompts with no language (a command, a number, a path); ``content``: the first words of an
   English handbook paragraph, whose continuation is compared with the target-language
   translation of the same paragraph (:func:`~tl_lape.sources.corpora.load_handbook_parallel`).
-- **Judges** (all in :mod:`tl_lape.judging`). Language by py3langid and by lingua (and how often
-  they agree); fluency by :func:`~tl_lape.judging.outputs.judge_outputs` (the unsteered model's
-  NLL against natural text of the target language, and repeated trigrams); content by
+- **Judges** (all in :mod:`tl_lape.judging`, measured on a labelled set in
+  ``benchmarks/results/2026-12-04-judges/``). Language by py3langid and by lingua, each over
+  every language it knows, ``"other"`` outside the study (and how often they agree); fluency
+  by :func:`~tl_lape.judging.outputs.judge_outputs` (the unsteered model's NLL against natural
+  text of the target language, repeated token trigrams, and a text rule that loops, digit
+  strings and markup fail); content by
   :func:`~tl_lape.judging.content.judge_content`: the chrF (sacrebleu) of the continuation
   against its own translation minus its mean chrF against other paragraphs of the same
   language. *Success* = identified as the target by py3langid AND fluent; in the content
@@ -29,6 +32,12 @@ fresh ones:
   setting. LAPE's chosen mode, budget and deactivation are then run with a random set at every
   strength (the control curve); the chosen configurations run on the fresh prompts, with
   several random draws for LAPE's control.
+- **Records.** Every output is kept with its prompt, method, configuration, target and each
+  judge's verdict and score (:func:`~tl_lape.experiments.steering_records.output_records`);
+  the report quotes outputs chosen by rule (seeded random and the weakest success), and gives
+  each fresh success rate a bootstrap interval over prompts and each difference between two
+  methods a paired interval on the same prompts
+  (:mod:`tl_lape.experiments.steering_records`).
 
 Example:
     >>> study = run_steering_study(model, stats, means, reference_corpus=heldout,
@@ -60,12 +69,19 @@ from tl_lape.experiments.steering import (
     one_line,
     selection_thresholds,
 )
+from tl_lape.experiments.steering_records import (
+    choose_examples,
+    output_records,
+    paired_differences,
+    success_estimates,
+)
 from tl_lape.formats import atomic_dir, json_text
+from tl_lape.intervals import Estimate
 from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_texts_and_tokens, generate_with_hook_sets
 from tl_lape.interventions.hooks import MODES, FwdHooks
 from tl_lape.judging.content import check_sacrebleu, harmonic_mean, judge_content
-from tl_lape.judging.identification import LanguageIdentifier
+from tl_lape.judging.identification import OTHER, LanguageIdentifier
 from tl_lape.judging.metrics import reference_nll
 from tl_lape.judging.outputs import DEFAULT_MAX_REPETITION, DEFAULT_NLL_MARGIN, OutputJudge
 from tl_lape.neurons import LanguageNeurons, random_matched_neurons
@@ -131,6 +147,10 @@ LANGUAGE_CUES: dict[str, str] = {
     "de": "Auf Deutsch: ",
 }
 
+
+#: The seed of the bootstrap over prompts (the same weights for every cell of a setting, so
+#: differences are paired).
+_BOOT_SEED = 0
 
 #: The strengths swept per LAPE mode by default.
 DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
@@ -210,18 +230,32 @@ class SteeringStudy:
             ``lingua_rate``, ``agreement`` (the share of outputs on which py3langid and lingua
             give the same answer; an output too short for both counts as agreeing),
             ``fluent_rate``, ``success_rate``, and in the
-            content setting ``relevant_rate``, ``mean_gain`` and ``combined``.
+            content setting ``relevant_rate``, ``mean_gain`` and ``combined``; ``other_rate``
+            and ``lingua_other_rate``: the share of outputs each identifier places outside the
+            study's languages.
         chosen: The configuration chosen on the development prompts, per method.
-        examples: Per fresh (setting, method, target), a few outputs.
+        examples: Per fresh (setting, configuration, target), the outputs quoted, chosen by
+            rule (:func:`~tl_lape.experiments.steering_records.choose_examples`): records with
+            a ``rule`` field.
         throughput: Unsteered and steered generation, tokens per second, side by side.
         metadata: Thresholds, prompts, languages, timings.
+        outputs: Every output of both phases with its prompt, configuration, target and each
+            judge's verdict and score
+            (:func:`~tl_lape.experiments.steering_records.output_records`).
+        intervals: ``{"success": [...], "differences": [...]}``: the fresh success rates with
+            bootstrap intervals over prompts and the paired differences between methods
+            (:func:`~tl_lape.experiments.steering_records.success_estimates`,
+            :func:`~tl_lape.experiments.steering_records.paired_differences`), estimates as
+            plain dicts.
     """
 
     rows: tuple[dict[str, Any], ...]
     chosen: dict[str, dict[str, Any]]
-    examples: dict[str, list[str]] = field(default_factory=dict)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     throughput: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    outputs: tuple[dict[str, Any], ...] = ()
+    intervals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def select(self, **where: Any) -> list[dict[str, Any]]:
         """The rows whose fields equal ``where``."""
@@ -254,6 +288,8 @@ class SteeringStudy:
             "examples": self.examples,
             "throughput": self.throughput,
             "metadata": self.metadata,
+            "intervals": self.intervals,
+            "outputs": list(self.outputs),
         }
 
     @classmethod
@@ -268,9 +304,14 @@ class SteeringStudy:
         return cls(
             rows=tuple(dict(r) for r in data["rows"]),
             chosen={k: dict(v) for k, v in data["chosen"].items()},
-            examples={k: list(v) for k, v in data.get("examples", {}).items()},
+            examples={
+                k: [x if isinstance(x, dict) else {"rule": "first", "text": x} for x in v]
+                for k, v in data.get("examples", {}).items()
+            },
             throughput=dict(data.get("throughput", {})),
             metadata=dict(data.get("metadata", {})),
+            outputs=tuple(dict(r) for r in data.get("outputs", [])),
+            intervals={k: [dict(x) for x in v] for k, v in data.get("intervals", {}).items()},
         )
 
     @classmethod
@@ -370,6 +411,23 @@ class SteeringStudy:
                 if gap < 0.05
                 else f"{'DiffMean' if b > a else 'LAPE'} is better by {gap:.1f} points"
             )
+            paired = self._estimate(
+                "differences", setting=setting, first="lape", second="diffmean", target="mean"
+            )
+            if paired is not None:
+                verdict += (
+                    f"; paired difference {100 * paired.value:+.1f} points "
+                    + (
+                        f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]"
+                        if paired.low is not None and paired.high is not None
+                        else "± n/a"
+                    )
+                    + (
+                        ", the interval excludes 0"
+                        if paired.excludes(0.0)
+                        else ", the interval includes 0: no difference shown"
+                    )
+                )
             lines += ["", f"Mean success: LAPE {100 * a:.1f}%, DiffMean {100 * b:.1f}%: {verdict}."]
         if content:
             for method in ("lape", "diffmean", "prompt"):
@@ -392,11 +450,14 @@ class SteeringStudy:
             f"Model: {meta.get('model_name')}. Targets: {', '.join(targets)}. "
             f"{meta.get('max_new_tokens')} new tokens per prompt, greedy, KV cache.",
             "",
-            "Success = py3langid says the target language AND fluent (unsteered NLL ≤ the target's "
+            "Success = py3langid (choosing among every language it knows; `other` outside the "
+            "study) says the target language AND fluent (unsteered NLL ≤ the target's "
             f"natural-text NLL + {meta.get('nll_margin')} nats, repeated-trigram share ≤ "
-            f"{meta.get('max_repetition')}). Content gain = chrF against the own translation − "
-            "mean chrF against other paragraphs (sacrebleu); relevant = gain > 0; combined = "
-            "harmonic mean of success and relevant rates.",
+            f"{meta.get('max_repetition')}, and the text rule: no phrase, digit or markup loop). "
+            "Intervals: 95% bootstrap over prompts (clustered by prompt for means over "
+            "targets); `± n/a` where one prompt allows none. Content gain = chrF against the "
+            "own translation − mean chrF against other paragraphs (sacrebleu); relevant = gain "
+            "> 0; combined = harmonic mean of success and relevant rates.",
             "",
             "## Configurations chosen on the development prompts",
             "",
@@ -413,7 +474,7 @@ class SteeringStudy:
                 "",
                 f"## Fresh prompts: {setting} ({n} prompts per target)",
                 "",
-                "Cells: success % / py3langid target % / lingua target % "
+                "Cells: success % [95% interval] / py3langid target % / lingua target % "
                 + ("/ relevant % / combined %" if setting == "content" else ""),
                 "",
                 "| configuration | " + " | ".join(targets) + " | ≥50% |",
@@ -429,8 +490,8 @@ class SteeringStudy:
                     r = match[0]
                     reached += r["success_rate"] >= 0.5
                     cell = (
-                        f"{100 * r['success_rate']:.0f} / {100 * r['target_rate']:.0f} / "
-                        f"{100 * r['lingua_rate']:.0f}"
+                        f"{self._success_cell(setting, label, t, r['success_rate'])} / "
+                        f"{100 * r['target_rate']:.0f} / {100 * r['lingua_rate']:.0f}"
                     )
                     if setting == "content":
                         cell += f" / {100 * r['relevant_rate']:.0f} / {100 * r['combined']:.0f}"
@@ -447,6 +508,7 @@ class SteeringStudy:
                 f"py3langid and lingua agree on {100 * sum(agreement) / len(agreement):.0f}% of "
                 "outputs (mean over the cells)."
             )
+            lines += self._difference_lines(setting, targets)
             lines += self._summary_lines(setting)
         if self.throughput:
             tp = self.throughput
@@ -458,11 +520,71 @@ class SteeringStudy:
                 f"{tp['steered_tok_s']:.1f} tok/s: ratio {tp['ratio']:.3f}.",
             ]
         if self.examples:
-            lines += ["", "## Example outputs (fresh prompts)", ""]
-            for key, texts in self.examples.items():
-                for text in texts:
-                    lines.append(f"- {key}: `{one_line(text, limit=90)}`")
+            lines += [
+                "",
+                "## Example outputs (fresh prompts)",
+                "",
+                "Chosen by rule: one output at random (seeded by the cell's name) and the weakest "
+                "success (the success the unsteered model found least likely); the verdict "
+                "after each.",
+                "",
+            ]
+            for key, chosen in self.examples.items():
+                for ex in chosen:
+                    lines.append(
+                        f"- {key} ({ex.get('rule')}): `{one_line(ex['text'], limit=90)}`"
+                        + _verdict(ex)
+                    )
         return "\n".join(lines) + "\n"
+
+    def _estimate(self, kind: str, **where: Any) -> Estimate | None:
+        """The first stored interval of ``kind`` (``success`` or ``differences``) matching."""
+        for x in self.intervals.get(kind, []):
+            if all(x.get(k) == v for k, v in where.items()):
+                return Estimate.from_dict(x["estimate"])
+        return None
+
+    def _success_cell(self, setting: str, config: str, target: str, rate: float) -> str:
+        est = self._estimate("success", setting=setting, config=config, target=target)
+        if est is None:
+            return f"{100 * rate:.0f}"
+        if est.low is None or est.high is None:
+            return f"{100 * rate:.0f} ± n/a"
+        return f"{100 * rate:.0f} [{100 * est.low:.0f}, {100 * est.high:.0f}]"
+
+    def _difference_lines(self, setting: str, targets: Sequence[str]) -> list[str]:
+        """The paired differences between methods on the same prompts, per target and mean."""
+        rows = [x for x in self.intervals.get("differences", []) if x["setting"] == setting]
+        pairs = list(dict.fromkeys((x["first"], x["second"]) for x in rows))
+        if not pairs:
+            return []
+        lines = [
+            "",
+            "Paired differences in success (points, first minus second method, the same "
+            "prompts; random: the mean over its draws), 95% bootstrap interval over prompts; "
+            "* where the interval excludes 0:",
+            "",
+            "| difference | " + " | ".join([*targets, "mean"]) + " |",
+            "| --- |" + " ---: |" * (len(targets) + 1),
+        ]
+        for first, second in pairs:
+            cells = []
+            for t in [*targets, "mean"]:
+                est = self._estimate(
+                    "differences", setting=setting, first=first, second=second, target=t
+                )
+                if est is None:
+                    cells.append("-")
+                elif est.low is None or est.high is None:
+                    cells.append(f"{100 * est.value:+.0f} ± n/a")
+                else:
+                    star = "*" if est.excludes(0.0) else ""
+                    cells.append(
+                        f"{100 * est.value:+.0f} [{100 * est.low:+.0f}, {100 * est.high:+.0f}]"
+                        + star
+                    )
+            lines.append(f"| {first} − {second} | " + " | ".join(cells) + " |")
+        return lines
 
     def figures(self) -> dict[str, Any]:
         """Per setting: mean development success against strength, for LAPE (the chosen mode,
@@ -752,7 +874,7 @@ def run_steering_study(
     max_repetition: float = DEFAULT_MAX_REPETITION,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 512,
-    n_examples: int = 2,
+    n_examples: int = 1,
     cues: Mapping[str, str] | None = None,
     progress: bool = True,
 ) -> SteeringStudy:
@@ -793,7 +915,9 @@ def run_steering_study(
         max_repetition: Fluency: the largest share of repeated token trigrams.
         max_new_tokens: Tokens generated per prompt.
         batch_size: Sequences per forward pass (prompts x hook sets generated together).
-        n_examples: Fresh outputs kept per setting, method and target.
+        n_examples: Fresh outputs quoted at random per setting, configuration and target (seeded
+            by the cell's name), besides the weakest success; every output is kept in
+            :attr:`SteeringStudy.outputs` either way.
         cues: The prompting baseline's cue per target language (default
             :data:`LANGUAGE_CUES`); every target needs one.
         progress: Show a progress bar.
@@ -855,9 +979,17 @@ def run_steering_study(
     bar.close()
     examples = _fresh_examples(fresh_rows, n_examples)
     throughput = _throughput(run, fresh_configs)
-    rows = tuple({k: v for k, v in r.items() if k != "_texts"} for r in (*dev_rows, *fresh_rows))
+    outputs = tuple(o for r in (*dev_rows, *fresh_rows) for o in r["_outputs"])
+    rows = tuple({k: v for k, v in r.items() if k != "_outputs"} for r in (*dev_rows, *fresh_rows))
+    intervals = {
+        name: [{**x, "estimate": x["estimate"].to_dict()} for x in found]
+        for name, found in (
+            ("success", success_estimates(outputs, seed=_BOOT_SEED)),
+            ("differences", paired_differences(outputs, seed=_BOOT_SEED)),
+        )
+    }
     metadata = _study_metadata(run, seconds=time.perf_counter() - started)
-    return SteeringStudy(rows, chosen, examples, throughput, metadata)
+    return SteeringStudy(rows, chosen, examples, throughput, metadata, outputs, intervals)
 
 
 def _phase_inputs(
@@ -1070,8 +1202,12 @@ def _judge_row(
     fluency (:class:`~tl_lape.judging.outputs.OutputJudge`), lingua and, in the content
     setting, the content judge (:func:`~tl_lape.judging.content.judge_content`)."""
     data = run.inputs[phase]
-    judged = run.judge(data.prompts[setting], texts, tokens, target=target)
-    second = run.lingua.identify_many(texts)
+    prompts = data.prompts[setting]
+    if config.method == "prompt":
+        prompts = [run.plan.cues[target] + p for p in prompts]
+    judged = run.judge(prompts, texts, tokens, target=target)
+    scored = [run.lingua.identify_scored(text) for text in texts]
+    second = [lang for lang, _ in scored]
     row: dict[str, Any] = {
         "phase": phase,
         "setting": setting,
@@ -1085,26 +1221,48 @@ def _judge_row(
         / max(1, len(second)),
         "fluent_rate": judged.fluent_rate(),
         "success_rate": judged.success_rate(target),
+        "other_rate": judged.rate(OTHER),
+        "lingua_other_rate": sum(x == OTHER for x in second) / max(1, len(second)),
         "mean_nll": float(judged.nll.nanmean()),
         "mean_repetition": float(judged.repetition.mean()),
     }
+    gains = None
     if setting == "content":
         content = judge_content(texts, data.parallel, target)
         row["relevant_rate"] = content.relevant_rate
         row["mean_gain"] = content.mean_gain
         row["combined"] = harmonic_mean(row["success_rate"], content.relevant_rate)
-    row["_texts"] = texts
+        gains = content.gains
+    cell = {
+        "phase": phase,
+        "setting": setting,
+        "method": config.method,
+        "config": config.label(),
+        "seed": config.seed,
+        "target": target,
+    }
+    row["_outputs"] = output_records(cell, judged, scored, gains=gains)
     return row
 
 
-def _fresh_examples(rows: Sequence[dict[str, Any]], n_examples: int) -> dict[str, list[str]]:
-    """A few fresh outputs per (setting, configuration, target); of the random draws, seed 0."""
-    examples: dict[str, list[str]] = {}
-    for r in rows:
-        if r["method"] != "random" or r["seed"] == 0:
-            key = f"{r['setting']} / {r['config']} / {r['target']}"
-            examples[key] = list(r["_texts"][:n_examples])
-    return examples
+def _fresh_examples(
+    rows: Sequence[dict[str, Any]], n_examples: int
+) -> dict[str, list[dict[str, Any]]]:
+    """The quoted fresh outputs per (setting, configuration, target), chosen by rule
+    (:func:`~tl_lape.experiments.steering_records.choose_examples`); of the random draws,
+    seed 0."""
+    records = [o for r in rows if r["method"] != "random" or r["seed"] == 0 for o in r["_outputs"]]
+    return choose_examples(records, n_random=n_examples)
+
+
+def _verdict(example: Mapping[str, Any]) -> str:
+    """`` (lang/lingua, fluent or why not)`` after a quoted output, when it has verdicts."""
+    if "language" not in example:
+        return ""
+    fluent = "fluent" if example.get("fluent") else "not fluent"
+    if example.get("text_fluent") is False:
+        fluent += " (text rule)"
+    return f" ({example['language']}/{example.get('lingua')}, {fluent})"
 
 
 def _study_metadata(run: _StudyRun, *, seconds: float) -> dict[str, Any]:
