@@ -16,8 +16,8 @@ Steps, each written to ``--out`` as soon as it is done (so a stopped run keeps w
    windows (clustered by document) and empirical p-values against the random draws. Every
    window's NLL sums are in ``evaluation_<b>pct.json``.
 
-``summary.json`` holds the settings, the held-out NLL per language (the no-intervention row,
-the same windows at every budget), each step's time and the machine.
+``summary.json`` holds the settings, per evaluated budget the held-out NLL per language (the
+no-intervention row), each step's time, the whole run's time and the machine.
 
 Usage::
 
@@ -220,7 +220,8 @@ def main() -> None:
         summary["budgets"][tag]["evaluation"] = report.summary()
         summary["budgets"][tag]["n_random"] = args.n_random
         summary["budgets"][tag]["eval_tokens_per_language"] = args.eval_tokens
-        summary["heldout_nll"] = dict(
+        # The no-intervention row of this budget's windows (the same windows at every budget).
+        summary["budgets"][tag]["heldout_nll"] = dict(
             zip(report.lape.languages, (float(x) for x in report.lape.baseline), strict=True)
         )
         save_summary()

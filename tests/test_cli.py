@@ -384,3 +384,44 @@ def test_demo_on_a_real_model_folder_evaluates_and_steers_by_default(tmp_path: P
     example = (out / "steering_example.md").read_text(encoding="utf-8")
     for target in ("fr", "es", "zh"):
         assert f"| {target} |" in example
+
+
+def test_collect_shards_then_identify_stability(
+    tiny_model, text_corpus: Path, tmp_path: Path, capsys
+):
+    model_dir = tiny_model("llama").path
+    stats_path = tmp_path / "stats.safetensors"
+    common = ["--model", str(model_dir), "--corpus", f"text:{text_corpus}"]
+    common += ["--languages", "en,fr,zh,ru", "--seq-len", "16", "--no-progress"]
+    assert main(["collect", *common, "--shards", "3", "--out", str(stats_path)]) == 0
+    shard_paths = sorted((tmp_path / "stats.safetensors.shards").glob("*.safetensors"))
+    assert [p.name for p in shard_paths] == [f"shard{i}.safetensors" for i in range(3)]
+    shards = [tl_lape.ActivationStats.load(p) for p in shard_paths]
+    stats = tl_lape.ActivationStats.load(stats_path)
+    assert torch.equal(sum(s.active_counts for s in shards), stats.active_counts)
+    assert torch.equal(sum(s.n_tokens for s in shards), stats.n_tokens)
+
+    out, stab = tmp_path / "n.json", tmp_path / "stability.json"
+    args = ["identify", str(stats_path), "--top-rate", "0.1", "--out", str(out)]
+    assert main([*args, "--stability", str(stab), "--stability-boot", "6"]) == 0
+    data = json.loads(stab.read_text())
+    neurons = tl_lape.LanguageNeurons.load(out)
+    assert data["metadata"]["n_boot"] == 6 and data["metadata"]["n_shards"] == 3
+    for lang in neurons.languages:
+        assert data["per_language"][lang]["neurons"] == neurons.counts()[lang]
+        listed = sum(len(v) for v in data["selected_frequency"][lang].values())
+        assert listed == neurons.counts()[lang]
+    assert "Selection stability" in capsys.readouterr().out
+
+    # Without shards: refused before anything is written, saying how to make them.
+    lone = tmp_path / "lone.safetensors"
+    stats.save(lone)
+    out2 = tmp_path / "n2.json"
+    capsys.readouterr()
+    argv = ["identify", str(lone), "--out", str(out2), "--stability", str(tmp_path / "s2.json")]
+    assert main(argv) == 2
+    assert "collect --shards 8" in capsys.readouterr().err
+    assert not out2.exists()
+    argv = ["collect", *common, "--shards", "2", "--resume", str(tmp_path / "c.pt")]
+    assert main([*argv, "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "--shards does not work with --resume" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tl_lape.checks import check_positive_int
 from tl_lape.errors import LapeError
 from tl_lape.experiments.evaluation import DEFAULT_LEVEL, DEFAULT_MAX_TOKENS_PER_LANGUAGE
 from tl_lape.experiments.reports import format_summary, report_page, write_report, write_text
@@ -33,7 +34,9 @@ from tl_lape.formats import (
     atomic_dir,
     atomic_paths,
     check_output_file,
+    check_output_folder,
     check_report_folder,
+    json_text,
 )
 from tl_lape.intervals import DEFAULT_N_BOOT
 from tl_lape.sources.models import DTYPES
@@ -138,6 +141,14 @@ def _add_collect_command(sub: Any) -> None:
         help="also write the per-language residual-stream means (for DiffMean steering, "
         "`steer --study --means FILE`), collected in the same pass",
     )
+    collect.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="collect the statistics in N disjoint parts of the corpus and also write each to "
+        "OUT.shards/ (for `identify --stability`); --out holds their sum",
+    )
     _add_overwrite_option(collect)
     collect.set_defaults(func=_cmd_collect)
 
@@ -150,6 +161,20 @@ def _add_identify_command(sub: Any) -> None:
     identify.add_argument("--out", required=True, type=Path, help="neuron-set file (JSON)")
     identify.add_argument(
         "--rucaibox", type=Path, default=None, help="also write the paper's .neuron.pth format"
+    )
+    identify.add_argument(
+        "--stability",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also resample the statistics' shards (STATS.shards/, from `collect --shards`) and "
+        "write each selected neuron's selection frequency and each language's stability (JSON)",
+    )
+    identify.add_argument(
+        "--stability-boot",
+        type=int,
+        default=200,
+        help="bootstrap replicates for --stability (default: 200)",
     )
     _add_overwrite_option(identify)
     identify.set_defaults(func=_cmd_identify)
@@ -493,6 +518,19 @@ def _cmd_collect(args: argparse.Namespace) -> int:
                 "--residual-means does not work with --resume (a checkpoint keeps the firing "
                 "counts only); drop one of them"
             )
+    if args.shards is not None:
+        check_positive_int(args.shards, "--shards", example=8)
+        check_output_folder(_shards_folder(args.out), "shards folder")
+        clash = [
+            opt
+            for opt, v in (("--resume", args.resume), ("--residual-means", args.residual_means))
+            if v is not None
+        ]
+        if clash:
+            raise LapeError(
+                f"--shards does not work with {' or '.join(clash)} (each shard is a collection "
+                "of its own); drop one of them"
+            )
     _check_model_source(args.model, args.device)
     corpus = _load_corpus(args.corpus, args.languages, args.split, args.hf_config)
     model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
@@ -503,7 +541,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         "prepend_bos": args.prepend_bos,
         "progress": not args.no_progress,
     }
-    if args.resume is not None:
+    if args.shards is not None:
+        stats = _collect_shards(model, corpus, args, window_kwargs)
+    elif args.resume is not None:
         stats = collect_activation_stats(
             model,
             corpus,
@@ -518,7 +558,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             means.save(means_tmp)
     else:
         stats = collect_activation_stats(model, corpus, **window_kwargs)
-    if args.residual_means is None:
+    if args.residual_means is None and args.shards is None:
         try:
             stats.save(args.out, overwrite=args.overwrite)
         except LapeError as err:  # e.g. a full disk: say what is kept and how to go on
@@ -528,6 +568,50 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.out}: {stats.n_layers} layers x {stats.d_mlp} neurons; tokens: {tokens}")
     return 0
+
+
+def _collect_shards(
+    model: Any, corpus: Any, args: argparse.Namespace, window_kwargs: dict[str, Any]
+) -> Any:
+    """`collect --shards N`: the shards into OUT.shards/ and their sum into OUT, all or none."""
+    from tl_lape.experiments.analysis import collect_shards
+
+    kwargs = dict(window_kwargs)
+    budget = kwargs.pop("max_tokens_per_language")
+    shards = collect_shards(
+        model, corpus, n_shards=args.shards, max_tokens_per_language=budget, **kwargs
+    )
+    stats = shards[0]
+    for shard in shards[1:]:
+        stats = stats + shard
+    folder = _shards_folder(args.out)
+    with atomic_paths([args.out]) as (stats_tmp,), atomic_dir(folder) as tmp:
+        for i, shard in enumerate(shards):
+            shard.save(tmp / f"shard{i}.safetensors")
+        stats.save(stats_tmp)
+    print(f"wrote {len(shards)} shards to {folder}/")
+    return stats
+
+
+def _shards_folder(stats_path: str | Path) -> Path:
+    """Where `collect --shards` writes the shards of the statistics file ``stats_path``."""
+    path = Path(stats_path)
+    return path.with_name(path.name + ".shards")
+
+
+def _load_shards(stats_path: Path) -> list[Any]:
+    """The shards `collect --shards` wrote beside ``stats_path``, in order."""
+    from tl_lape.stats import ActivationStats
+
+    folder = _shards_folder(stats_path)
+    paths = sorted(folder.glob("shard*.safetensors"), key=lambda p: int(p.stem[5:] or 0))
+    if len(paths) < 2:
+        raise LapeError(
+            f"--stability resamples the statistics' shards, expected in {str(folder)!r}; found "
+            f"{len(paths)} shard file(s). Collect the statistics with `tl-lape collect --shards 8 "
+            f"--out {stats_path}` first"
+        )
+    return [ActivationStats.load(p) for p in paths]
 
 
 def _after_a_failed_save(args: argparse.Namespace) -> str:
@@ -557,20 +641,48 @@ def _cmd_identify(args: argparse.Namespace) -> int:
             raise LapeError(
                 f"--out and --rucaibox name the same file {str(args.out)!r}; give two paths"
             )
+    shards = None
+    if args.stability is not None:
+        targets.append(check_output_file(args.stability, "--stability file"))
+        if len({t.resolve() for t in targets}) < len(targets):
+            raise LapeError(
+                f"--stability names a file another output also names ({str(args.stability)!r}); "
+                "give each output its own path"
+            )
+        check_positive_int(args.stability_boot, "--stability-boot", example=200)
+        if args.stability_boot < 2:
+            raise LapeError(f"--stability-boot must be >= 2; received {args.stability_boot}")
+        shards = _load_shards(args.stats)
     stats = ActivationStats.load(args.stats)
-    neurons = identify_language_neurons(
-        stats,
-        top_rate=args.top_rate,
-        filter_rate=args.filter_rate,
-        activation_bar_ratio=args.activation_bar_ratio,
-    )
-    # Both files, or neither: each is written beside its target, then both are moved into place.
+    thresholds = {
+        "top_rate": args.top_rate,
+        "filter_rate": args.filter_rate,
+        "activation_bar_ratio": args.activation_bar_ratio,
+    }
+    neurons = identify_language_neurons(stats, **thresholds)
+    stability = None
+    if shards is not None:
+        from tl_lape.experiments.analysis import bootstrap_selection
+
+        stability = bootstrap_selection(shards, n_boot=args.stability_boot, **thresholds)
+        if not torch.equal(stability.neurons.masks(), neurons.masks()):
+            raise LapeError(
+                f"the shards in {str(_shards_folder(args.stats))!r} do not add up to "
+                f"{str(args.stats)!r} (their selection differs); collect both again with "
+                "`tl-lape collect --shards N`"
+            )
+    # All files, or none: each is written beside its target, then all are moved into place.
     with atomic_paths(targets) as tmps:
         neurons.save(tmps[0])
         if args.rucaibox is not None:
             neurons.to_rucaibox(tmps[1])
-    print(f"wrote {args.out}" + (f" and {args.rucaibox}" if args.rucaibox is not None else ""))
+        if stability is not None:
+            tmps[-1].write_text(json_text(stability.to_dict()), encoding="utf-8")
+    written = [str(t) for t in (args.out, args.rucaibox, args.stability) if t is not None]
+    print("wrote " + " and ".join(written))
     print(format_summary(neurons))
+    if stability is not None:
+        print(stability.to_markdown())
     return 0
 
 
