@@ -94,6 +94,8 @@ ROWS: dict[str, str] = {
     "token-ids-vocab": "outside the vocabulary",
     "seed-range": "seed must be an integer between 0 and 2**63 - 1",
     "save-onto-folder": "it is a directory",
+    "rucaibox-damaged": "the CRC-32 of its entry",
+    "neurons-unknown-field": "which no tl_lape writes",
 }
 
 
@@ -1107,3 +1109,21 @@ def test_save_onto_folder(tmp_path: Path) -> None:
         with pytest.raises(LapeError, match=ROWS["save-onto-folder"]):
             save(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rucaibox_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "x.neuron.pth"
+    tl_lape.LanguageNeurons.from_indices({"en": {0: [1]}}, n_layers=2, d_mlp=64).to_rucaibox(path)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"LongStorage")] ^= 1  # one bit of the pickle inside the zip
+    path.write_bytes(bytes(data))
+    with pytest.raises(LapeError, match=ROWS["rucaibox-damaged"]) as info:
+        tl_lape.LanguageNeurons.from_rucaibox(path, ["en"], d_mlp=64)
+    assert str(path) in str(info.value)
+
+
+def test_neurons_unknown_field(tmp_path: Path) -> None:
+    path = _write_neurons_doc(tmp_path / "n.json", checksuo="sha256:0")  # a renamed "checksum"
+    with pytest.raises(LapeError, match=ROWS["neurons-unknown-field"]) as info:
+        tl_lape.LanguageNeurons.load(path)
+    assert "'checksuo'" in str(info.value)

@@ -13,8 +13,9 @@ inconsistent gets one :class:`~tl_lape.errors.LapeError` that names the file.
 import hashlib
 import json
 import os
-import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,10 @@ __all__ = [
 
 _FORMAT = "tl_lape.LanguageNeurons"
 _VERSION = 1
+#: The fields of the document (``"checksum"`` and ``"metadata"`` absent from older files).
+_KEYS = frozenset(
+    {"format", "version", "languages", "n_layers", "d_mlp", "neurons", "metadata", "checksum"}
+)
 
 
 def write_neurons_json(
@@ -91,6 +96,12 @@ def read_neurons_json(path: str | os.PathLike[str]) -> LanguageNeurons:
         raise LapeError(
             f"{str(p)!r} has LanguageNeurons format version {doc.get('version')!r}; this "
             f"tl_lape reads version {_VERSION}; upgrade tl_lape or {advice}"
+        )
+    unknown = sorted(set(doc) - _KEYS)
+    if unknown:
+        raise LapeError(
+            f"{str(p)!r} is damaged: it has the fields {unknown}, which no tl_lape writes "
+            f"(it writes {sorted(_KEYS)}); restore it from a copy or {advice}"
         )
     expected = doc.get("checksum")
     if expected is not None:
@@ -198,12 +209,14 @@ def read_rucaibox(
         "expected a torch.save-d List[List[LongTensor]] indexed neurons[language][layer], "
         "as released with the LAPE paper"
     )
+    _check_zip_crcs(p, advice)
     try:
         data = torch.load(p, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # a damaged file makes the unpickler raise almost anything
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
         raise LapeError(
             f"cannot read {str(p)!r} as a neuron file (corrupted, truncated or not a torch "
-            f"file?): {type(err).__name__}: {str(err)[:200]}; {advice}"
+            f"file?): {reason}; {advice}"
         ) from None
     if not isinstance(data, (list, tuple)) or not data:
         raise LapeError(f"{str(p)!r} holds a {type(data).__name__}, not a list; {advice}")
@@ -248,6 +261,26 @@ def read_rucaibox(
     meta = {"source": str(p), "source_format": "rucaibox"}
     meta.update(dict(metadata or {}))
     return LanguageNeurons(langs, file_layers, d_mlp, tuple(tuple(row) for row in tensors), meta)
+
+
+def _check_zip_crcs(path: Path, advice: str) -> None:
+    """The paper's format has no checksum of its own, but ``torch.save`` writes a zip whose
+    entries carry CRC-32s: verify them all, so a flipped bit is refused, not loaded."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy (pre-zip) torch format: nothing to verify
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as err:  # zipfile raises several types for a damaged archive
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise LapeError(
+            f"{str(path)!r} is a damaged neuron file (its zip archive: {reason}); {advice}"
+        ) from None
+    if bad is not None:
+        raise LapeError(
+            f"{str(path)!r} is damaged: the CRC-32 of its entry {bad!r} differs from the one it "
+            f"records; restore it from a copy; {advice}"
+        )
 
 
 def write_rucaibox(

@@ -1,0 +1,210 @@
+"""Damaged files: every file type tl_lape writes either loads to the same content or raises
+``LapeError``, never another exception and never a silent change.
+
+Each test writes one small file of its type, then Hypothesis (seeded: ``derandomize=True``,
+a bounded number of examples) damages it: cut at a random length, one to three bits flipped
+anywhere, or a byte of its header (the safetensors JSON header, or the JSON document) replaced.
+The loader's answer is compared with the original object field by field.
+"""
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tl_lape.collection.checkpoint import CollectionCheckpoint
+from tl_lape.collection.residual_means import ResidualMeans
+from tl_lape.errors import LapeError
+from tl_lape.neurons import LanguageNeurons
+from tl_lape.stats import ActivationStats
+
+FUZZ = settings(
+    derandomize=True,
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+)
+
+
+# ----------------------------------------------------------------------------- the files
+
+
+def _stats() -> ActivationStats:
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 40, (2, 8, 2), generator=g)
+    sums = torch.rand(2, 8, 2, generator=g, dtype=torch.float64) * counts
+    return ActivationStats.from_counts(
+        counts,
+        [40, 50],
+        ["en", "fr"],
+        activation_sums=sums,
+        metadata={"model_name": "tiny", "dtype": "float32", "n_windows": {"en": 3, "fr": 4}},
+    )
+
+
+def _neurons() -> LanguageNeurons:
+    return LanguageNeurons.from_indices(
+        {"en": {0: [1, 5], 1: [2]}, "fr": {1: [3, 7]}},
+        n_layers=2,
+        d_mlp=8,
+        metadata={"method": "lape", "top_rate": 0.1},
+    )
+
+
+def _checkpoint() -> CollectionCheckpoint:
+    g = torch.Generator().manual_seed(1)
+    return CollectionCheckpoint(
+        fingerprint={"model": {"name": "tiny", "d_mlp": 8}, "languages": ["en", "fr"]},
+        next_batch=3,
+        tokens_sha256="ab" * 32,
+        finished=False,
+        n_tokens=torch.tensor([30, 20]),
+        n_windows=torch.tensor([2, 1]),
+        active_counts=torch.randint(0, 20, (2, 8, 2), generator=g),
+        activation_sums=torch.rand(2, 8, 2, generator=g, dtype=torch.float64),
+    )
+
+
+def _means() -> ResidualMeans:
+    g = torch.Generator().manual_seed(2)
+    return ResidualMeans(
+        ("en", "fr"),
+        torch.rand(2, 4, 2, generator=g, dtype=torch.float64),
+        torch.tensor([30, 20]),
+        {"model_name": "tiny"},
+    )
+
+
+def _same_stats(a: ActivationStats, b: ActivationStats) -> bool:
+    return (
+        a.languages == b.languages
+        and all(
+            x.dtype == y.dtype and torch.equal(x, y)
+            for x, y in (
+                (a.n_tokens, b.n_tokens),
+                (a.active_counts, b.active_counts),
+                (a.activation_sums, b.activation_sums),
+            )
+        )
+        and a.metadata == b.metadata
+    )
+
+
+def _same_neurons(a: LanguageNeurons, b: LanguageNeurons) -> bool:
+    return a == b and a.d_mlp == b.d_mlp and a.metadata == b.metadata
+
+
+def _same_checkpoint(a: CollectionCheckpoint, b: CollectionCheckpoint) -> bool:
+    tensors = ("n_tokens", "n_windows", "active_counts", "activation_sums")
+    return (a.fingerprint, a.next_batch, a.tokens_sha256, a.finished) == (
+        b.fingerprint,
+        b.next_batch,
+        b.tokens_sha256,
+        b.finished,
+    ) and all(
+        getattr(a, t).dtype == getattr(b, t).dtype and torch.equal(getattr(a, t), getattr(b, t))
+        for t in tensors
+    )
+
+
+def _same_means(a: ResidualMeans, b: ResidualMeans) -> bool:
+    return (
+        a.languages == b.languages
+        and torch.equal(a.sums, b.sums)
+        and a.sums.dtype == b.sums.dtype
+        and torch.equal(a.n_tokens, b.n_tokens)
+        and a.metadata == b.metadata
+    )
+
+
+#: name -> (file name, write, load, same content)
+KINDS: dict[str, tuple[str, Callable[[Path], None], Callable[[Path], Any], Callable[..., bool]]] = {
+    "stats": ("s.safetensors", _stats().save, ActivationStats.load, _same_stats),
+    "neurons": ("n.json", _neurons().save, LanguageNeurons.load, _same_neurons),
+    "rucaibox": (
+        "n.neuron.pth",
+        _neurons().to_rucaibox,
+        lambda p: LanguageNeurons.from_rucaibox(p, ["en", "fr"], d_mlp=8),
+        lambda a, b: a == b,
+    ),
+    "checkpoint": ("c.ckpt", _checkpoint().save, CollectionCheckpoint.load, _same_checkpoint),
+    "means": ("m.safetensors", _means().save, ResidualMeans.load, _same_means),
+}
+
+
+def _original(kind: str) -> tuple[bytes, Any]:
+    name, write, load, _ = KINDS[kind]
+    path = Path(tempfile.mkdtemp()) / name
+    write(path)
+    return path.read_bytes(), load(path)
+
+
+ORIGINALS = {kind: _original(kind) for kind in KINDS}
+
+
+def _header_end(data: bytes) -> int:
+    """End of the part of the file a header edit touches: a safetensors file's JSON header, a
+    JSON document whole, the first 512 bytes of a zip (its first local header)."""
+    if data[:1] == b"{":
+        return len(data)
+    if data[:2] == b"PK":
+        return min(len(data), 512)
+    return min(len(data), 8 + int.from_bytes(data[:8], "little"))
+
+
+@st.composite
+def damage(draw: st.DrawFn, data: bytes) -> bytes:
+    how = draw(st.sampled_from(["truncate", "flip", "header"]))
+    if how == "truncate":
+        return data[: draw(st.integers(0, len(data) - 1))]
+    out = bytearray(data)
+    if how == "flip":
+        for _ in range(draw(st.integers(1, 3))):
+            i = draw(st.integers(0, len(out) - 1))
+            out[i] ^= 1 << draw(st.integers(0, 7))
+        return bytes(out)
+    end = _header_end(data)
+    i = draw(st.integers(0, end - 1))
+    out[i] = draw(st.integers(0, 255).filter(lambda b: b != data[i]))
+    return bytes(out)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_damaged_file_loads_the_same_or_is_refused(kind: str) -> None:
+    name, _, load, same = KINDS[kind]
+    data, original = ORIGINALS[kind]
+    folder = Path(tempfile.mkdtemp())
+    path = folder / name
+
+    @FUZZ
+    @given(damaged=damage(data))
+    def check(damaged: bytes) -> None:
+        path.write_bytes(damaged)
+        try:
+            loaded = load(path)
+        except LapeError as err:
+            assert "\n" not in str(err) and str(path) in str(err), str(err)
+            return
+        assert same(loaded, original), f"{kind}: a damaged file loaded with other content"
+
+    check()
+
+
+def test_the_originals_load_the_same() -> None:
+    """The oracle itself: each undamaged file loads to content equal to what was written, and
+    the files that can carry a checksum carry one."""
+    for kind, (name, _, load, same) in KINDS.items():
+        data, original = ORIGINALS[kind]
+        path = Path(tempfile.mkdtemp()) / name
+        path.write_bytes(data)
+        assert same(load(path), original), kind
+    assert json.loads(ORIGINALS["neurons"][0])["checksum"].startswith("sha256:")
+    for kind in ("stats", "checkpoint", "means"):
+        assert b'"checksum":"sha256:' in ORIGINALS[kind][0], kind
