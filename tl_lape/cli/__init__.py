@@ -643,7 +643,11 @@ def _cmd_identify(args: argparse.Namespace) -> int:
             )
     shards = None
     if args.stability is not None:
-        targets.append(check_output_file(args.stability, "--stability file"))
+        targets.append(
+            check_output_file(
+                args.stability, "--stability file", overwrite=overwrite, inputs=inputs
+            )
+        )
         if len({t.resolve() for t in targets}) < len(targets):
             raise LapeError(
                 f"--stability names a file another output also names ({str(args.stability)!r}); "
