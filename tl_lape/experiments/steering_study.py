@@ -387,7 +387,9 @@ class SteeringStudy:
             rows = [r for r in fresh if r["config"] == label]
 
             def mean(key: str, rows: list[dict[str, Any]] = rows) -> float:
-                return sum(r[key] for r in rows) / len(rows)
+                # A NaN (no output to score) is saved as null in study.json: skip it.
+                values = [r[key] for r in rows if r[key] is not None and r[key] == r[key]]
+                return sum(values) / len(values) if values else math.nan
 
             cells = [
                 f"{100 * mean('success_rate'):.0f}%",
@@ -470,6 +472,7 @@ class SteeringStudy:
                 continue
             methods = list(dict.fromkeys(r["config"] for r in fresh))
             n = fresh[0]["n"]
+            start = len(lines)
             lines += [
                 "",
                 f"## Fresh prompts: {setting} ({n} prompts per target)",
@@ -498,6 +501,8 @@ class SteeringStudy:
                     cells.append(cell)
                 lines.append(f"| {label} | " + " | ".join(cells) + f" | {reached} |")
             lape = self.targets_reached(setting, "lape")
+            if any("†" in line for line in lines[start:]):
+                lines += ["", _FLAT_NOTE]
             lines += [
                 "",
                 f"LAPE reaches {len(lape)} of {len(targets)} targets ({', '.join(lape) or 'none'}) "
@@ -550,7 +555,8 @@ class SteeringStudy:
             return f"{100 * rate:.0f}"
         if est.low is None or est.high is None:
             return f"{100 * rate:.0f} ± n/a"
-        return f"{100 * rate:.0f} [{100 * est.low:.0f}, {100 * est.high:.0f}]"
+        flat = "†" if est.low == est.high else ""
+        return f"{100 * rate:.0f} [{100 * est.low:.0f}, {100 * est.high:.0f}]{flat}"
 
     def _difference_lines(self, setting: str, targets: Sequence[str]) -> list[str]:
         """The paired differences between methods on the same prompts, per target and mean."""
@@ -579,12 +585,14 @@ class SteeringStudy:
                     cells.append(f"{100 * est.value:+.0f} ± n/a")
                 else:
                     star = "*" if est.excludes(0.0) else ""
+                    star += "†" if est.low == est.high else ""
                     cells.append(
                         f"{100 * est.value:+.0f} [{100 * est.low:+.0f}, {100 * est.high:+.0f}]"
                         + star
                     )
             lines.append(f"| {first} − {second} | " + " | ".join(cells) + " |")
-        return lines
+        flat = any("†" in line for line in lines)
+        return [*lines, "", _FLAT_NOTE] if flat else lines
 
     def figures(self) -> dict[str, Any]:
         """Per setting: mean development success against strength, for LAPE (the chosen mode,
@@ -1253,6 +1261,14 @@ def _fresh_examples(
     seed 0."""
     records = [o for r in rows if r["method"] != "random" or r["seed"] == 0 for o in r["_outputs"]]
     return choose_examples(records, n_random=n_examples)
+
+
+#: The footnote of a zero-width bootstrap interval.
+_FLAT_NOTE = (
+    "† Every prompt gave the same outcome, so the bootstrap over prompts has no spread to show; "
+    "the rate is still uncertain: with n prompts all failing, a 95% upper bound is about 3/n "
+    "(the rule of three)."
+)
 
 
 def _verdict(example: Mapping[str, Any]) -> str:
