@@ -45,7 +45,6 @@ Example:
     >>> study.save("steering_report")  # doctest: +SKIP
 """
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -75,7 +74,7 @@ from tl_lape.experiments.steering_records import (
     paired_differences,
     success_estimates,
 )
-from tl_lape.formats import atomic_dir, json_text
+from tl_lape.formats import atomic_dir, json_text, parse_json
 from tl_lape.intervals import Estimate
 from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_texts_and_tokens, generate_with_hook_sets
@@ -320,10 +319,16 @@ class SteeringStudy:
         path = Path(folder) / "study.json"
         if not path.is_file():
             raise LapeError(f"no study.json in {str(folder)!r}; write one with SteeringStudy.save")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise LapeError(f"{str(path)!r} is not valid JSON ({err})") from err
+        data = parse_json(
+            path.read_bytes(),
+            where=f"the study file {str(path)!r}",
+            advice="write it again with SteeringStudy.save",
+        )
+        if not isinstance(data, dict):
+            raise LapeError(
+                f"the study file {str(path)!r} holds a {type(data).__name__}, not a JSON object; "
+                "write it again with SteeringStudy.save"
+            )
         return cls.from_dict(data)
 
     def _repr_html_(self) -> str:
