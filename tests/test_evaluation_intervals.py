@@ -336,3 +336,43 @@ def test_late_failures_are_checked_before_any_forward_pass(stats) -> None:
     with pytest.raises(LapeError, match=r"seed=9223372036854775807, n_random=3"):
         check_evaluation_options(seed=2**63 - 1, n_random=3)
     check_evaluation_options(seed=2**63 - 3, n_random=3)  # the last seed is 2**63 - 1
+
+
+def test_lape_minus_baseline_selectivity_is_paired():
+    """LAPE minus another selector's selectivity uses the same replicates for both: a baseline
+    whose own-language rise is lower by exactly c in every window differs by exactly c in every
+    replicate (a zero-width interval), which an unpaired interval could not give."""
+    g = torch.Generator().manual_seed(0)
+    n_win, c = 6, 0.25
+    tokens = torch.full((2, n_win), 4)
+    clean = 1 + torch.rand(2, n_win, generator=g, dtype=torch.float64)  # lang window
+    rise = torch.rand(2, 2, n_win, generator=g, dtype=torch.float64)  # deact lang window
+    per_token = torch.cat([clean[None], clean[None] + rise])  # row lang window
+    sums = per_token * 4
+    nll = sums.sum(-1) / tokens.sum(-1)
+    kw = {"window_tokens": tokens}
+    lape = PerplexityMatrix(("a", "b"), ("a", "b"), nll, tokens.sum(1), window_sums=sums, **kw)
+    lower = per_token.clone()
+    lower[1, 0] -= c  # a's own rise lower by c in every window
+    lower[2, 1] -= c  # b's likewise
+    lap = PerplexityMatrix(
+        ("a", "b"),
+        ("a", "b"),
+        (lower * 4).sum(-1) / tokens.sum(-1),
+        tokens.sum(1),
+        window_sums=lower * 4,
+        **kw,
+    )
+    report = EvaluationReport(lape, (), {"lap": lap, "same": lape}, n_boot=300, seed=1)
+    est = report.intervals()
+    for e in est.baseline_differences["lap"]:
+        assert e.value == pytest.approx(c) and e.low == pytest.approx(c)
+        assert e.high == pytest.approx(c)
+    point = selectivity(lape) - selectivity(lap)
+    assert [e.value for e in est.baseline_differences["lap"]] == pytest.approx(point.tolist())
+    assert est.baseline_mean_differences["same"].value == 0.0
+    data = json.loads(json.dumps(est.to_dict(), allow_nan=False))
+    assert data["baseline_mean_differences"]["lap"]["value"] == pytest.approx(c)
+    assert "LAPE minus LAP, paired: mean selectivity +0.2500 [+0.2500, +0.2500]" in (
+        report.to_markdown()
+    )

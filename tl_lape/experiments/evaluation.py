@@ -618,6 +618,10 @@ class ReportEstimates:
         n_boot: Replicates.
         seed: Seed of the replicates.
         level: Coverage of the intervals.
+        baseline_differences: By other selector's name, per deactivated language, LAPE's
+            selectivity minus that selector's, paired (same windows, same replicates): an
+            interval above 0 says LAPE's set is the more selective on this text.
+        baseline_mean_differences: The same, averaged over the evaluated deactivated languages.
     """
 
     lape: MatrixEstimates
@@ -632,6 +636,8 @@ class ReportEstimates:
     n_boot: int
     seed: int
     level: float
+    baseline_differences: dict[str, tuple[Estimate, ...]] = field(default_factory=dict)
+    baseline_mean_differences: dict[str, Estimate] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values; every missing number is null with a ``"reason"`` beside it."""
@@ -660,6 +666,13 @@ class ReportEstimates:
                     self.selectivity_ratio, undefined="the random draws' mean |selectivity| is 0"
                 )
             ),
+            "baseline_differences": {
+                name: [_estimate_dict(e) for e in values]
+                for name, values in self.baseline_differences.items()
+            },
+            "baseline_mean_differences": {
+                name: _estimate_dict(e) for name, e in self.baseline_mean_differences.items()
+            },
             "n_boot": self.n_boot,
             "seed": self.seed,
             "level": self.level,
@@ -1573,11 +1586,24 @@ class EvaluationReport:
             lines.append(self._markdown_ratio(s, est))
         for name in self.baselines:
             mean = s[f"{name}_mean_selectivity"]
-            lines.append(
+            line = (
                 f"{_label(name)}: mean selectivity {'n/a' if mean is None else f'{mean:+.4f}'}, "
                 f"own language rises most for {s[f'{name}_n_own_largest']} of "
                 f"{s['n_deactivated']}."
             )
+            if est is not None and name in est.baseline_mean_differences:
+                diff = est.baseline_mean_differences[name]
+                per_lang = ", ".join(
+                    f"{lang} {_format(e, 3, sign=True)}"
+                    for lang, e in zip(
+                        self.lape.deactivated, est.baseline_differences[name], strict=True
+                    )
+                )
+                line += (
+                    f" LAPE minus {_label(name)}, paired: mean selectivity "
+                    f"{_format(diff, 4, sign=True)}; per language {per_lang}."
+                )
+            lines.append(line)
         if self.baselines:
             sizes = self.metadata.get("selector_sizes", "budget")
             lines.append(
@@ -1722,6 +1748,22 @@ def _report_estimates(report: EvaluationReport) -> ReportEstimates:
         if valid.any()
         else _undefined(fewest, level)
     )
+    differences: dict[str, tuple[Estimate, ...]] = {}
+    mean_differences: dict[str, Estimate] = {}
+    for name, m in report.baselines.items():
+        rep = _nll_replicates(m, weights)
+        diff_rep = lape_sel_rep - _batched_selectivity(rep[:, 1:] - rep[:, 0:1], deact, langs)
+        diff_point = point_sel - selectivity(m)
+        ok = valid & ~torch.isnan(diff_point)
+        differences[name] = tuple(
+            est(diff_rep[:, i], float(diff_point[i])) if bool(ok[i]) else _undefined(fewest, level)
+            for i in range(len(deact))
+        )
+        mean_differences[name] = (
+            est(diff_rep[:, ok].mean(dim=1), float(diff_point[ok].mean()))
+            if ok.any()
+            else _undefined(fewest, level)
+        )
     random_own = random_sel = None
     abs_est = ratio_est = None
     if report.random:
@@ -1769,6 +1811,8 @@ def _report_estimates(report: EvaluationReport) -> ReportEstimates:
         n_boot=n_boot,
         seed=seed,
         level=level,
+        baseline_differences=differences,
+        baseline_mean_differences=mean_differences,
     )
 
 
