@@ -1,0 +1,169 @@
+"""State each deactivation claim of a reproduction with its interval and p-value.
+
+Reads the files ``scripts/reproduce_gemma.py`` wrote in each corpus folder of ``--root``
+(``evaluation_<b>pct.json``, ``stability_1pct.json``, ``summary.json``), recomputes every
+estimate from the per-window results with the library's paired bootstrap
+(``EvaluationReport.from_dict(...).intervals()``), writes ``claims.json`` (every number the
+summary prints) and prints the Markdown claims section, so the numbers in the README and the
+model card are the numbers in the files.
+
+Usage::
+
+    python scripts/reproduction_claims.py --root benchmarks/results/2026-12-04-gemma-reproduction
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tl_lape.experiments.evaluation import EvaluationReport
+from tl_lape.formats import json_text
+from tl_lape.intervals import Estimate
+
+
+def _fmt(e: Estimate, digits: int = 3, sign: bool = True) -> str:
+    spec = f"{'+' if sign else ''}.{digits}f"
+    if e.value != e.value:  # NaN
+        return "n/a"
+    if e.low is None or e.high is None:
+        return f"{format(e.value, spec)} ± n/a"
+    return f"{format(e.value, spec)} [{format(e.low, spec)}, {format(e.high, spec)}]"
+
+
+def _est(e: Estimate) -> dict[str, Any]:
+    return {"value": e.value, "low": e.low, "high": e.high, "n_units": e.n, "level": e.level}
+
+
+def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
+    """The claims of one corpus folder at one budget: a dict and Markdown lines."""
+    report = EvaluationReport.from_dict(json.loads((folder / f"evaluation_{tag}.json").read_text()))
+    est = report.intervals()
+    summary = json.loads((folder / "summary.json").read_text())
+    stability = json.loads((folder / "stability_1pct.json").read_text())
+    langs = list(report.lape.deactivated)
+    cols = list(report.lape.languages)
+    n_draws = len(report.random)
+    p_values = est.p_values
+    rows = []
+    lines = [
+        f"| language | neurons | own NLL rise (nats) | selectivity | random selectivity "
+        f"(mean of {n_draws}) | p vs random | P(own rises most) | LAPE − LAP | LAPE − LAVE | "
+        "self-Jaccard |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for i, lang in enumerate(langs):
+        j = cols.index(lang)
+        own = est.lape.delta[i][j]
+        sel = est.lape.selectivity[i]
+        rand = est.random_selectivity[i] if est.random_selectivity else None
+        p = p_values[i]
+        prob = est.lape.own_largest_probability[i]
+        diffs = {name: est.baseline_differences[name][i] for name in est.baseline_differences}
+        jac = stability["per_language"][lang]["expected_self_jaccard"]
+        row = {
+            "language": lang,
+            "neurons": report.neuron_counts["lape"][lang],
+            "own_rise": _est(own),
+            "selectivity": _est(sel),
+            "random_selectivity": None if rand is None else _est(rand),
+            "p_value": p,
+            "own_largest_probability": prob,
+            "minus_baseline": {k: _est(v) for k, v in diffs.items()},
+            "expected_self_jaccard": jac,
+        }
+        rows.append(row)
+        lines.append(
+            f"| {lang} | {row['neurons']} | {_fmt(own)} | {_fmt(sel)} | "
+            f"{'n/a' if rand is None else _fmt(rand)} | {'n/a' if p is None else f'{p:.3g}'} | "
+            f"{'n/a' if prob is None else f'{prob:.2f}'} | "
+            f"{_fmt(diffs['lap']) if 'lap' in diffs else 'n/a'} | "
+            f"{_fmt(diffs['lave']) if 'lave' in diffs else 'n/a'} | "
+            f"{'n/a' if jac is None else f'{jac:.2f}'} |"
+        )
+    count = est.lape.n_own_largest
+    ratio = est.selectivity_ratio
+    data = {
+        "corpus": summary.get("corpus"),
+        "budget": tag,
+        "n_random": n_draws,
+        "control": report.metadata.get("control"),
+        "selector_sizes": report.metadata.get("selector_sizes"),
+        "eval_tokens_per_language": report.metadata.get("max_tokens_per_language"),
+        "positions_per_window": report.metadata.get("positions_per_window"),
+        "windows_per_language": report.lape.n_windows.tolist(),
+        "documents_per_language": report.lape.n_clusters(),
+        "min_p_value": est.min_p_value,
+        "n_own_largest": _est(count),
+        "mean_selectivity": _est(est.mean_selectivity),
+        "random_mean_abs_selectivity": (
+            None
+            if est.random_mean_abs_selectivity is None
+            else _est(est.random_mean_abs_selectivity)
+        ),
+        "selectivity_ratio": None if ratio is None else _est(ratio),
+        "baseline_mean_differences": {k: _est(v) for k, v in est.baseline_mean_differences.items()},
+        "neuron_counts": report.neuron_counts,
+        "rows": rows,
+        "evaluate_s": summary.get("timings", {}).get(f"evaluate_{tag}_s"),
+        "total_s": summary.get("timings", {}).get("total_s"),
+        "machine": summary.get("machine"),
+        "n_boot": est.n_boot,
+        "level": est.level,
+    }
+    head = [
+        f"### {data['corpus']}, {tag}",
+        "",
+        f"Held-out windows per language: {data['windows_per_language']} (documents: "
+        f"{data['documents_per_language']}), {data['eval_tokens_per_language']} tokens per "
+        f"language, {data['positions_per_window'] or 'all'} scored positions per window; "
+        f"{n_draws} random draws ({data['control']}-matched); LAP and LAVE at "
+        f"{'each language' if data['selector_sizes'] == 'language' else 'the total'}'s LAPE "
+        f"size; {100 * est.level:g}% paired bootstrap intervals ({est.n_boot} replicates, "
+        "windows resampled within each language, a document's windows together); p: "
+        f"empirical against the draws, smallest possible {est.min_p_value:.3g}.",
+        "",
+    ]
+    diffs_text = "; ".join(
+        f"LAPE − {k.upper()} {_fmt(v, 4)}" for k, v in est.baseline_mean_differences.items()
+    )
+    tail = [
+        "",
+        f"- Own language rises most for **{count.value:.0f} of {len(langs)}** (interval of the "
+        f"count [{count.low:.0f}, {count.high:.0f}])."
+        if count.low is not None and count.high is not None
+        else f"- Own language rises most for **{count.value:.0f} of {len(langs)}** (± n/a).",
+        f"- Mean selectivity {_fmt(est.mean_selectivity, 4)} nats; the random draws' mean "
+        f"absolute selectivity "
+        + (
+            "n/a"
+            if est.random_mean_abs_selectivity is None
+            else _fmt(est.random_mean_abs_selectivity, 4, sign=False)
+        )
+        + "; ratio "
+        + ("n/a" if ratio is None else _fmt(ratio, 1, sign=False))
+        + ".",
+        f"- Mean selectivity, paired differences: {diffs_text}.",
+    ]
+    return data, head + lines + tail
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--budget", default="1pct")
+    args = parser.parse_args()
+    out: dict[str, Any] = {}
+    text: list[str] = []
+    for folder in sorted(p for p in args.root.iterdir() if p.is_dir()):
+        if not (folder / f"evaluation_{args.budget}.json").exists():
+            continue
+        data, lines = corpus_claims(folder, args.budget)
+        out[folder.name] = data
+        text += [*lines, ""]
+    (args.root / "claims.json").write_text(json_text(out), encoding="utf-8")
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
