@@ -243,7 +243,17 @@ def test_study_keeps_every_output_with_its_verdicts(study, tmp_path):
     record = study.outputs[0]
     for key in ("prompt", "text", "method", "target", "language", "lingua", "nll", "fluent"):
         assert key in record
-    assert all("content_gain" in o for o in study.outputs if o["setting"] == "content")
+    content = [o for o in study.outputs if o["setting"] == "content"]
+    assert all("content_gain" in o and "reference_nll" in o for o in content)
+    for o in content:  # the judge-free content measure: own prompt against a mismatched one
+        assert o["reference_gap"] == pytest.approx(
+            o["mismatched_nll"] - o["reference_nll"], abs=1e-3
+        )
+    none = study.select(phase="fresh", setting="content", method="none")
+    lape = study.select(phase="fresh", setting="content", method="lape")
+    # Every content row carries the measure's mean (nats per reference token).
+    assert all(r["reference_nll"] > 0 for r in none + lape)
+    assert "Judge-free content measure" in study.to_markdown()
     for chosen in study.examples.values():
         assert chosen[0]["rule"] == "random"
         assert all(x["rule"] in ("random", "weakest success") for x in chosen)

@@ -68,6 +68,7 @@ def output_records(
     second: Sequence[tuple[str | None, float]],
     *,
     gains: Sequence[float] | None = None,
+    extra: Mapping[str, Sequence[float]] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per output of a judged batch.
 
@@ -77,6 +78,8 @@ def output_records(
         judged: The batch judged by :func:`~tl_lape.judging.outputs.judge_outputs`.
         second: The second language judge's (language, confidence) per output.
         gains: The content judge's gain per output (content setting only).
+        extra: More scores per output, by field name (e.g. the judge-free content measure's
+            ``reference_nll``).
 
     Returns:
         Dicts with the cell's fields, ``prompt_index``, ``prompt``, ``text``, ``language`` and
@@ -105,6 +108,8 @@ def output_records(
         }
         if gains is not None:
             record["content_gain"] = _round(gains[i])
+        for name, values in (extra or {}).items():
+            record[name] = _round(float(values[i]))
         out.append(record)
     return out
 
@@ -144,13 +149,16 @@ def _nll_key(record: Mapping[str, Any]) -> float:
     return float("inf") if nll is None else float(nll)
 
 
-def _per_prompt(records: Iterable[Mapping[str, Any]], **where: Any) -> dict[tuple[str, int], float]:
-    """Mean success per (target, prompt) over the records matching ``where`` (the mean over a
-    method's configurations, e.g. its random draws)."""
+def _per_prompt(
+    records: Iterable[Mapping[str, Any]], key: str = "success", **where: Any
+) -> dict[tuple[str, int], float]:
+    """Mean ``key`` per (target, prompt) over the records matching ``where`` (the mean over a
+    method's configurations, e.g. its random draws); records without a value are left out."""
     sums: dict[tuple[str, int], list[float]] = {}
     for r in records:
-        if all(r.get(k) == v for k, v in where.items()):
-            sums.setdefault((r["target"], int(r["prompt_index"])), []).append(float(r["success"]))
+        value = r.get(key)
+        if value is not None and all(r.get(k) == v for k, v in where.items()):
+            sums.setdefault((r["target"], int(r["prompt_index"])), []).append(float(value))
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
@@ -181,12 +189,13 @@ def success_estimates(
     records: Sequence[Mapping[str, Any]],
     *,
     phase: str = "fresh",
+    key: str = "success",
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Success with a bootstrap interval over prompts, per (setting, configuration, target)
-    and per (setting, configuration) averaged over targets (``target="mean"``, clustered by
-    prompt).
+    """Success (or another per-output score, ``key``) with a bootstrap interval over prompts,
+    per (setting, configuration, target) and per (setting, configuration) averaged over
+    targets (``target="mean"``, clustered by prompt).
 
     Returns:
         Dicts with ``setting``, ``method``, ``config``, ``target`` and ``estimate`` (an
@@ -199,7 +208,7 @@ def success_estimates(
         for config in dict.fromkeys(r["config"] for r in here):
             mine = [r for r in here if r["config"] == config]
             method = mine[0]["method"]
-            values = _per_prompt(mine)
+            values = _per_prompt(mine, key)
             targets = list(dict.fromkeys(r["target"] for r in mine))
             for target in [*targets, "mean"]:
                 chosen = targets if target == "mean" else [target]
@@ -222,11 +231,13 @@ def paired_differences(
     *,
     pairs: Sequence[tuple[str, str]] = METHOD_PAIRS,
     phase: str = "fresh",
+    key: str = "success",
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """The difference in success between two methods on the same prompts, per target and
-    averaged over targets (``target="mean"``), with a paired bootstrap over prompts.
+    """The difference in success (or another per-output score, ``key``) between two methods
+    on the same prompts, per target and averaged over targets (``target="mean"``), with a
+    paired bootstrap over prompts.
 
     Returns:
         Dicts with ``setting``, ``first``, ``second``, ``target`` and ``estimate`` (first minus
@@ -237,8 +248,8 @@ def paired_differences(
     for setting in dict.fromkeys(r["setting"] for r in rows):
         here = [r for r in rows if r["setting"] == setting]
         for first, second in pairs:
-            a = _per_prompt(here, method=first)
-            b = _per_prompt(here, method=second)
+            a = _per_prompt(here, key, method=first)
+            b = _per_prompt(here, key, method=second)
             shared = sorted(set(a) & set(b))
             if not shared:
                 continue

@@ -17,9 +17,11 @@ fresh ones:
   strings and markup fail); content by
   :func:`~tl_lape.judging.content.judge_content`: the chrF (sacrebleu) of the continuation
   against its own translation minus its mean chrF against other paragraphs of the same
-  language. *Success* = identified as the target by py3langid AND fluent; in the content
-  setting the *combined* score is the harmonic mean of the success rate and the share of
-  outputs whose content gain is positive.
+  language; and judge-free, :func:`~tl_lape.judging.continuation.content_nll`: the
+  teacher-forced NLL of the reference translation after the prompt under the same hooks,
+  against after a mismatched prompt. *Success* = identified as the target by py3langid AND
+  fluent; in the content setting the *combined* score is the harmonic mean of the success rate
+  and the share of outputs whose content gain is positive.
 - **Methods.** ``lape`` (:func:`~tl_lape.experiments.steering.config_hooks`: modes, strengths,
   budgets, with or without the other languages' neurons off), ``random`` (the same
   configuration on a random set matched in size and layers), ``diffmean``
@@ -80,6 +82,7 @@ from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_texts_and_tokens, generate_with_hook_sets
 from tl_lape.interventions.hooks import MODES, FwdHooks
 from tl_lape.judging.content import check_sacrebleu, harmonic_mean, judge_content
+from tl_lape.judging.continuation import content_nll
 from tl_lape.judging.identification import OTHER, LanguageIdentifier
 from tl_lape.judging.metrics import reference_nll
 from tl_lape.judging.outputs import DEFAULT_MAX_REPETITION, DEFAULT_NLL_MARGIN, OutputJudge
@@ -378,15 +381,27 @@ class SteeringStudy:
         """Per configuration, the judges' means over the targets, and the method comparison."""
         fresh = self.select(phase="fresh", setting=setting)
         content = setting == "content"
+        # Studies saved before the judge-free content measure have no reference NLL.
+        measured = content and all("reference_nll" in r for r in fresh)
         head = "| configuration | success | py3langid | lingua | agree | fluent | NLL | rep. |"
         lines = [
             "",
             "Means over the targets (fresh prompts): success, target language by each judge, "
             "judges' agreement, fluent, the unsteered model's NLL (nats/token) and repeated "
-            "trigrams" + (", content gain (chrF points) and relevant" if content else "") + ":",
+            "trigrams"
+            + (", content gain (chrF points) and relevant" if content else "")
+            + (
+                "; the reference translation's NLL after the prompt under the method "
+                "(teacher-forced, nats/token) and its gap to a mismatched prompt"
+                if measured
+                else ""
+            )
+            + ":",
             "",
-            head + (" gain | relevant |" if content else ""),
-            "| --- |" + " ---: |" * (7 + 2 * content),
+            head
+            + (" gain | relevant |" if content else "")
+            + (" ref. NLL | gap |" if measured else ""),
+            "| --- |" + " ---: |" * (7 + 2 * content + 2 * measured),
         ]
         for label in dict.fromkeys(r["config"] for r in fresh):
             rows = [r for r in fresh if r["config"] == label]
@@ -407,6 +422,8 @@ class SteeringStudy:
             ]
             if content:
                 cells += [f"{mean('mean_gain'):+.1f}", f"{100 * mean('relevant_rate'):.0f}%"]
+            if measured:
+                cells += [f"{mean('reference_nll'):.2f}", f"{mean('reference_gap'):+.3f}"]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lape = self.chosen.get("lape", {}).get("label")
         diff = self.chosen.get("diffmean", {}).get("label")
@@ -445,6 +462,42 @@ class SteeringStudy:
                         f"{method}: content above the other-paragraph control (mean gain > 0) "
                         f"for {len(above)} of {len(rows)} targets ({', '.join(above) or 'none'})."
                     )
+        if measured:
+            lines += self._reference_lines(setting)
+        return lines
+
+    def _reference_lines(self, setting: str) -> list[str]:
+        """What the judge-free content measure shows: whether it separates on the unsteered
+        model, and each method's reference NLL against the unsteered model's."""
+        sep = self._estimate("reference_gap", setting=setting, method="none", target="mean")
+        if sep is None:
+            return []
+        lines = [
+            "",
+            "Judge-free content measure: after its own prompt the unsteered model finds the "
+            f"reference translation likelier than after a mismatched prompt by {sep.format(3)} "
+            "nats/token (mean over targets, 95% interval over prompts): "
+            + (
+                "it separates the true translation from a mismatched one."
+                if sep.low is not None and sep.low > 0
+                else "it does not separate them here, so the measure cannot judge content on "
+                "this model and these prompts."
+            ),
+        ]
+        pairs = (("lape", "none"), ("diffmean", "none"), ("prompt", "none"), ("lape", "random"))
+        for first, second in (*pairs, ("lape", "diffmean")):
+            est = self._estimate(
+                "reference_nll_differences",
+                setting=setting,
+                first=first,
+                second=second,
+                target="mean",
+            )
+            if est is not None:
+                lines.append(
+                    f"- {first} − {second}, reference NLL: {est.format(3)} nats/token"
+                    + (" (interval below 0)" if est.high is not None and est.high < 0 else "")
+                )
         return lines
 
     def to_markdown(self) -> str:
@@ -999,6 +1052,11 @@ def run_steering_study(
         for name, found in (
             ("success", success_estimates(outputs, seed=_BOOT_SEED)),
             ("differences", paired_differences(outputs, seed=_BOOT_SEED)),
+            ("reference_gap", success_estimates(outputs, key="reference_gap", seed=_BOOT_SEED)),
+            (
+                "reference_nll_differences",
+                paired_differences(outputs, key="reference_nll", seed=_BOOT_SEED),
+            ),
         )
     }
     metadata = _study_metadata(run, seconds=time.perf_counter() - started)
@@ -1240,12 +1298,30 @@ def _judge_row(
         "mean_repetition": float(judged.repetition.mean()),
     }
     gains = None
+    extra: dict[str, list[float]] = {}
     if setting == "content":
         content = judge_content(texts, data.parallel, target)
         row["relevant_rate"] = content.relevant_rate
         row["mean_gain"] = content.mean_gain
         row["combined"] = harmonic_mean(row["success_rate"], content.relevant_rate)
         gains = content.gains
+        # The judge-free content measure: the reference translation, teacher-forced under the
+        # same hooks after the same prompts, against after a mismatched prompt.
+        scores = content_nll(
+            run.model,
+            prompts,
+            [item[target] for item in data.parallel],
+            fwd_hooks=_hooks_for(run, config, target, setting),
+            max_tokens=run.max_new_tokens,
+            batch_size=run.batch_size,
+        )
+        row["reference_nll"] = float(scores.own.mean())
+        row["reference_gap"] = float(scores.gap.mean())
+        extra = {
+            "reference_nll": scores.own.tolist(),
+            "mismatched_nll": scores.mismatched.tolist(),
+            "reference_gap": scores.gap.tolist(),
+        }
     cell = {
         "phase": phase,
         "setting": setting,
@@ -1254,7 +1330,7 @@ def _judge_row(
         "seed": config.seed,
         "target": target,
     }
-    row["_outputs"] = output_records(cell, judged, scored, gains=gains)
+    row["_outputs"] = output_records(cell, judged, scored, gains=gains, extra=extra)
     return row
 
 
