@@ -447,7 +447,7 @@ def steering_example(
     """Greedy continuations of a few English prompts, unsteered and steered to each target,
     as a Markdown table with the language py3langid reads in each."""
     targets = [t for t in targets if t in neurons.languages and t in stats.languages]
-    identifier = LanguageIdentifier(list(stats.languages))
+    identifier = LanguageIdentifier(list(stats.languages), open_set=False)
     prompts = list(prompts)
     outputs: dict[str, list[str]] = {
         "-": cast(list[str], generate_with_hooks(model, prompts, max_new_tokens=max_new_tokens))

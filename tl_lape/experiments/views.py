@@ -417,7 +417,7 @@ def _identifier(languages: tuple[str, ...]) -> LanguageIdentifier | None:
     """A language identifier for the set's languages, or None if py3langid is missing or
     does not know one of them (identification is a courtesy of the view)."""
     try:
-        return LanguageIdentifier(languages)
+        return LanguageIdentifier(languages, open_set=False)
     except LapeError:
         return None
 
