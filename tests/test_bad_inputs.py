@@ -855,6 +855,10 @@ def test_out_inside_model_folder(tiny_model, text_corpus: Path, capsys) -> None:
     text = corpus_file.read_bytes()
     _fails([*argv, "--out", str(corpus_file), "--overwrite"], ROWS["out-is-input"], capsys)
     assert corpus_file.read_bytes() == text
+    # So is a --resume checkpoint, before it exists.
+    checkpoint = text_corpus.parent / "run.ckpt"
+    _fails([*argv, "--resume", str(checkpoint), "--out", str(checkpoint)], "checkpoint", capsys)
+    assert not checkpoint.exists()
 
 
 def test_out_symlink(stats_file: Path, neurons_file: Path, tmp_path: Path, capsys) -> None:

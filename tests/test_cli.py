@@ -276,6 +276,7 @@ def test_steer_study_writes_the_study_report(
     assert {r["setting"] for r in fresh} == {"english", "neutral"}  # no handbook: no content
     assert {r["deactivate"] for r in study["rows"] if r["method"] == "lape"} == {"none", "others"}
     assert sorted(p.name for p in out.iterdir()) == [
+        ".tl_lape",  # the mark of a folder tl_lape wrote
         "steering_study_english.png",
         "steering_study_neutral.png",
         "study.json",
@@ -412,6 +413,8 @@ def test_collect_shards_then_identify_stability(
         listed = sum(len(v) for v in data["selected_frequency"][lang].values())
         assert listed == neurons.counts()[lang]
     assert "Selection stability" in capsys.readouterr().out
+    assert data["format"] == "tl_lape.SelectionStability"  # tl_lape's: replaced without --overwrite
+    assert main([*args, "--stability", str(stab), "--stability-boot", "6"]) == 0
 
     # Without shards: refused before anything is written, saying how to make them.
     lone = tmp_path / "lone.safetensors"

@@ -197,6 +197,7 @@ def test_study_report_files(study, tmp_path):
     folder = study.save(tmp_path / "report")
     names = sorted(p.name for p in folder.iterdir())
     assert names == [
+        ".tl_lape",  # the mark of a folder tl_lape wrote
         "steering_study_content.png",
         "steering_study_english.png",
         "steering_study_neutral.png",

@@ -151,15 +151,16 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     step); otherwise each file written is moved onto ``path`` with :func:`os.replace`, after
     the whole block has succeeded, so no step of a long computation ever leaves a mix of new
     and old files. On any error (Ctrl-C included) the temporary folder is deleted and ``path``
-    is left as it was.
+    is left as it was. The folder gets tl_lape's mark, :data:`FOLDER_MARK`, so that a later run
+    may write into it (:func:`check_report_folder`).
 
     Example:
         >>> import tempfile, pathlib
         >>> target = pathlib.Path(tempfile.mkdtemp()) / "report"
         >>> with atomic_dir(target) as tmp:
         ...     _ = (tmp / "summary.md").write_text("# report")
-        >>> [p.name for p in target.iterdir()]
-        ['summary.md']
+        >>> sorted(p.name for p in target.iterdir())
+        ['.tl_lape', 'summary.md']
     """
     target = Path(path)
     if target.exists() and not target.is_dir():
@@ -333,7 +334,7 @@ def _check_not_an_input(path: Path, what: str, inputs: Sequence[Input]) -> None:
     """Refuse an output that is an input, lies inside an input folder or holds an input."""
     out = path.resolve()
     for name, given in inputs:
-        if given is None or not Path(given).exists():
+        if given is None:
             continue
         source = Path(given).resolve()
         if out == source or source in out.parents or out in source.parents:

@@ -503,7 +503,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     _check_collect_sizes(args)
     if args.resume is not None:
         # Read first if it exists (a resume) and refused there if it is not a checkpoint.
-        check_output_file(args.resume, "checkpoint", overwrite=True, inputs=inputs)
+        others = [(what, path) for what, path in inputs if what != "checkpoint"]
+        check_output_file(args.resume, "checkpoint", overwrite=True, inputs=others)
         _check_at_least_one(args, ("checkpoint_every",))
     if args.residual_means is not None:
         check_output_file(
@@ -681,7 +682,9 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         if args.rucaibox is not None:
             neurons.to_rucaibox(tmps[1])
         if stability is not None:
-            tmps[-1].write_text(json_text(stability.to_dict()), encoding="utf-8")
+            # The format tag marks the file as tl_lape's: a later run may replace it.
+            doc = {"format": "tl_lape.SelectionStability", **stability.to_dict()}
+            tmps[-1].write_text(json_text(doc), encoding="utf-8")
     written = [str(t) for t in (args.out, args.rucaibox, args.stability) if t is not None]
     print("wrote " + " and ".join(written))
     print(format_summary(neurons))
@@ -1069,6 +1072,8 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
         )
         if getattr(args, name, None) is not None
     ]
+    if getattr(args, "resume", None) is not None:
+        found.append(("checkpoint", Path(args.resume)))
     model = getattr(args, "model", None)
     if model is not None and model not in MODEL_ALIASES and Path(model).expanduser().exists():
         found.append(("model", Path(model).expanduser()))
