@@ -3,9 +3,11 @@
 Reads the files ``scripts/reproduce_gemma.py`` wrote in each corpus folder of ``--root``
 (``evaluation_<b>pct.json``, ``stability_1pct.json``, ``summary.json``), recomputes every
 estimate from the per-window results with the library's paired bootstrap
-(``EvaluationReport.from_dict(...).intervals()``), writes ``claims.json`` (every number the
-summary prints) and prints the Markdown claims section, so the numbers in the README and the
-model card are the numbers in the files.
+(``EvaluationReport.from_dict(...).intervals()``), rewrites ``evaluation_<b>pct.md`` from the
+JSON with the current library (so the report has every statistic the library now computes, e.g.
+the paired LAPE-minus-LAP/LAVE differences), writes ``claims.json`` (every number the summary
+prints) and prints the Markdown claims section, so the numbers in the README and the model card
+are the numbers in the files.
 
 Usage::
 
@@ -40,6 +42,11 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
     report = EvaluationReport.from_dict(json.loads((folder / f"evaluation_{tag}.json").read_text()))
     est = report.intervals()
     summary = json.loads((folder / "summary.json").read_text())
+    rate = int(tag.removesuffix("pct")) / 100
+    (folder / f"evaluation_{tag}.md").write_text(
+        f"## Deactivation at top_rate={rate} ({summary.get('corpus')})\n\n{report.to_markdown()}\n",
+        encoding="utf-8",
+    )
     stability = json.loads((folder / "stability_1pct.json").read_text())
     langs = list(report.lape.deactivated)
     cols = list(report.lape.languages)
