@@ -376,3 +376,33 @@ def test_lape_minus_baseline_selectivity_is_paired():
     assert "LAPE minus LAP, paired: mean selectivity +0.2500 [+0.2500, +0.2500]" in (
         report.to_markdown()
     )
+
+
+def test_biased_mean_abs_selectivity_is_flagged():
+    """Random draws whose selectivity is exactly 0 on the full sample but not in resamples:
+    the bootstrap of mean |selectivity| sits above 0, and the report says so."""
+    v = torch.tensor([1.0, 0.5, 0.2, -0.3, -0.6, -0.8], dtype=torch.float64)  # sums to 0
+    tokens = torch.full((2, 6), 5)
+    clean = torch.full((2, 6), 2.0, dtype=torch.float64)
+
+    def matrix(own: torch.Tensor) -> PerplexityMatrix:
+        rows = torch.stack([clean, clean.clone(), clean.clone()])  # row lang window
+        rows[1, 0] += own
+        rows[2, 1] += own
+        sums = rows * 5
+        return PerplexityMatrix(
+            ("a", "b"),
+            ("a", "b"),
+            sums.sum(-1) / 30,
+            tokens.sum(1),
+            window_sums=sums,
+            window_tokens=tokens,
+        )
+
+    lape = matrix(torch.full((6,), 1.0, dtype=torch.float64))
+    report = EvaluationReport(lape, (matrix(v),), n_boot=400, seed=0)
+    abs_est = report.intervals().random_mean_abs_selectivity
+    assert abs_est is not None and abs_est.value == pytest.approx(0.0, abs=1e-12)
+    assert abs_est.low is not None and abs_est.low > abs_est.value
+    assert "lies outside its own percentile interval" in report.to_markdown()
+    assert "lies outside" not in EvaluationReport(lape, (lape,), n_boot=400).to_markdown()

@@ -1635,11 +1635,25 @@ class EvaluationReport:
                 abs_text += f" {_bracket(est.random_mean_abs_selectivity, '.4g')}"
             if est.selectivity_ratio is not None and est.selectivity_ratio.has_interval:
                 ratio_ci = f" {_bracket(est.selectivity_ratio, '.1f')}"
+        caveat = ""
+        abs_est = None if est is None else est.random_mean_abs_selectivity
+        if (
+            abs_est is not None
+            and abs_est.low is not None
+            and abs_est.high is not None
+            and not abs_est.low <= abs_est.value <= abs_est.high
+        ):
+            caveat = (
+                " The mean |selectivity| lies outside its own percentile interval: resampling "
+                "the windows adds noise that |·| turns into a positive bias, so that interval "
+                "(and the ratio's) is shifted; the p-values above are the test against the "
+                "random draws."
+            )
         return (
             f"LAPE vs random: mean selectivity of LAPE {mean_text} nats; mean |selectivity| of "
             f"the matched random sets ({len(self.random)} draw(s); signed mean "
             f"{s['random_mean_selectivity']:+.4g}) {abs_text}; ratio {num} / {den} = "
-            f"{ratio_text}{ratio_ci}."
+            f"{ratio_text}{ratio_ci}.{caveat}"
         )
 
     def figures(self) -> dict[str, Figure]:
