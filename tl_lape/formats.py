@@ -337,15 +337,18 @@ def _check_not_an_input(path: Path, what: str, inputs: Sequence[Input]) -> None:
         if given is None:
             continue
         source = Path(given).resolve()
-        if out == source or source in out.parents or out in source.parents:
-            relation = (
-                "is" if out == source else ("lies inside" if source in out.parents else "holds")
-            )
-            raise LapeError(
-                f"cannot write {what} {str(path)!r}: it {relation} the input {name} "
-                f"{str(given)!r} (both resolve to {str(source if relation != 'holds' else out)!r}"
-                "), which writing would destroy; choose another output path"
-            )
+        if out == source:
+            how = f"is the input {name} {str(given)!r} (both resolve to {str(source)!r})"
+        elif source in out.parents:
+            how = f"lies inside the input {name} {str(given)!r} (the folder {str(source)!r})"
+        elif out in source.parents:
+            how = f"holds the input {name} {str(given)!r} (resolved: {str(source)!r})"
+        else:
+            continue
+        raise LapeError(
+            f"cannot write {what} {str(path)!r}: it {how}, which writing would destroy; "
+            "choose another output path"
+        )
 
 
 def written_by_tl_lape(path: str | os.PathLike[str]) -> bool:
