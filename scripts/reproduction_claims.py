@@ -19,9 +19,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tl_lape.experiments.analysis import split_half_jaccard
 from tl_lape.experiments.evaluation import EvaluationReport
 from tl_lape.formats import json_text
 from tl_lape.intervals import Estimate
+from tl_lape.neurons import LanguageNeurons
 
 
 def _fmt(e: Estimate, digits: int = 3, sign: bool = True) -> str:
@@ -168,6 +170,25 @@ def main() -> None:
         data, lines = corpus_claims(folder, args.budget)
         out[folder.name] = data
         text += [*lines, ""]
+    folders = sorted(p for p in args.root.iterdir() if (p / "neurons_1pct.json").exists())
+    if len(folders) == 2:
+        a_dir, b_dir = folders
+        cross: dict[str, Any] = {}
+        text += [
+            f"### The same budget's sets on {a_dir.name} and {b_dir.name} (Jaccard per language)",
+            "",
+        ]
+        for tag in ("1pct", "2pct", "5pct"):
+            a = LanguageNeurons.load(a_dir / f"neurons_{tag}.json")
+            b = LanguageNeurons.load(b_dir / f"neurons_{tag}.json")
+            values = [float(x) for x in split_half_jaccard(a, b)]
+            cross[tag] = dict(zip(a.languages, values, strict=True))
+            if tag == "1pct":
+                text += ["| budget | " + " | ".join(a.languages) + " |"]
+                text += ["| --- |" + " ---: |" * len(a.languages)]
+            text += [f"| {tag} | " + " | ".join(f"{v:.2f}" for v in values) + " |"]
+        out["cross_corpus_jaccard"] = cross
+        text.append("")
     (args.root / "claims.json").write_text(json_text(out), encoding="utf-8")
     print("\n".join(text))
 
