@@ -395,6 +395,9 @@ def test_collect_shards_then_identify_stability(
     common = ["--model", str(model_dir), "--corpus", f"text:{text_corpus}"]
     common += ["--languages", "en,fr,zh,ru", "--seq-len", "16", "--no-progress"]
     assert main(["collect", *common, "--shards", "3", "--out", str(stats_path)]) == 0
+    # a second run with fewer shards replaces the folder's shards (none left over)
+    assert main(["collect", *common, "--shards", "4", "--out", str(stats_path)]) == 0
+    assert main(["collect", *common, "--shards", "3", "--out", str(stats_path)]) == 0
     shard_paths = sorted((tmp_path / "stats.safetensors.shards").glob("*.safetensors"))
     assert [p.name for p in shard_paths] == [f"shard{i}.safetensors" for i in range(3)]
     shards = [tl_lape.ActivationStats.load(p) for p in shard_paths]

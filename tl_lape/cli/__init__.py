@@ -34,7 +34,6 @@ from tl_lape.formats import (
     atomic_dir,
     atomic_paths,
     check_output_file,
-    check_output_folder,
     check_report_folder,
     json_text,
 )
@@ -521,7 +520,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             )
     if args.shards is not None:
         check_positive_int(args.shards, "--shards", example=8)
-        check_output_folder(_shards_folder(args.out), "shards folder")
+        check_report_folder(_shards_folder(args.out), overwrite=args.overwrite, inputs=inputs)
         clash = [
             opt
             for opt, v in (("--resume", args.resume), ("--residual-means", args.residual_means))
@@ -590,6 +589,9 @@ def _collect_shards(
         for i, shard in enumerate(shards):
             shard.save(tmp / f"shard{i}.safetensors")
         stats.save(stats_tmp)
+    for stale in folder.glob("shard*.safetensors"):  # an earlier run's with more shards
+        if stale.stem[5:].isdigit() and int(stale.stem[5:]) >= len(shards):
+            stale.unlink()
     print(f"wrote {len(shards)} shards to {folder}/")
     return stats
 
@@ -605,7 +607,8 @@ def _load_shards(stats_path: Path) -> list[Any]:
     from tl_lape.stats import ActivationStats
 
     folder = _shards_folder(stats_path)
-    paths = sorted(folder.glob("shard*.safetensors"), key=lambda p: int(p.stem[5:] or 0))
+    numbered = [p for p in folder.glob("shard*.safetensors") if p.stem[5:].isdigit()]
+    paths = sorted(numbered, key=lambda p: int(p.stem[5:]))
     if len(paths) < 2:
         raise LapeError(
             f"--stability resamples the statistics' shards, expected in {str(folder)!r}; found "
