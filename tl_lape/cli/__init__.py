@@ -497,6 +497,8 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_collect(args: argparse.Namespace) -> int:
     from tl_lape.collection.engine import collect_activation_stats
 
+    if args.resume is not None and Path(args.resume).is_dir():
+        check_output_file(args.resume, "checkpoint", overwrite=True)  # says: it is a directory
     inputs = _inputs(args)
     check_output_file(args.out, "statistics file", overwrite=args.overwrite, inputs=inputs)
     _check_collect_sizes(args)
