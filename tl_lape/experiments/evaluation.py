@@ -1448,9 +1448,9 @@ class EvaluationReport:
         lines = [
             *self._markdown_matrix(s, est),
             *self._markdown_language_table(est),
-            "",
-            *self._markdown_comparisons(s, est),
         ]
+        for line in self._markdown_comparisons(s, est):
+            lines += ["", line]  # one paragraph each
         return "\n".join(lines).rstrip() + "\n"
 
     def _markdown_intervals_note(self) -> str:
