@@ -185,3 +185,16 @@ def test_validation_helpers_refuse_mismatched_lengths(items, tmp_path):
     with pytest.raises(LapeError, match="line 2 of"):
         load_labelled_texts(bad)
     assert precision_recall([False], [False]).precision is None
+
+
+def test_labelled_texts_are_read_strictly(tmp_path: Path) -> None:
+    """The validation set goes through the one strict JSON reader: a repeated key is refused
+    with the line's number, not silently resolved to its last value."""
+    bad = tmp_path / "v.jsonl"
+    line = (
+        '{"id": "a", "text": "x", "text": "y", "category": "on_target", "language": "en", '
+        '"fluent": true, "split": "test", "origin": "", "source": ""}'
+    )
+    bad.write_text('{"header": 1}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(LapeError, match=r"line 2 of .*v\.jsonl"):
+        load_labelled_texts(bad)

@@ -26,13 +26,13 @@ Example:
     (0.5, 1.0)
 """
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tl_lape.errors import LapeError
+from tl_lape.formats import parse_json
 from tl_lape.judging.identification import OTHER
 
 __all__ = [
@@ -81,10 +81,14 @@ def load_labelled_texts(path: str | Path) -> list[LabelledText]:
     items = []
     fields = ("id", "text", "category", "language", "fluent", "split", "origin", "source")
     for number, line in enumerate(lines[1:], start=2):
+        data = parse_json(
+            line,
+            where=f"line {number} of {str(path)!r}",
+            advice="rebuild it with scripts/build_judge_validation.py",
+        )
         try:
-            data = json.loads(line)
             items.append(LabelledText(**{k: data[k] for k in fields}))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (KeyError, TypeError) as err:
             raise LapeError(
                 f"line {number} of {str(path)!r} is not a labelled text with fields {fields} "
                 f"({err}); rebuild it with scripts/build_judge_validation.py"
