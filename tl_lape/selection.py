@@ -175,6 +175,56 @@ def _kth_smallest(flat: Tensor, rate: float, name: str) -> float:
     return float(torch.kthvalue(flat, k).values)
 
 
+def _checked_inputs(
+    stats: Any,
+    method: Any,
+    filter_rate: Any,
+    activation_bar_ratio: Any,
+    *,
+    top_rate: Any = None,
+) -> tuple[str, float, float, float]:
+    """The selectors' shared inputs, checked (``top_rate`` too when given; else 0.0 back)."""
+    if not isinstance(stats, ActivationStats):
+        raise LapeError(
+            f"stats must be ActivationStats (e.g. from collect_activation_stats or "
+            f"ActivationStats.from_counts); received {type(stats).__name__}"
+        )
+    method = check_choice(method, METHODS, "method")
+    rate = 0.0 if top_rate is None else check_rate(top_rate, "top_rate")
+    filter_rate = check_rate(filter_rate, "filter_rate")
+    activation_bar_ratio = check_rate(activation_bar_ratio, "activation_bar_ratio")
+    if stats.n_languages < 2:
+        raise LapeError(
+            f"language-specific neurons need statistics of at least two languages (every "
+            f"entropy over one language is 0, so any selection would be by index order); "
+            f"received {list(stats.languages)}; collect statistics on two or more languages"
+        )
+    return method, rate, filter_rate, activation_bar_ratio
+
+
+def _selection_metadata(
+    stats: ActivationStats,
+    method: str,
+    filter_rate: float,
+    activation_bar_ratio: float,
+    t: float,
+    b: float,
+) -> dict[str, Any]:
+    """What every selection records: thresholds, tie-break and the statistics' provenance."""
+    metadata: dict[str, Any] = {
+        "filter_rate": filter_rate,
+        "activation_bar_ratio": activation_bar_ratio,
+        "filter_threshold": t,
+        "activation_bar": b,
+        "tie_break": _TIE_BREAK,
+        "stats_languages": list(stats.languages),
+        "stats_n_tokens": stats.n_tokens.tolist(),
+    }
+    if "model_name" in stats.metadata:
+        metadata["model_name"] = stats.metadata["model_name"]
+    return metadata
+
+
 def _rows_and_thresholds(
     stats: ActivationStats, method: str, filter_rate: float, activation_bar_ratio: float
 ) -> tuple[Float[Tensor, "neuron lang"], float, float]:
@@ -252,39 +302,13 @@ def identify_language_neurons(
         >>> neurons.metadata["n_requested"], neurons.metadata["n_selected"]
         (5, 5)
     """
-    if not isinstance(stats, ActivationStats):
-        raise LapeError(
-            f"stats must be ActivationStats (e.g. from collect_activation_stats or "
-            f"ActivationStats.from_counts); received {type(stats).__name__}"
-        )
-    method = check_choice(method, METHODS, "method")
-    top_rate = check_rate(top_rate, "top_rate")
-    filter_rate = check_rate(filter_rate, "filter_rate")
-    activation_bar_ratio = check_rate(activation_bar_ratio, "activation_bar_ratio")
+    method, top_rate, filter_rate, activation_bar_ratio = _checked_inputs(
+        stats, method, filter_rate, activation_bar_ratio, top_rate=top_rate
+    )
     n_layers, d_mlp, n_lang = stats.n_layers, stats.d_mlp, stats.n_languages
-    if n_lang < 2:
-        raise LapeError(
-            f"language-specific neurons need statistics of at least two languages (every "
-            f"entropy over one language is 0, so any selection would be by index order); "
-            f"received {list(stats.languages)}; collect statistics on two or more languages"
-        )
-
     rows, t, b = _rows_and_thresholds(stats, method, filter_rate, activation_bar_ratio)
-
-    metadata: dict[str, Any] = {
-        "method": method,
-        "top_rate": top_rate,
-        "filter_rate": filter_rate,
-        "activation_bar_ratio": activation_bar_ratio,
-        "filter_threshold": t,
-        "activation_bar": b,
-        "tie_break": _TIE_BREAK,
-        "compute_dtype": "float64",
-        "stats_languages": list(stats.languages),
-        "stats_n_tokens": stats.n_tokens.tolist(),
-    }
-    if "model_name" in stats.metadata:
-        metadata["model_name"] = stats.metadata["model_name"]
+    metadata = _selection_metadata(stats, method, filter_rate, activation_bar_ratio, t, b)
+    metadata = {"method": method, "top_rate": top_rate, **metadata, "compute_dtype": "float64"}
 
     if method == "lap":
         masks = _select_lap(rows, top_rate, n_layers * d_mlp, max(t, b), metadata)
@@ -411,16 +435,9 @@ def select_at_sizes(
         >>> lap.counts()
         {'en': 3, 'zh': 1, 'fr': 2}
     """
-    if not isinstance(stats, ActivationStats):
-        raise LapeError(f"stats must be ActivationStats; received {type(stats).__name__}")
-    method = check_choice(method, METHODS, "method")
-    filter_rate = check_rate(filter_rate, "filter_rate")
-    activation_bar_ratio = check_rate(activation_bar_ratio, "activation_bar_ratio")
-    if stats.n_languages < 2:
-        raise LapeError(
-            f"language-specific neurons need statistics of at least two languages; received "
-            f"{list(stats.languages)}; collect statistics on two or more languages"
-        )
+    method, _, filter_rate, activation_bar_ratio = _checked_inputs(
+        stats, method, filter_rate, activation_bar_ratio
+    )
     if not isinstance(sizes, Mapping) or not sizes:
         raise LapeError(
             f"sizes must be a non-empty {{language: int}} mapping, e.g. neurons.counts(); "
@@ -454,20 +471,12 @@ def select_at_sizes(
         shortfall[lang] = sizes[lang] - int(order.numel())
     if any(shortfall.values()):
         logger.warning("%s: fewer candidates than the sizes asked for: %s", method, shortfall)
-    metadata: dict[str, Any] = {
+    metadata = {
         "method": method,
         "sizes": {lang: sizes[lang] for lang in languages},
-        "filter_rate": filter_rate,
-        "activation_bar_ratio": activation_bar_ratio,
-        "filter_threshold": t,
-        "activation_bar": b,
-        "tie_break": _TIE_BREAK,
+        **_selection_metadata(stats, method, filter_rate, activation_bar_ratio, t, b),
         "shortfall_per_language": shortfall,
-        "stats_languages": list(stats.languages),
-        "stats_n_tokens": stats.n_tokens.tolist(),
     }
-    if "model_name" in stats.metadata:
-        metadata["model_name"] = stats.metadata["model_name"]
     masks_lang = einops.rearrange(
         masks, "lang (n_layers d_mlp) -> lang n_layers d_mlp", n_layers=stats.n_layers
     )
