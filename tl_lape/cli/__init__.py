@@ -583,9 +583,7 @@ def _collect_shards(
     shards = collect_shards(
         model, corpus, n_shards=args.shards, max_tokens_per_language=budget, **kwargs
     )
-    stats = shards[0]
-    for shard in shards[1:]:
-        stats = stats + shard
+    stats = sum(shards[1:], start=shards[0])
     folder = _shards_folder(args.out)
     with atomic_paths([args.out]) as (stats_tmp,), atomic_dir(folder) as tmp:
         for i, shard in enumerate(shards):

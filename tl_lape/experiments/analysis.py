@@ -514,9 +514,7 @@ def bootstrap_selection(
         "activation_bar_ratio": activation_bar_ratio,
         "method": method,
     }
-    total = shards[0]
-    for other in shards[1:]:
-        total = total + other
+    total = sum(shards[1:], start=shards[0])
     full = identify_language_neurons(total, **kwargs)  # checks the thresholds and method first
     counts = torch.stack([x.active_counts for x in shards])  # shard n_layers d_mlp lang
     sums = torch.stack([x.activation_sums for x in shards])
