@@ -65,36 +65,11 @@ from tl_lape.intervals import bootstrap_weights, percentile_interval  # noqa: E4
 from tl_lape.interventions.hooks import deactivation_hooks  # noqa: E402
 from tl_lape.judging.nll import window_nll  # noqa: E402
 from tl_lape.sources.corpora import load_debian_handbook  # noqa: E402
+from tl_lape.sources.models import cpu_info  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "2026-12-04-nll-subsampling"
 GEMMA_NEURONS = REPO / "benchmarks" / "results" / "2026-12-02-gemma-3-270m" / "neurons_5pct.json"
 ROWS = ("full_clean", "full_deact", "sub_clean", "sub_deact")
-
-
-def cpu_info() -> dict[str, Any]:
-    """The CPU's model name and the flags that decide bfloat16/AMX speed."""
-    name, flags = platform.processor(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {
-        "model_name": name,
-        "avx512f": "avx512f" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_tile": "amx_tile" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
 
 
 def demo_neurons(model: Any, lang: str, quick: bool) -> tl_lape.LanguageNeurons:

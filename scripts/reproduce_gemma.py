@@ -27,7 +27,6 @@ Usage::
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from tl_lape.experiments.reports import format_summary
 from tl_lape.formats import json_text
 from tl_lape.plots import plot_neurons_per_layer, plot_overlap
 from tl_lape.sources.corpora import load_corpus
+from tl_lape.sources.models import cpu_info
 
 BUDGETS = (0.01, 0.02, 0.05)
 
@@ -52,30 +52,6 @@ def _write(path: Path, text: str) -> None:
 
 def _tag(rate: float) -> str:
     return f"{round(rate * 100)}pct"
-
-
-def _cpu() -> dict[str, Any]:
-    """The CPU this ran on and the flags that decide bf16 speed (see docs/howto/gpu.md)."""
-    name, flags = platform.processor(), set()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return {
-        "cpu": name,
-        "amx_bf16": "amx_bf16" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "avx2": "avx2" in flags,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-    }
 
 
 def _layer_table(neurons: tl_lape.LanguageNeurons) -> str:
@@ -113,9 +89,7 @@ def _statistics(model: Any, args: argparse.Namespace, timings: dict[str, float])
         cache.mkdir(parents=True, exist_ok=True)
         for shard, path in zip(shards, paths, strict=True):
             shard.save(path)
-    stats = shards[0]
-    for shard in shards[1:]:
-        stats = stats + shard
+    stats = sum(shards[1:], start=shards[0])
     stats.save(args.out / "stats.safetensors")
     return shards, stats
 
@@ -147,7 +121,7 @@ def main() -> None:
         "corpus": args.corpus,
         "dtype": args.dtype,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": _cpu(),
+        "machine": cpu_info(),
         "budgets": {},
     }
 
