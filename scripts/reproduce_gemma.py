@@ -17,7 +17,10 @@ Steps, each written to ``--out`` as soon as it is done (so a stopped run keeps w
    window's NLL sums are in ``evaluation_<b>pct.json``.
 
 ``summary.json`` holds the settings, per evaluated budget the held-out NLL per language (the
-no-intervention row), each step's time, the whole run's time and the machine.
+no-intervention row), each step's time, the whole run's time and the machine. A later run into
+the same folder (e.g. ``--evaluate-budgets 0.02``) keeps the earlier runs' evaluations of other
+budgets, with their settings, machine and times under ``earlier_runs``; it refuses if its
+selection differs from theirs.
 
 Usage::
 
@@ -37,7 +40,7 @@ import tl_lape
 from tl_lape.experiments.analysis import bootstrap_selection, collect_shards
 from tl_lape.experiments.evaluation import run_evaluation
 from tl_lape.experiments.reports import format_summary
-from tl_lape.formats import json_text
+from tl_lape.formats import json_text, parse_json
 from tl_lape.plots import plot_neurons_per_layer, plot_overlap
 from tl_lape.sources.corpora import load_corpus
 from tl_lape.sources.models import cpu_info
@@ -92,6 +95,27 @@ def _statistics(model: Any, args: argparse.Namespace, timings: dict[str, float])
     stats = sum(shards[1:], start=shards[0])
     stats.save(args.out / "stats.safetensors")
     return shards, stats
+
+
+def _earlier(out: Path, summary: dict[str, Any], evaluated: tuple[str, ...]) -> None:
+    """Keep an earlier run's evaluations of budgets this run does not evaluate."""
+    path = out / "summary.json"
+    if not path.exists():
+        return
+    before = parse_json(path.read_bytes(), where=str(path), advice="delete it to start afresh")
+    runs = list(before.get("earlier_runs", []))
+    runs.append({k: before[k] for k in ("settings", "machine", "timings") if k in before})
+    summary["earlier_runs"] = runs
+    for tag, entry in before.get("budgets", {}).items():
+        if tag in evaluated or "evaluation" not in entry:
+            continue
+        now = summary["budgets"].get(tag, {})
+        if (now.get("counts"), now.get("union")) != (entry.get("counts"), entry.get("union")):
+            raise SystemExit(
+                f"{path}: the earlier run selected {entry.get('counts')} at {tag}, this run "
+                f"{now.get('counts')}; use a new --out (the settings or statistics differ)"
+            )
+        now.update({k: v for k, v in entry.items() if k not in ("counts", "union")})
 
 
 def main() -> None:
@@ -162,6 +186,7 @@ def main() -> None:
         text += f"Per layer:\n\n{_layer_table(neurons)}\n"
         _write(args.out / f"selection_{tag}.md", text)
         summary["budgets"][tag] = {"counts": neurons.counts(), "union": int(neurons.union().sum())}
+    _earlier(args.out, summary, tuple(_tag(rate) for rate in evaluate_budgets))
     save_summary()
 
     # 4. deactivation at the evaluated budgets
