@@ -5,8 +5,9 @@ Steps, each written to ``--out`` as soon as it is done (so a stopped run keeps w
 1. Statistics on the corpus' train split, ``--tokens`` tokens per language, collected in
    ``--shards`` disjoint parts (``collect_shards``; kept in ``--cache``, not in ``--out``); their
    sum is the statistics (``stats.safetensors``).
-2. Selection stability: ``bootstrap_selection`` over the shards (each neuron's selection
-   frequency, each language's expected Jaccard to itself) -> ``stability_1pct.{json,md}``.
+2. Selection stability at 1%, 2% and 5%: ``bootstrap_selection`` over the shards (each
+   neuron's selection frequency, each language's expected Jaccard to itself) ->
+   ``stability_<b>pct.{json,md}``.
 3. Selection at 1%, 2% and 5% with the paper's thresholds: counts per language, the layer
    distribution, the overlaps -> ``selection_<b>pct.md``, ``neurons_<b>pct.json`` and figures.
 4. Perplexity under deactivation on the held-out split (``--eval-tokens`` tokens per language)
@@ -162,16 +163,18 @@ def main() -> None:
         zip(stats.languages, (int(n) for n in stats.n_tokens), strict=True)
     )
 
-    # 2. stability of the 1% selection
+    # 2. stability of the selection at every budget
     t0 = time.perf_counter()
-    stability = bootstrap_selection(shards, n_boot=args.selection_boot, seed=0, top_rate=0.01)
+    for rate in BUDGETS:
+        tag = _tag(rate)
+        stability = bootstrap_selection(shards, n_boot=args.selection_boot, seed=0, top_rate=rate)
+        _write(args.out / f"stability_{tag}.json", json_text(stability.to_dict()))
+        _write(args.out / f"stability_{tag}.md", stability.to_markdown())
+        summary[f"stability_{tag}"] = {
+            lang: row["expected_self_jaccard"]
+            for lang, row in stability.to_dict()["per_language"].items()
+        }
     timings["stability_s"] = time.perf_counter() - t0
-    _write(args.out / "stability_1pct.json", json_text(stability.to_dict()))
-    _write(args.out / "stability_1pct.md", stability.to_markdown())
-    summary["stability_1pct"] = {
-        lang: row["expected_self_jaccard"]
-        for lang, row in stability.to_dict()["per_language"].items()
-    }
 
     # 3. selection at every budget
     sets = {}

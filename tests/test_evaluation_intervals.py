@@ -376,6 +376,32 @@ def test_lape_minus_baseline_selectivity_is_paired():
     assert "LAPE minus LAP, paired: mean selectivity +0.2500 [+0.2500, +0.2500]" in (
         report.to_markdown()
     )
+    # The same pairing for the random draws: two draws lower by c and by 3c in every window
+    # differ from LAPE by 2c on average in every replicate; the ratio is a point only.
+    lower3 = per_token.clone()
+    lower3[1, 0] -= 3 * c
+    lower3[2, 1] -= 3 * c
+    lap3 = PerplexityMatrix(
+        ("a", "b"),
+        ("a", "b"),
+        (lower3 * 4).sum(-1) / tokens.sum(-1),
+        tokens.sum(1),
+        window_sums=lower3 * 4,
+        **kw,
+    )
+    with_random = EvaluationReport(lape, (lap, lap3), n_boot=300, seed=1)
+    est = with_random.intervals()
+    assert est.random_differences is not None and est.random_difference is not None
+    for e in (*est.random_differences, est.random_difference):
+        assert e.value == pytest.approx(2 * c) and e.low == pytest.approx(2 * c)
+        assert e.high == pytest.approx(2 * c)
+    assert est.selectivity_ratio is not None and not est.selectivity_ratio.has_interval
+    assert est.selectivity_ratio.value == pytest.approx(with_random.selectivity_ratio())
+    data = json.loads(json.dumps(est.to_dict(), allow_nan=False))
+    assert "is not valid" in data["selectivity_ratio"]["reason"]
+    assert data["random_difference"]["value"] == pytest.approx(2 * c)
+    text = with_random.to_markdown()
+    assert "LAPE minus random, paired (signed means): +0.5000 [+0.5000, +0.5000] nats" in text
 
 
 def test_biased_mean_abs_selectivity_is_flagged():

@@ -614,7 +614,9 @@ class ReportEstimates:
         random_mean_abs_selectivity: The random draws' mean absolute selectivity over the same
             languages (None without draws).
         selectivity_ratio: ``mean_selectivity / random_mean_abs_selectivity`` (None without
-            draws).
+            draws); a point estimate only: resampling the windows adds noise that ``|·|`` turns
+            into an upward bias of the denominator, so no percentile interval of the ratio is
+            valid. :attr:`random_difference` is the comparison with an interval.
         n_boot: Replicates.
         seed: Seed of the replicates.
         level: Coverage of the intervals.
@@ -622,6 +624,10 @@ class ReportEstimates:
             selectivity minus that selector's, paired (same windows, same replicates): an
             interval above 0 says LAPE's set is the more selective on this text.
         baseline_mean_differences: The same, averaged over the evaluated deactivated languages.
+        random_differences: Per deactivated language, LAPE's selectivity minus the random
+            draws' mean (signed) selectivity, paired (None without draws).
+        random_difference: The same, averaged over the evaluated deactivated languages: the
+            interval of "LAPE beats the matched random sets" on this text (None without draws).
     """
 
     lape: MatrixEstimates
@@ -638,6 +644,8 @@ class ReportEstimates:
     level: float
     baseline_differences: dict[str, tuple[Estimate, ...]] = field(default_factory=dict)
     baseline_mean_differences: dict[str, Estimate] = field(default_factory=dict)
+    random_differences: tuple[Estimate, ...] | None = None
+    random_difference: Estimate | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values; every missing number is null with a ``"reason"`` beside it."""
@@ -663,8 +671,14 @@ class ReportEstimates:
                 None
                 if self.selectivity_ratio is None
                 else _estimate_dict(
-                    self.selectivity_ratio, undefined="the random draws' mean |selectivity| is 0"
+                    self.selectivity_ratio,
+                    undefined="the random draws' mean |selectivity| is 0",
+                    no_interval=_NO_RATIO_INTERVAL,
                 )
+            ),
+            "random_differences": ests(self.random_differences),
+            "random_difference": (
+                None if self.random_difference is None else _estimate_dict(self.random_difference)
             ),
             "baseline_differences": {
                 name: [_estimate_dict(e) for e in values]
@@ -837,20 +851,34 @@ def _undefined(n: int, level: float) -> Estimate:
     return Estimate(math.nan, None, None, n=n, level=level)
 
 
+_NO_RATIO_INTERVAL = (
+    "no interval: the denominator is a mean of |selectivity| near 0, which resampling biases "
+    "upward, so a percentile interval of the ratio is not valid; random_difference is the "
+    "paired comparison with an interval"
+)
+
+
 def _estimate_dict(
-    e: Estimate, *, undefined: str = "the language is not evaluated"
+    e: Estimate,
+    *,
+    undefined: str = "the language is not evaluated",
+    no_interval: str | None = None,
 ) -> dict[str, Any]:
-    """:meth:`Estimate.to_dict` with the reason for each null."""
+    """:meth:`Estimate.to_dict` with the reason for each null (``no_interval``: the reason
+    when the statistic has no valid interval by construction)."""
     out = e.to_dict()
     if out["value"] is None:
         out["reason"] = undefined
     elif not e.has_interval:
-        out["reason"] = (
-            f"no interval: {e.n} independent unit(s) (windows or documents) in the fewest-covered "
-            "language; at least 2 are needed"
-            if e.n < 2
-            else "no interval: the bootstrap replicates are not all finite"
-        )
+        if no_interval is not None:
+            out["reason"] = no_interval
+        elif e.n < 2:
+            out["reason"] = (
+                f"no interval: {e.n} independent unit(s) (windows or documents) in the "
+                "fewest-covered language; at least 2 are needed"
+            )
+        else:
+            out["reason"] = "no interval: the bootstrap replicates are not all finite"
     return out
 
 
@@ -1624,7 +1652,7 @@ class EvaluationReport:
         ratio_text = f"**{ratio:.1f}x**" if math.isfinite(ratio) else "n/a (denominator 0)"
         mean_text = f"{num}"
         abs_text = f"{den}"
-        ratio_ci = ""
+        difference = ""
         if est is not None:
             if est.mean_selectivity.has_interval:
                 mean_text += f" {_bracket(est.mean_selectivity, '+.4g')}"
@@ -1633,8 +1661,12 @@ class EvaluationReport:
                 and est.random_mean_abs_selectivity.has_interval
             ):
                 abs_text += f" {_bracket(est.random_mean_abs_selectivity, '.4g')}"
-            if est.selectivity_ratio is not None and est.selectivity_ratio.has_interval:
-                ratio_ci = f" {_bracket(est.selectivity_ratio, '.1f')}"
+            if est.random_difference is not None and math.isfinite(est.random_difference.value):
+                difference = (
+                    " LAPE minus random, paired (signed means): "
+                    f"{_format(est.random_difference, 4, sign=True)} nats; the ratio has no "
+                    "interval (its denominator is a mean of |·|)."
+                )
         caveat = ""
         abs_est = None if est is None else est.random_mean_abs_selectivity
         if (
@@ -1646,14 +1678,14 @@ class EvaluationReport:
             caveat = (
                 " The mean |selectivity| lies outside its own percentile interval: resampling "
                 "the windows adds noise that |·| turns into a positive bias, so that interval "
-                "(and the ratio's) is shifted; the p-values above are the test against the "
-                "random draws."
+                "is shifted; the p-values above and the paired difference are the tests "
+                "against the random draws."
             )
         return (
             f"LAPE vs random: mean selectivity of LAPE {mean_text} nats; mean |selectivity| of "
             f"the matched random sets ({len(self.random)} draw(s); signed mean "
             f"{s['random_mean_selectivity']:+.4g}) {abs_text}; ratio {num} / {den} = "
-            f"{ratio_text}{ratio_ci}.{caveat}"
+            f"{ratio_text}.{difference}{caveat}"
         )
 
     def figures(self) -> dict[str, Figure]:
@@ -1778,8 +1810,8 @@ def _report_estimates(report: EvaluationReport) -> ReportEstimates:
             if ok.any()
             else _undefined(fewest, level)
         )
-    random_own = random_sel = None
-    abs_est = ratio_est = None
+    random_own = random_sel = random_diffs = None
+    abs_est = ratio_est = random_diff = None
     if report.random:
         own_reps, sel_reps = [], []
         for m in report.random:
@@ -1807,11 +1839,22 @@ def _report_estimates(report: EvaluationReport) -> ReportEstimates:
             else _undefined(fewest, level)
             for i in range(len(deact))
         )
+        diff_rep = lape_sel_rep - sel_rep.mean(dim=0)  # boot deact, paired
+        diff_point = point_sel - point_rand.mean(dim=0)
+        random_diffs = tuple(
+            est(diff_rep[:, i], float(diff_point[i]))
+            if bool(valid[i])
+            else _undefined(fewest, level)
+            for i in range(len(deact))
+        )
         if valid.any():
             abs_rep = sel_rep[:, :, valid].abs().mean(dim=(0, 2))  # boot
             abs_est = est(abs_rep, float(point_rand[:, valid].abs().mean()))
-            ratio_rep = lape_sel_rep[:, valid].mean(dim=1) / abs_rep
-            ratio_est = est(ratio_rep, report.selectivity_ratio())
+            # A point only: see ReportEstimates.selectivity_ratio.
+            ratio_est = Estimate(report.selectivity_ratio(), None, None, n=fewest, level=level)
+            random_diff = est(diff_rep[:, valid].mean(dim=1), float(diff_point[valid].mean()))
+        else:
+            random_diff = _undefined(fewest, level)
     return ReportEstimates(
         lape=lape_est,
         baselines=baselines,
@@ -1827,6 +1870,8 @@ def _report_estimates(report: EvaluationReport) -> ReportEstimates:
         level=level,
         baseline_differences=differences,
         baseline_mean_differences=mean_differences,
+        random_differences=random_diffs,
+        random_difference=random_diff,
     )
 
 
