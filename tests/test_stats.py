@@ -1,5 +1,6 @@
 """ActivationStats: construction from counts, validation, merging, files."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,23 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     counts_only = ActivationStats.from_counts(stats.active_counts, stats.n_tokens, stats.languages)
     counts_only.save(path)
     assert not ActivationStats.load(path).has_activation_sums
+
+
+def test_the_same_statistics_give_byte_identical_files(tmp_path: Path) -> None:
+    """safetensors keeps the header's metadata in a hash map whose order changes from one
+    write to the next; tl_lape's files must not (issue: the same collection, the same bytes)."""
+    stats = make_stats(6, ("en", "zh", "fr"), model_name="tiny", seq_len=16)
+    files = []
+    for i in range(6):
+        path = tmp_path / f"s{i}.safetensors"
+        stats.save(path)
+        files.append(path.read_bytes())
+    assert all(f == files[0] for f in files)
+    size = int.from_bytes(files[0][:8], "little")
+    assert size % 8 == 0
+    keys = list(json.loads(files[0][8 : 8 + size])["__metadata__"])
+    assert keys == sorted(keys)
+    assert ActivationStats.load(tmp_path / "s5.safetensors").languages == stats.languages
 
 
 def test_load_rejects_bad_files(tmp_path: Path) -> None:

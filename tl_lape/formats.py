@@ -9,6 +9,11 @@ a ``.safetensors`` file whose header's ``__metadata__`` holds ``format`` (what t
 ``"sha256:..."`` of every tensor's name, dtype, shape and bytes and of every other header entry).
 Loading checks all three, so a file of another kind, of another version or with any byte
 changed is refused with a one-line :class:`~tl_lape.LapeError` naming the file.
+
+Tagged JSON files (:func:`tagged_json_text`, :func:`check_tagged_json`; ``study.json``,
+``evaluation.json``, ``steering.json``): the same three fields at the top of a JSON object, the
+checksum (:func:`json_checksum`) taken over the object's canonical JSON. They are read with the
+strict parser :func:`parse_json`.
 """
 
 import contextlib
@@ -42,13 +47,16 @@ __all__ = [
     "check_output_folder",
     "check_report_folder",
     "check_size",
+    "check_tagged_json",
     "existing_file",
     "finite_json",
+    "json_checksum",
     "json_text",
     "key_meaning",
     "load_tagged_safetensors",
     "parse_json",
     "save_tagged_safetensors",
+    "tagged_json_text",
     "tensors_checksum",
     "written_by_tl_lape",
 ]
@@ -438,6 +446,49 @@ def tensors_checksum(tensors: Mapping[str, Tensor], header: Mapping[str, str] | 
     return "sha256:" + digest.hexdigest()
 
 
+def write_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str],
+    *,
+    fsync: bool = False,
+) -> None:
+    """Write a safetensors file whose bytes depend only on ``tensors`` and ``metadata``.
+
+    ``safetensors`` keeps the metadata in a hash map, so the order of its header entries (and
+    the file's bytes) can change from one process to the next; here the header is rewritten with
+    the metadata keys sorted, so the same content always gives the same file. ``path`` is
+    written directly: callers wrap it in :func:`atomic_path`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> write_safetensors(d / "a", {"x": torch.ones(2)}, {"b": "1", "a": "2"})
+        >>> write_safetensors(d / "b", {"x": torch.ones(2)}, {"a": "2", "b": "1"})
+        >>> (d / "a").read_bytes() == (d / "b").read_bytes()
+        True
+    """
+    from safetensors.torch import save
+
+    cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    raw = save(cpu, metadata=dict(metadata))
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    ordered: dict[str, Any] = {"__metadata__": dict(sorted(header["__metadata__"].items()))}
+    for name in sorted(entries, key=lambda k: (entries[k]["data_offsets"][0], k)):
+        ordered[name] = entries[name]
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(raw[8 + size :])
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def save_tagged_safetensors(
     path: str | os.PathLike[str],
     tensors: Mapping[str, Tensor],
@@ -465,16 +516,11 @@ def save_tagged_safetensors(
         >>> load_tagged_safetensors(p, what="demo file", tag="demo", version=1)[0]["x"]
         tensor([1., 1.])
     """
-    from safetensors.torch import save_file
-
     cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     full = {**header, "format": tag, "version": str(version)}
     full["checksum"] = tensors_checksum(cpu, full)
     with atomic_path(path) as tmp:
-        save_file(cpu, str(tmp), metadata=full)
-        if fsync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+        write_safetensors(tmp, cpu, full, fsync=fsync)
 
 
 def load_tagged_safetensors(
@@ -731,3 +777,85 @@ def check_size(value: Any, name: str, most: int) -> int:
     if value > most:
         raise LapeError(f"{name} is {value}, more than the {most} this format allows")
     return value
+
+
+# --------------------------------------------------------------------------- tagged JSON
+
+
+def json_checksum(doc: Mapping[str, Any]) -> str:
+    """``"sha256:..."`` of a JSON object without its ``"checksum"`` key, in canonical JSON (keys
+    sorted, no spaces, ASCII): the checksum of tl_lape's JSON files.
+
+    Example:
+        >>> a = json_checksum({"b": 1, "a": [1.5]})
+        >>> a == json_checksum({"a": [1.5], "b": 1, "checksum": "sha256:0"}), a[:7]
+        (True, 'sha256:')
+    """
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def tagged_json_text(doc: Mapping[str, Any], *, tag: str, version: int) -> str:
+    """The text of a tagged JSON file: ``doc`` after ``"format": tag`` and ``"version"``, then
+    ``"checksum"`` (:func:`json_checksum` of what the file holds, non-finite numbers written as
+    ``null`` by :func:`json_text`). :func:`check_tagged_json` verifies it.
+
+    Example:
+        >>> text = tagged_json_text({"x": [1.0, float("nan")]}, tag="demo", version=1)
+        >>> doc = parse_json(text, where="demo", advice="-")
+        >>> check_tagged_json(doc, where="demo", tag="demo", version=1, advice="-")
+        {'x': [1.0, None]}
+    """
+    body = {k: v for k, v in doc.items() if k not in ("format", "version", "checksum")}
+    full = {"format": tag, "version": version, **body}
+    full = json.loads(json_text(full, indent=None))  # exactly what a reader will see
+    full["checksum"] = json_checksum(full)
+    return json_text(full)
+
+
+def check_tagged_json(
+    doc: Any, *, where: str, tag: str, version: int, advice: str
+) -> dict[str, Any]:
+    """A JSON object written by :func:`tagged_json_text`, verified, without its ``format``,
+    ``version`` and ``checksum``; else one :class:`~tl_lape.LapeError` line naming ``where``.
+
+    An object with none of the three fields was written before tl_lape tagged this kind of
+    file: it is returned as it is, and the caller checks its content as for any other.
+
+    Example:
+        >>> text = tagged_json_text({"x": 1}, tag="demo", version=1).replace("1,", "2,")
+        >>> try:
+        ...     check_tagged_json(parse_json(text, where="f", advice="-"), where="f",
+        ...                       tag="demo", version=1, advice="write it again")
+        ... except LapeError as err:
+        ...     print(str(err)[:40])
+        f is damaged: the checksum of its conten
+    """
+    if not isinstance(doc, dict):
+        raise LapeError(
+            f"{where} holds a {type(doc).__name__}, not a JSON object: {repr(doc)[:60]}; {advice}"
+        )
+    if not {"format", "version", "checksum"} & set(doc):
+        return dict(doc)
+    if doc.get("format") != tag:
+        raise LapeError(
+            f'{where} is not a {tag} document: expected "format": {tag!r}, found '
+            f"{repr(doc.get('format'))[:60]}; {advice}"
+        )
+    if doc.get("version") != version or isinstance(doc.get("version"), bool):
+        raise LapeError(
+            f"{where} has {tag} format version {repr(doc.get('version'))[:30]}; this tl_lape "
+            f"reads version {version}; upgrade tl_lape or {advice}"
+        )
+    try:
+        found = json_checksum(doc)
+    except (TypeError, ValueError) as err:  # a hand-made dict of values JSON cannot hold
+        raise LapeError(f"{where} holds a value that is not JSON ({err}); {advice}") from None
+    expected = doc.get("checksum")
+    if found != expected:
+        raise LapeError(
+            f"{where} is damaged: the checksum of its content is {found}, but it records "
+            f"{repr(expected)[:80]}; restore it from a copy or {advice}"
+        )
+    return {k: v for k, v in doc.items() if k not in ("format", "version", "checksum")}

@@ -47,12 +47,17 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from tl_lape.checks import check_language_codes, check_languages
 from tl_lape.errors import LapeError
-from tl_lape.formats import atomic_path, check_output_file, existing_file, parse_json
+from tl_lape.formats import (
+    atomic_path,
+    check_output_file,
+    existing_file,
+    parse_json,
+    write_safetensors,
+)
 from tl_lape.neurons import check_metadata
 
 __all__ = ["ActivationStats"]
@@ -369,7 +374,7 @@ class ActivationStats:
         }
         header["header_checksum"] = _header_checksum(header)
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+            write_safetensors(tmp, tensors, header)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "ActivationStats":
