@@ -14,6 +14,7 @@ from tl_lape.errors import LapeError
 from tl_lape.experiments.evaluation import (
     EvaluationReport,
     PerplexityMatrix,
+    check_evaluation_options,
     perplexity_matrix,
     run_evaluation,
     selectivity,
@@ -21,7 +22,7 @@ from tl_lape.experiments.evaluation import (
 from tl_lape.intervals import bootstrap_weights, min_p_value, percentile_interval
 from tl_lape.interventions.hooks import deactivation_hooks
 from tl_lape.judging.nll import window_nll
-from tl_lape.neurons import LanguageNeurons
+from tl_lape.neurons import DEFAULT_POOL, LanguageNeurons, activity_gap, random_matched_neurons
 
 SEQ_LEN = 16
 BUDGET = 120
@@ -283,9 +284,33 @@ def test_activity_control(llama, neurons, stats):
         progress=False,
     )
     assert report.metadata["control"] == "activity"
+    assert report.metadata["pool"] == DEFAULT_POOL
     assert set(report.metadata["activity_gap"][0]) == set(neurons.languages)
     assert "(activity-matched)" in report.to_markdown()
     json.dumps(report.to_dict(), allow_nan=False)
+    # pool=1: the nearest candidate of each neuron, the draw random_matched_neurons gives.
+    nearest = random_matched_neurons(neurons, seed=0, match="activity", stats=stats, pool=1)
+    report1 = run_evaluation(
+        llama.bridge,
+        neurons,
+        {lang: CORPUS[lang] for lang in ("en", "fr")},
+        stats=stats,
+        selectors=(),
+        n_random=1,
+        control="activity",
+        pool=1,
+        seq_len=SEQ_LEN,
+        max_tokens_per_language=45,
+        n_boot=50,
+        progress=False,
+    )
+    assert report1.metadata["pool"] == 1
+    assert report1.metadata["activity_gap"][0] == activity_gap(neurons, nearest, stats)
+    assert inspect.signature(run_evaluation).parameters["pool"].default == DEFAULT_POOL
+    with pytest.raises(LapeError, match=r"all 2 random draws would be the same set.*n_random=2"):
+        check_evaluation_options(control="activity", stats=stats, pool=1, n_random=2)
+    with pytest.raises(LapeError, match=r"pool must be a positive int.*received 0"):
+        check_evaluation_options(pool=0)
 
 
 #: ``run_evaluation`` without the test suite's runtime type checker, as users call it (the

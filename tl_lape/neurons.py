@@ -59,7 +59,14 @@ from tl_lape.checks import (
 from tl_lape.errors import LapeError
 from tl_lape.formats import parse_json
 
-__all__ = ["MATCH_ON", "LanguageNeurons", "MatchOn", "activity_gap", "random_matched_neurons"]
+__all__ = [
+    "DEFAULT_POOL",
+    "MATCH_ON",
+    "LanguageNeurons",
+    "MatchOn",
+    "activity_gap",
+    "random_matched_neurons",
+]
 
 #: What a random control set is matched on (see :func:`random_matched_neurons`).
 MatchOn = Literal["layer", "activity"]
@@ -643,6 +650,10 @@ class LanguageNeurons:
 
 # --------------------------------------------------------------------------- random controls
 
+#: Nearest candidates each activity-matched draw chooses from (``pool`` of
+#: :func:`random_matched_neurons`): larger pools vary more between draws and match less closely.
+DEFAULT_POOL = 10
+
 
 def random_matched_neurons(
     neurons: LanguageNeurons,
@@ -651,7 +662,7 @@ def random_matched_neurons(
     exclude_selected: bool = True,
     match: MatchOn = "layer",
     stats: Any = None,
-    pool: int = 10,
+    pool: int = DEFAULT_POOL,
 ) -> LanguageNeurons:
     """Random neuron sets matched to each language's set in size and distribution over layers.
 

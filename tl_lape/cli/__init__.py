@@ -38,6 +38,7 @@ from tl_lape.formats import (
     json_text,
 )
 from tl_lape.intervals import DEFAULT_N_BOOT
+from tl_lape.neurons import DEFAULT_POOL
 from tl_lape.sources.models import DTYPES
 
 if TYPE_CHECKING:
@@ -205,6 +206,13 @@ def _add_evaluate_command(sub: Any) -> None:
         choices=["layer", "activity"],
         help="how the random sets are matched: 'layer' (size and layers) or 'activity' (also "
         "firing rate and mean activation; needs --stats)",
+    )
+    evaluate.add_argument(
+        "--pool",
+        type=int,
+        default=DEFAULT_POOL,
+        help="with --control activity: nearest candidates each draw picks from (1: the nearest, "
+        "one set; needs --n-random 1)",
     )
     evaluate.add_argument(
         "--selector-sizes",
@@ -714,6 +722,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "positions_per_window": args.positions_per_window,
         "control": args.control,
+        "pool": args.pool,
         "selector_sizes": args.selector_sizes,
         "n_boot": args.n_boot,
         "level": args.level,

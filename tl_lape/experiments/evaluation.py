@@ -66,6 +66,7 @@ from tl_lape.intervals import (
 from tl_lape.interventions.hooks import deactivation_hooks
 from tl_lape.judging.nll import window_nll
 from tl_lape.neurons import (
+    DEFAULT_POOL,
     MATCH_ON,
     LanguageNeurons,
     MatchOn,
@@ -1895,6 +1896,7 @@ def run_evaluation(
     max_tokens_per_language: int | None = DEFAULT_MAX_TOKENS_PER_LANGUAGE,
     positions_per_window: int | None = None,
     control: MatchOn = "layer",
+    pool: int = DEFAULT_POOL,
     selector_sizes: str = "language",
     n_boot: int = DEFAULT_N_BOOT,
     level: float = DEFAULT_LEVEL,
@@ -1932,6 +1934,9 @@ def run_evaluation(
         control: How the random sets are matched (``match`` of :func:`random_matched_neurons`):
             ``"layer"`` (size and layers, the default) or ``"activity"`` (also firing rate and
             mean activation on the language; needs ``stats``).
+        pool: With ``control="activity"``: each draw picks among this many nearest candidates
+            of each neuron (``pool`` of :func:`random_matched_neurons`). 1 takes the nearest, so
+            every draw is the same set: it needs ``n_random=1``.
         selector_sizes: ``"language"`` (default): each other selector gets, for every
             language, as many neurons as ``neurons`` has for it
             (:func:`~tl_lape.selection.select_at_sizes`), so rows compare sets of equal size;
@@ -1960,13 +1965,14 @@ def run_evaluation(
         seed=seed,
         selectors=selectors,
         control=control,
+        pool=pool,
         stats=stats,
         selector_sizes=selector_sizes,
         n_boot=n_boot,
         level=level,
     )
     scoring = _Scoring.checked(batch_size, positions_per_window, seed, progress)
-    controls = _random_controls(neurons, n_random, seed, control, stats)
+    controls = _random_controls(neurons, n_random, seed, control, stats, pool)
     run = _SharedRun.start(
         model,
         neurons,
@@ -1993,6 +1999,7 @@ def run_evaluation(
         "max_tokens_per_language": max_tokens_per_language,
         "positions_per_window": positions_per_window,
         "control": control,
+        **({"pool": pool} if control == "activity" else {}),
         "selector_sizes": selector_sizes,
         "neurons": dict(neurons.metadata),
     }
@@ -2009,6 +2016,7 @@ def check_evaluation_options(
     seed: Any = 0,
     selectors: Any = SELECTORS,
     control: Any = "layer",
+    pool: Any = DEFAULT_POOL,
     stats: Any = None,
     selector_sizes: Any = "language",
     n_boot: Any = DEFAULT_N_BOOT,
@@ -2021,6 +2029,13 @@ def check_evaluation_options(
     :func:`run_evaluation` calls it first; the command line calls it before loading the model.
     """
     checked = _check_evaluation_options(n_random, seed, selectors, control, stats)
+    check_positive_int(pool, "pool")
+    if control == "activity" and pool == 1 and n_random > 1:
+        raise LapeError(
+            f"pool=1 takes each neuron's nearest candidate, so all {n_random} random draws would "
+            "be the same set; received pool=1 with n_random="
+            f"{n_random}. Pass n_random=1 (one nearest-matched set) or a pool of 2 or more"
+        )
     check_choice(selector_sizes, SELECTOR_SIZES, "selector_sizes")
     _check_bootstrap_options(n_boot, seed, level)
     _Scoring.checked(batch_size, positions_per_window, seed, False)
@@ -2078,6 +2093,7 @@ def _random_controls(
     seed: int,
     control: MatchOn,
     stats: ActivationStats | None,
+    pool: int,
 ) -> tuple[LanguageNeurons, ...]:
     """The ``n_random`` matched random sets (seeds ``seed...``), drawn before any forward pass."""
     return tuple(
@@ -2086,6 +2102,7 @@ def _random_controls(
             seed=seed + draw,
             match=control,
             stats=stats if control == "activity" else None,
+            pool=pool,
         )
         for draw in range(n_random)
     )
