@@ -1,7 +1,9 @@
 """State each deactivation claim of a reproduction with its interval and p-value.
 
 Reads the files ``scripts/reproduce_gemma.py`` wrote in each corpus folder of ``--root``
-(``evaluation_<b>pct.json``, ``stability_1pct.json``, ``summary.json``), recomputes every
+(``evaluation_<b>pct.json``, ``stability_<b>pct.json``, ``summary.json``, and
+``nearest_<b>pct.json`` from ``scripts/nearest_control.py`` where present), at every evaluated
+budget, recomputes every
 estimate from the per-window results with the library's paired bootstrap
 (``EvaluationReport.from_dict(...).intervals()``), rewrites ``evaluation_<b>pct.md`` from the
 JSON with the current library (so the report has every statistic the library now computes, e.g.
@@ -49,7 +51,8 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         f"## Deactivation at top_rate={rate} ({summary.get('corpus')})\n\n{report.to_markdown()}\n",
         encoding="utf-8",
     )
-    stability = json.loads((folder / "stability_1pct.json").read_text())
+    stability_path = folder / f"stability_{tag}.json"
+    stability = json.loads(stability_path.read_text()) if stability_path.exists() else None
     langs = list(report.lape.deactivated)
     cols = list(report.lape.languages)
     n_draws = len(report.random)
@@ -57,9 +60,9 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
     rows = []
     lines = [
         f"| language | neurons | own NLL rise (nats) | selectivity | random selectivity "
-        f"(mean of {n_draws}) | p vs random | P(own rises most) | LAPE − LAP | LAPE − LAVE | "
-        "self-Jaccard |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"(mean of {n_draws}) | LAPE − random | p vs random | P(own rises most) | LAPE − LAP | "
+        "LAPE − LAVE | self-Jaccard |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for i, lang in enumerate(langs):
         j = cols.index(lang)
@@ -69,13 +72,17 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         p = p_values[i]
         prob = est.lape.own_largest_probability[i]
         diffs = {name: est.baseline_differences[name][i] for name in est.baseline_differences}
-        jac = stability["per_language"][lang]["expected_self_jaccard"]
+        jac = (
+            None if stability is None else stability["per_language"][lang]["expected_self_jaccard"]
+        )
+        minus_random = est.random_differences[i] if est.random_differences else None
         row = {
             "language": lang,
             "neurons": report.neuron_counts["lape"][lang],
             "own_rise": _est(own),
             "selectivity": _est(sel),
             "random_selectivity": None if rand is None else _est(rand),
+            "minus_random": None if minus_random is None else _est(minus_random),
             "p_value": p,
             "own_largest_probability": prob,
             "minus_baseline": {k: _est(v) for k, v in diffs.items()},
@@ -84,7 +91,9 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         rows.append(row)
         lines.append(
             f"| {lang} | {row['neurons']} | {_fmt(own)} | {_fmt(sel)} | "
-            f"{'n/a' if rand is None else _fmt(rand)} | {'n/a' if p is None else f'{p:.3g}'} | "
+            f"{'n/a' if rand is None else _fmt(rand)} | "
+            f"{'n/a' if minus_random is None else _fmt(minus_random)} | "
+            f"{'n/a' if p is None else f'{p:.3g}'} | "
             f"{'n/a' if prob is None else f'{prob:.2f}'} | "
             f"{_fmt(diffs['lap']) if 'lap' in diffs else 'n/a'} | "
             f"{_fmt(diffs['lave']) if 'lave' in diffs else 'n/a'} | "
@@ -111,6 +120,10 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
             else _est(est.random_mean_abs_selectivity)
         ),
         "selectivity_ratio": None if ratio is None else _est(ratio),
+        "random_difference": (
+            None if est.random_difference is None else _est(est.random_difference)
+        ),
+        "nearest": _nearest(folder, tag),
         "baseline_mean_differences": {k: _est(v) for k, v in est.baseline_mean_differences.items()},
         "neuron_counts": report.neuron_counts,
         "rows": rows,
@@ -150,26 +163,66 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
             else _fmt(est.random_mean_abs_selectivity, 4, sign=False)
         )
         + "; ratio "
-        + ("n/a" if ratio is None else _fmt(ratio, 1, sign=False))
+        + ("n/a" if ratio is None else f"{ratio.value:.1f} (a point: no valid interval)")
         + ".",
-        f"- Mean selectivity, paired differences: {diffs_text}.",
+        "- Mean selectivity, paired differences: LAPE − random (signed means) "
+        + ("n/a" if est.random_difference is None else _fmt(est.random_difference, 4))
+        + f"; {diffs_text}.",
     ]
+    nearest = data["nearest"]
+    if nearest is not None:
+        gaps = ", ".join(
+            f"{lang} {g['mean_activation']:+.3f}" for lang, g in nearest["activity_gap"].items()
+        )
+        tail.append(
+            "- Against the single nearest activity-matched set (pool 1; mean-activation gap "
+            f"{gaps}): LAPE − nearest {_fmt(_estimate(nearest['mean_difference']), 4)}; per "
+            "language "
+            + ", ".join(
+                f"{lang} {_fmt(_estimate(d), 3)}"
+                for lang, d in zip(langs, nearest["differences"], strict=True)
+            )
+            + "."
+        )
     return data, head + lines + tail
+
+
+def _estimate(d: dict[str, Any]) -> Estimate:
+    return Estimate(d["value"], d["low"], d["high"], n=d["n_units"], level=d["level"])
+
+
+def _nearest(folder: Path, tag: str) -> dict[str, Any] | None:
+    """LAPE against its nearest activity-matched set (``scripts/nearest_control.py``)."""
+    path = folder / f"nearest_{tag}.json"
+    if not path.exists():
+        return None
+    report = EvaluationReport.from_dict(json.loads(path.read_text()))
+    est = report.intervals()
+    assert est.random_differences is not None and est.random_difference is not None
+    gap = report.metadata["activity_gap"][0]
+    return {
+        "pool": report.metadata.get("pool"),
+        "activity_gap": {lang: row["gap"] for lang, row in gap.items()},
+        "selectivity": [_est(e) for e in est.random_selectivity or ()],
+        "differences": [_est(e) for e in est.random_differences],
+        "mean_difference": _est(est.random_difference),
+        "seconds": report.metadata.get("run", {}).get("seconds"),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--budget", default="1pct")
     args = parser.parse_args()
     out: dict[str, Any] = {}
     text: list[str] = []
-    for folder in sorted(p for p in args.root.iterdir() if p.is_dir()):
-        if not (folder / f"evaluation_{args.budget}.json").exists():
-            continue
-        data, lines = corpus_claims(folder, args.budget)
-        out[folder.name] = data
-        text += [*lines, ""]
+    for tag in ("1pct", "2pct", "5pct"):
+        for folder in sorted(p for p in args.root.iterdir() if p.is_dir()):
+            if not (folder / f"evaluation_{tag}.json").exists():
+                continue
+            data, lines = corpus_claims(folder, tag)
+            out.setdefault(folder.name, {})[tag] = data
+            text += [*lines, ""]
     folders = sorted(p for p in args.root.iterdir() if (p / "neurons_1pct.json").exists())
     if len(folders) == 2:
         a_dir, b_dir = folders
