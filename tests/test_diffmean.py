@@ -7,7 +7,7 @@ from tl_lape import LapeError
 from tl_lape._adapter import ModelAdapter
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.collection.residual_means import ResidualMeans
-from tl_lape.interventions.diffmean import diffmean_hooks
+from tl_lape.interventions.diffmean import diffmean_hooks, diffmean_vectors
 from tl_lape.interventions.generation import generate_with_hook_sets, generate_with_hooks
 from tl_lape.sources.demo_model import load_demo_model
 
@@ -291,3 +291,57 @@ def test_means_file_written_before_the_format_tag_still_loads(tmp_path):
     back = ResidualMeans.load(legacy)
     assert back.languages == ("en", "zh-Hans") and back.metadata == {"seq_len": 8}
     assert torch.equal(back.sums, means.sums)
+
+
+def test_clas_bench_form_adds_alpha_times_the_unit_direction_at_every_layer_of_a_range(
+    llama, collected, corpus
+):
+    """``normalize=True``: at each layer of the range, alpha * (d / |d|), d that layer's
+    difference of means; the same edit by hand gives the same logits."""
+    _, means = collected
+    tokens = corpus["en"][:SEQ_LEN][None]
+    alpha = 2.5
+    direction = means.means()[..., 1] - means.means()[..., 0]  # n_layers d_model
+
+    def by_hand(layer):
+        vec = (direction[layer] / direction[layer].norm()).float() * alpha
+        return (ModelAdapter.hook_resid_pre(layer), lambda resid, hook: resid + vec)
+
+    expected = llama.run_with_hooks(tokens, fwd_hooks=[by_hand(0), by_hand(1)])
+    hooks = diffmean_hooks(
+        means, "fr", source="en", layer=range(0, 2), strength=alpha, normalize=True
+    )
+    assert [name for name, _ in hooks] == [ModelAdapter.hook_resid_pre(i) for i in (0, 1)]
+    torch.testing.assert_close(llama.run_with_hooks(tokens, fwd_hooks=hooks), expected)
+    vectors = diffmean_vectors(
+        means, "fr", source="en", layer=range(2), strength=alpha, normalize=True
+    )
+    for vec in vectors.values():
+        assert float(vec.norm()) == pytest.approx(alpha, rel=1e-5)
+    with pytest.raises(LapeError, match=r"distinct ints, e.g. range\(2, 6\)"):
+        diffmean_hooks(means, "fr", layer=[1, 1])
+
+
+def test_random_direction_control_matches_the_norm_per_layer_and_points_elsewhere(collected):
+    """``random_seed=k``: each layer's vector has DiffMean's norm (or alpha, normalized) but a
+    seeded random direction: the same seed the same vector, another seed another one."""
+    _, means = collected
+    for normalize, strength in ((False, 3.0), (True, 2.0)):
+        real = diffmean_vectors(means, "zh", layer=[0, 1], strength=strength, normalize=normalize)
+        ctrl = diffmean_vectors(
+            means, "zh", layer=[0, 1], strength=strength, normalize=normalize, random_seed=4
+        )
+        again = diffmean_vectors(
+            means, "zh", layer=[0, 1], strength=strength, normalize=normalize, random_seed=4
+        )
+        other = diffmean_vectors(
+            means, "zh", layer=[0, 1], strength=strength, normalize=normalize, random_seed=5
+        )
+        for lay in (0, 1):
+            assert float(ctrl[lay].norm()) == pytest.approx(float(real[lay].norm()), rel=1e-5)
+            cos = torch.nn.functional.cosine_similarity(ctrl[lay], real[lay], dim=0)
+            assert abs(float(cos)) < 0.6  # 32 dimensions: a random direction is far off
+            assert torch.equal(ctrl[lay], again[lay])
+            assert not torch.equal(ctrl[lay], other[lay])
+    with pytest.raises(LapeError, match="random_seed must be an integer"):
+        diffmean_hooks(means, "fr", layer=0, random_seed=-1)
