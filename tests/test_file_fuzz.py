@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from tl_lape.collection.checkpoint import CollectionCheckpoint
 from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.errors import LapeError
+from tl_lape.experiments.steering_study import SteeringStudy
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
@@ -82,6 +83,56 @@ def _means() -> ResidualMeans:
     )
 
 
+def _study() -> SteeringStudy:
+    def row(phase: str, method: str, success: float | None) -> dict[str, Any]:
+        return {
+            "phase": phase,
+            "setting": "english",
+            "config": method,
+            "method": method,
+            "mode": "add",
+            "strength": 2.0,
+            "top_rate": 0.1,
+            "deactivate": "none",
+            "layer": -1,
+            "seed": 0,
+            "target": "fr",
+            "n": 4,
+            "target_rate": success,
+            "lingua_rate": success,
+            "agreement": 1.0,
+            "fluent_rate": 1.0,
+            "success_rate": success,
+            "mean_nll": 2.5,
+            "mean_repetition": 0.1,
+        }
+
+    return SteeringStudy(
+        rows=(row("dev", "lape", 0.5), row("fresh", "lape", 0.75), row("fresh", "none", None)),
+        chosen={
+            "lape": {
+                "label": "lape",
+                "score": [1, 0.5],
+                "method": "lape",
+                "mode": "add",
+                "strength": 2.0,
+                "top_rate": 0.1,
+                "deactivate": "none",
+                "layer": -1,
+                "seed": 0,
+            }
+        },
+        examples={"english|lape|fr": [{"rule": "first", "text": "Bonjour « é »"}]},
+        throughput={"unsteered_tok_s": 10.5, "steered_tok_s": 9.0, "ratio": 0.857},
+        metadata={"languages": ["en", "fr"], "seed": 3},
+    )
+
+
+def _write_study(path: Path) -> None:
+    """The study.json of a report folder written by SteeringStudy.save, moved to ``path``."""
+    (_study().save(path.parent / "report") / "study.json").rename(path)
+
+
 def _same_stats(a: ActivationStats, b: ActivationStats) -> bool:
     return (
         a.languages == b.languages
@@ -136,6 +187,13 @@ KINDS: dict[str, tuple[str, Callable[[Path], None], Callable[[Path], Any], Calla
     ),
     "checkpoint": ("c.ckpt", _checkpoint().save, CollectionCheckpoint.load, _same_checkpoint),
     "means": ("m.safetensors", _means().save, ResidualMeans.load, _same_means),
+    # a report folder: the file damaged is its study.json
+    "study": (
+        "study.json",
+        _write_study,
+        lambda p: SteeringStudy.load(p.parent),
+        lambda a, b: a == b,
+    ),
 }
 
 
@@ -206,5 +264,38 @@ def test_the_originals_load_the_same() -> None:
         path.write_bytes(data)
         assert same(load(path), original), kind
     assert json.loads(ORIGINALS["neurons"][0])["checksum"].startswith("sha256:")
+    assert json.loads(ORIGINALS["study"][0])["checksum"].startswith("sha256:")
     for kind in ("stats", "checkpoint", "means"):
         assert b'"checksum":"sha256:' in ORIGINALS[kind][0], kind
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(rows={"0": d["rows"][0]}), r"'rows' must be a list of objects"),
+        (lambda d: d["rows"][0].pop("setting"), r"row 0 lacks or mistypes \['setting'\]"),
+        (lambda d: d["rows"][1].update(success_rate="75%"), r"row 1 .*\['success_rate'\]"),
+        (lambda d: d.update(chosen=[]), r"'chosen' has the wrong shape"),
+        (lambda d: d.update(throughput={"ratio": "fast"}), r"'throughput' has the wrong shape"),
+        (lambda d: d.update(extra=1), r"has the keys \['extra'\], which no tl_lape writes"),
+        (lambda d: d.pop("rows"), r"missing \['rows'\]"),
+    ],
+)
+def test_a_study_edited_by_hand_is_refused(tmp_path: Path, edit: Any, message: str) -> None:
+    """A study.json without its tags (as written before they existed) is checked field by field;
+    with its tags, any edit fails the checksum first."""
+    doc = json.loads(ORIGINALS["study"][0])
+    for key in ("format", "version", "checksum"):
+        doc.pop(key)
+    assert SteeringStudy.from_dict(doc) == ORIGINALS["study"][1]  # an untagged file loads
+    edit(doc)
+    (tmp_path / "study.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(LapeError, match=message) as err:
+        SteeringStudy.load(tmp_path)
+    assert str(tmp_path / "study.json") in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(LapeError, match=message):
+        SteeringStudy.from_dict(doc)
+    tagged = json.loads(ORIGINALS["study"][0])
+    tagged["rows"][0]["n"] = 5
+    with pytest.raises(LapeError, match="is damaged: the checksum of its content"):
+        SteeringStudy.from_dict(tagged)

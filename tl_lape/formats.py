@@ -824,7 +824,7 @@ def check_tagged_json(
     file: it is returned as it is, and the caller checks its content as for any other.
 
     Example:
-        >>> text = tagged_json_text({"x": 1}, tag="demo", version=1).replace("1,", "2,")
+        >>> text = tagged_json_text({"x": 7}, tag="demo", version=1).replace("7", "8")
         >>> try:
         ...     check_tagged_json(parse_json(text, where="f", advice="-"), where="f",
         ...                       tag="demo", version=1, advice="write it again")

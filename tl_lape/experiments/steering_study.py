@@ -76,7 +76,7 @@ from tl_lape.experiments.steering_records import (
     paired_differences,
     success_estimates,
 )
-from tl_lape.formats import atomic_dir, json_text, parse_json
+from tl_lape.formats import atomic_dir, check_tagged_json, parse_json, tagged_json_text
 from tl_lape.intervals import Estimate
 from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_texts_and_tokens, generate_with_hook_sets
@@ -153,6 +153,33 @@ LANGUAGE_CUES: dict[str, str] = {
 #: The seed of the bootstrap over prompts (the same weights for every cell of a setting, so
 #: differences are paired).
 _BOOT_SEED = 0
+
+#: ``study.json``: its format tag and version (:func:`~tl_lape.formats.tagged_json_text`), the
+#: fields :meth:`SteeringStudy.to_dict` writes, and what a reader of a bad file should do.
+_FORMAT = "tl_lape.SteeringStudy"
+_VERSION = 1
+_FIELDS = ("rows", "chosen", "examples", "throughput", "metadata", "intervals", "outputs")
+_ADVICE = "write it again with SteeringStudy.save"
+#: The fields every row has as text, and the numeric fields a row may have (a number or null).
+_ROW_TEXT = ("phase", "setting", "method", "config", "target")
+_ROW_NUMBERS = (
+    "n",
+    "success_rate",
+    "target_rate",
+    "lingua_rate",
+    "agreement",
+    "fluent_rate",
+    "relevant_rate",
+    "mean_gain",
+    "combined",
+    "strength",
+    "top_rate",
+)
+
+
+def _number_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
 
 #: The strengths swept per LAPE mode by default.
 DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
@@ -296,43 +323,98 @@ class SteeringStudy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SteeringStudy":
-        """The inverse of :meth:`to_dict`."""
-        missing = [k for k in ("rows", "chosen") if k not in data]
-        if missing:
-            raise LapeError(
-                f"a steering study needs the keys 'rows' and 'chosen'; missing {missing} (read "
-                "a study.json written by SteeringStudy.save)"
-            )
-        return cls(
-            rows=tuple(dict(r) for r in data["rows"]),
-            chosen={k: dict(v) for k, v in data["chosen"].items()},
-            examples={
-                k: [x if isinstance(x, dict) else {"rule": "first", "text": x} for x in v]
-                for k, v in data.get("examples", {}).items()
-            },
-            throughput=dict(data.get("throughput", {})),
-            metadata=dict(data.get("metadata", {})),
-            outputs=tuple(dict(r) for r in data.get("outputs", [])),
-            intervals={k: [dict(x) for x in v] for k, v in data.get("intervals", {}).items()},
-        )
+        """The inverse of :meth:`to_dict` (the ``format``, ``version`` and ``checksum`` of a
+        parsed ``study.json`` are verified, when present)."""
+        return cls._from_doc(data, "the steering study given to SteeringStudy.from_dict")
 
     @classmethod
     def load(cls, folder: str | Path) -> "SteeringStudy":
-        """Read the ``study.json`` of a folder written by :meth:`save`."""
+        """Read the ``study.json`` of a folder written by :meth:`save`: strictly parsed
+        (:func:`~tl_lape.formats.parse_json`), its checksum verified and its structure checked,
+        or one :class:`~tl_lape.LapeError` line naming the file."""
         path = Path(folder) / "study.json"
         if not path.is_file():
             raise LapeError(f"no study.json in {str(folder)!r}; write one with SteeringStudy.save")
-        data = parse_json(
-            path.read_bytes(),
-            where=f"the study file {str(path)!r}",
-            advice="write it again with SteeringStudy.save",
+        where = f"the study file {str(path)!r}"
+        return cls._from_doc(parse_json(path.read_bytes(), where=where, advice=_ADVICE), where)
+
+    @classmethod
+    def _from_doc(cls, data: Any, where: str) -> "SteeringStudy":
+        doc = check_tagged_json(
+            dict(data) if isinstance(data, Mapping) else data,
+            where=where,
+            tag=_FORMAT,
+            version=_VERSION,
+            advice=_ADVICE,
         )
-        if not isinstance(data, dict):
+        missing = [k for k in ("rows", "chosen") if k not in doc]
+        if missing:
             raise LapeError(
-                f"the study file {str(path)!r} holds a {type(data).__name__}, not a JSON object; "
-                "write it again with SteeringStudy.save"
+                f"{where} needs the keys 'rows' and 'chosen'; missing {missing}; {_ADVICE}"
             )
-        return cls.from_dict(data)
+        unknown = sorted(set(doc) - set(_FIELDS), key=str)
+        if unknown:
+            raise LapeError(
+                f"{where} has the keys {unknown}, which no tl_lape writes (it writes "
+                f"{list(_FIELDS)}); {_ADVICE}"
+            )
+
+        def records(value: Any, name: str) -> list[dict[str, Any]]:
+            if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+                raise LapeError(
+                    f"{where}: {name} must be a list of objects; received {repr(value)[:60]}; "
+                    f"{_ADVICE}"
+                )
+            return [dict(x) for x in value]
+
+        def groups(value: Any, name: str, item: Any) -> dict[str, Any]:
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and item(v) for k, v in value.items()
+            ):
+                raise LapeError(
+                    f"{where}: {name} has the wrong shape (see SteeringStudy's attributes); "
+                    f"received {repr(value)[:60]}; {_ADVICE}"
+                )
+            return dict(value)
+
+        rows = records(doc["rows"], "'rows'")
+        for k, row in enumerate(rows):
+            bad = [f for f in _ROW_TEXT if not isinstance(row.get(f), str)]
+            bad += [f for f in _ROW_NUMBERS if f in row and not _number_or_null(row[f])]
+            if "success_rate" not in row:
+                bad.append("success_rate")
+            if bad:
+                raise LapeError(
+                    f"{where}: row {k} lacks or mistypes {bad} (text: {list(_ROW_TEXT)}; "
+                    f"numbers or null: {list(_ROW_NUMBERS)}); received {repr(row)[:80]}; "
+                    f"{_ADVICE}"
+                )
+        examples = groups(
+            doc.get("examples", {}),
+            "'examples'",
+            lambda v: isinstance(v, list) and all(isinstance(x, dict | str) for x in v),
+        )
+        throughput = groups(doc.get("throughput", {}), "'throughput'", _number_or_null)
+        intervals = groups(
+            doc.get("intervals", {}),
+            "'intervals'",
+            lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+        )
+        return cls(
+            rows=tuple(rows),
+            chosen={
+                k: dict(v)
+                for k, v in groups(doc["chosen"], "'chosen'", lambda v: isinstance(v, dict)).items()
+            },
+            examples={
+                k: [x if isinstance(x, dict) else {"rule": "first", "text": x} for x in v]
+                for k, v in examples.items()
+            },
+            throughput=throughput,
+            metadata=groups(doc.get("metadata", {}), "'metadata'", lambda v: True),
+            outputs=tuple(records(doc.get("outputs", []), "'outputs'")),
+            intervals={k: [dict(x) for x in v] for k, v in intervals.items()},
+        )
 
     def _repr_html_(self) -> str:
         """Fresh-prompt success per method and target, one coloured table per setting (random:
@@ -701,7 +783,8 @@ class SteeringStudy:
         import matplotlib.pyplot as plt
 
         with atomic_dir(folder) as tmp:
-            (tmp / "study.json").write_text(json_text(self.to_dict()), encoding="utf-8")
+            text = tagged_json_text(self.to_dict(), tag=_FORMAT, version=_VERSION)
+            (tmp / "study.json").write_text(text, encoding="utf-8")
             (tmp / "study.md").write_text(self.to_markdown(), encoding="utf-8")
             for name, fig in self.figures().items():
                 fig.savefig(tmp / f"{name}.png", dpi=120)
