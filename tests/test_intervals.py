@@ -10,6 +10,7 @@ from tl_lape.intervals import (
     Estimate,
     bootstrap_weights,
     empirical_p_value,
+    expanded_tail,
     min_p_value,
     percentile_interval,
 )
@@ -53,6 +54,43 @@ def test_coverage_of_the_percentile_interval_is_near_its_level() -> None:
         est = percentile_interval((w @ sample) / 60, point=float(sample.mean()), n_units=60)
         covered += est.low <= 2.0 <= est.high
     assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_expanded_tail_against_t_tables() -> None:
+    """Hesterberg's expanded percentile tail Phi(-sqrt(n/(n-1)) t_{n-1, 0.975}), with t from
+    printed tables: t_{3} = 3.1824, t_{21} = 2.0796, t_{59} = 2.0010."""
+    from tl_lape.intervals import _t_two_sided
+
+    for df, t in ((1, 12.7062), (2, 4.3027), (3, 3.1824), (10, 2.2281), (21, 2.0796)):
+        assert _t_two_sided(t, df) == pytest.approx(0.95, abs=2e-5)
+
+    def phi(x: float) -> float:
+        return 0.5 * math.erfc(-x / math.sqrt(2))
+
+    assert expanded_tail(4) == pytest.approx(phi(-math.sqrt(4 / 3) * 3.1824), rel=1e-3)
+    assert expanded_tail(60) == pytest.approx(phi(-math.sqrt(60 / 59) * 2.0010), rel=1e-3)
+    # stratified: 7 strata of 4 units -> 21 degrees of freedom, each stratum still shrunk 3/4
+    assert expanded_tail(4, df=21) == pytest.approx(phi(-math.sqrt(4 / 3) * 2.0796), rel=1e-3)
+    tails = [expanded_tail(n) for n in (2, 3, 4, 8, 30, 100, 3000, 10**6)]
+    assert tails == sorted(tails) and tails[-1] == pytest.approx(0.025, abs=1e-4)
+    with pytest.raises(LapeError, match="at least 2 independent units; received 1"):
+        expanded_tail(1)
+
+
+def test_expanded_interval_covers_better_than_plain_with_few_units() -> None:
+    """At 8 units a plain 95% percentile interval of a normal mean covers about 88-90%; the
+    expanded one 93-96% (seeded simulation, 300 samples: 271 and 287 of 300)."""
+    gen = torch.Generator().manual_seed(7)
+    covered = plain = 0
+    for k in range(300):
+        sample = torch.randn(8, generator=gen, dtype=torch.float64)
+        reps = (bootstrap_weights(8, n_boot=1000, seed=k) @ sample) / 8
+        est = percentile_interval(reps, point=float(sample.mean()), n_units=8)
+        covered += est.low <= 0.0 <= est.high
+        lo, hi = torch.quantile(reps, torch.tensor([0.025, 0.975], dtype=torch.float64))
+        plain += float(lo) <= 0.0 <= float(hi)
+        assert est.low <= float(lo) and est.high >= float(hi)  # always at least as wide
+    assert covered / 300 >= 0.93 and plain / 300 <= 0.91 and covered - plain >= 10
 
 
 def test_one_unit_gives_no_interval_never_zero_width() -> None:

@@ -692,9 +692,10 @@ class ReportEstimates:
             "seed": self.seed,
             "level": self.level,
             "method": (
-                "paired percentile bootstrap: the same weights for the no-intervention row and "
-                "every deactivated row of every neuron set; each language's windows resampled "
-                "within that language, a document's windows together; p-values: "
+                "paired expanded percentile bootstrap: the same weights for the no-intervention "
+                "row and every deactivated row of every neuron set; each language's windows "
+                "resampled within that language, a document's windows together; the tails "
+                "widened for the number of documents (tl_lape.intervals.expanded_tail); p-values: "
                 "(1 + #random draws with selectivity >= LAPE's) / (1 + n draws)"
             ),
         }
@@ -1503,12 +1504,23 @@ class EvaluationReport:
             if positions is not None
             else ""
         )
+        fewest = min(self.lape.n_clusters())
+        few = (
+            f" With {fewest} clusters in a language, no interval drawn from them can cover more "
+            f"than {100 * (1 - 2 * 0.5**fewest):.1f}% of the time (the chance that the true "
+            "mean of a symmetric quantity lies inside their range): treat such intervals as "
+            "lower bounds on the uncertainty."
+            if 2 <= fewest < 10
+            else ""
+        )
         return (
             f"Brackets: {100 * self.level:g}% paired bootstrap interval ({self.n_boot:,} "
             f"replicates, seed {self.seed}): the clean and deactivated rows share the weights, "
             f"each language's windows are resampled within it, windows starting in the same "
-            f"document together ({grouping}). Windows/clusters per language: {windows}. "
-            f"'± n/a': one window or document gives no interval.{scored}"
+            f"document together ({grouping}); the percentile tails are widened for the number "
+            f"of clusters (expanded percentile), since a plain percentile interval from few "
+            f"clusters is too narrow. Windows/clusters per language: {windows}. "
+            f"'± n/a': one window or document gives no interval.{scored}{few}"
         )
 
     def _markdown_matrix(self, s: Mapping[str, Any], est: ReportEstimates | None) -> list[str]:
@@ -1787,11 +1799,17 @@ def _report_estimates(report: EvaluationReport) -> ReportEstimates:
     def est(values: Tensor, point: float) -> Estimate:
         return percentile_interval(values, point=point, n_units=fewest, level=level)
 
+    # A mean over languages has the degrees of freedom of all languages' units together.
+    df_all = max(sum(u - 1 for u in units), 1)
+
+    def est_mean(values: Tensor, point: float) -> Estimate:
+        return percentile_interval(values, point=point, n_units=fewest, level=level, df=df_all)
+
     lape_rep = _nll_replicates(lape, weights)
     lape_sel_rep = _batched_selectivity(lape_rep[:, 1:] - lape_rep[:, 0:1], deact, langs)
     point_sel = report.selectivity()
     mean_sel = (
-        est(lape_sel_rep[:, valid].mean(dim=1), float(point_sel[valid].mean()))
+        est_mean(lape_sel_rep[:, valid].mean(dim=1), float(point_sel[valid].mean()))
         if valid.any()
         else _undefined(fewest, level)
     )
@@ -1807,7 +1825,7 @@ def _report_estimates(report: EvaluationReport) -> ReportEstimates:
             for i in range(len(deact))
         )
         mean_differences[name] = (
-            est(diff_rep[:, ok].mean(dim=1), float(diff_point[ok].mean()))
+            est_mean(diff_rep[:, ok].mean(dim=1), float(diff_point[ok].mean()))
             if ok.any()
             else _undefined(fewest, level)
         )
@@ -1850,10 +1868,10 @@ def _report_estimates(report: EvaluationReport) -> ReportEstimates:
         )
         if valid.any():
             abs_rep = sel_rep[:, :, valid].abs().mean(dim=(0, 2))  # boot
-            abs_est = est(abs_rep, float(point_rand[:, valid].abs().mean()))
+            abs_est = est_mean(abs_rep, float(point_rand[:, valid].abs().mean()))
             # A point only: see ReportEstimates.selectivity_ratio.
             ratio_est = Estimate(report.selectivity_ratio(), None, None, n=fewest, level=level)
-            random_diff = est(diff_rep[:, valid].mean(dim=1), float(diff_point[valid].mean()))
+            random_diff = est_mean(diff_rep[:, valid].mean(dim=1), float(diff_point[valid].mean()))
         else:
             random_diff = _undefined(fewest, level)
     return ReportEstimates(
