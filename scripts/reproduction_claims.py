@@ -141,8 +141,10 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         f"language, {data['positions_per_window'] or 'all'} scored positions per window; "
         f"{n_draws} random draws ({data['control']}-matched); LAP and LAVE at "
         f"{'each language' if data['selector_sizes'] == 'language' else 'the total'}'s LAPE "
-        f"size; {100 * est.level:g}% paired bootstrap intervals ({est.n_boot} replicates, "
-        "windows resampled within each language, a document's windows together); p: "
+        f"size; {100 * est.level:g}% paired expanded-percentile bootstrap intervals "
+        f"({est.n_boot} replicates, windows resampled within each language, a document's "
+        f"windows together, tails widened for {min(data['documents_per_language'])} "
+        "documents); p: "
         f"empirical against the draws, smallest possible {est.min_p_value:.3g}.",
         "",
     ]
