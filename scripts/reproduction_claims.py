@@ -8,8 +8,8 @@ estimate from the per-window results with the library's paired bootstrap
 (``EvaluationReport.from_dict(...).intervals()``), rewrites ``evaluation_<b>pct.md`` from the
 JSON with the current library (so the report has every statistic the library now computes, e.g.
 the paired LAPE-minus-LAP/LAVE differences), writes ``claims.json`` (every number the summary
-prints) and prints the Markdown claims section, so the numbers in the README and the model card
-are the numbers in the files.
+prints) and ``claims.md`` (the Markdown claims section, also printed), so the numbers in the
+README and the model card are the numbers in the files.
 
 Usage::
 
@@ -245,6 +245,8 @@ def main() -> None:
         out["cross_corpus_jaccard"] = cross
         text.append("")
     (args.root / "claims.json").write_text(json_text(out), encoding="utf-8")
+    title = "# The reproduction's claims with their intervals (written by reproduction_claims.py)"
+    (args.root / "claims.md").write_text("\n".join([title, "", *text]), encoding="utf-8")
     print("\n".join(text))
 
 
