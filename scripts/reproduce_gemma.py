@@ -42,6 +42,7 @@ from tl_lape.experiments.analysis import bootstrap_selection, collect_shards
 from tl_lape.experiments.evaluation import run_evaluation
 from tl_lape.experiments.reports import format_summary
 from tl_lape.formats import json_text, parse_json
+from tl_lape.neurons import DEFAULT_POOL
 from tl_lape.plots import plot_neurons_per_layer, plot_overlap
 from tl_lape.sources.corpora import load_corpus
 from tl_lape.sources.models import cpu_info
@@ -130,6 +131,9 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=1024, help="held-out tokens/language")
     parser.add_argument("--n-random", type=int, default=20, help="matched random draws")
     parser.add_argument("--control", default="activity", choices=("layer", "activity"))
+    parser.add_argument(
+        "--pool", type=int, default=DEFAULT_POOL, help="candidates per activity-matched draw"
+    )
     parser.add_argument("--positions-per-window", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -204,6 +208,7 @@ def main() -> None:
             stats=stats,
             n_random=args.n_random,
             control=args.control,
+            pool=args.pool,
             selectors=("lap", "lave"),
             selector_sizes="language",
             seq_len=args.seq_len,
@@ -221,6 +226,7 @@ def main() -> None:
         )
         summary["budgets"][tag]["evaluation"] = report.summary()
         summary["budgets"][tag]["n_random"] = args.n_random
+        summary["budgets"][tag]["pool"] = args.pool
         summary["budgets"][tag]["eval_tokens_per_language"] = args.eval_tokens
         # The no-intervention row of this budget's windows (the same windows at every budget).
         summary["budgets"][tag]["heldout_nll"] = dict(

@@ -106,6 +106,7 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         "budget": tag,
         "n_random": n_draws,
         "control": report.metadata.get("control"),
+        "pool": report.metadata.get("pool"),
         "selector_sizes": report.metadata.get("selector_sizes"),
         "eval_tokens_per_language": report.metadata.get("max_tokens_per_language"),
         "positions_per_window": report.metadata.get("positions_per_window"),
@@ -139,7 +140,9 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         f"Held-out windows per language: {data['windows_per_language']} (documents: "
         f"{data['documents_per_language']}), {data['eval_tokens_per_language']} tokens per "
         f"language, {data['positions_per_window'] or 'all'} scored positions per window; "
-        f"{n_draws} random draws ({data['control']}-matched); LAP and LAVE at "
+        f"{n_draws} random draw(s) ({data['control']}-matched"
+        f"{'; pool 1: the single nearest-matched set' if data['pool'] == 1 else ''}); "
+        "LAP and LAVE at "
         f"{'each language' if data['selector_sizes'] == 'language' else 'the total'}'s LAPE "
         f"size; {100 * est.level:g}% paired expanded-percentile bootstrap intervals "
         f"({est.n_boot} replicates, windows resampled within each language, a document's "
