@@ -325,7 +325,7 @@ def test_bad_interval_options(llama, neurons):
         unchecked_run_evaluation(llama.bridge, neurons, CORPUS, control="size")
     with pytest.raises(LapeError, match=r"control='activity'.*received stats=None"):
         run_evaluation(llama.bridge, neurons, CORPUS, control="activity")
-    with pytest.raises(LapeError, match=r"n_boot must be a positive int.*received 0"):
+    with pytest.raises(LapeError, match=r"n_boot must be an int from 1 to 100000.*received 0"):
         run_evaluation(llama.bridge, neurons, CORPUS, n_boot=0)
     with pytest.raises(LapeError, match=r"level must be a number strictly between 0 and 1.*1.5"):
         run_evaluation(llama.bridge, neurons, CORPUS, level=1.5)

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from tl_lape.collection.checkpoint import CollectionCheckpoint
 from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.errors import LapeError
+from tl_lape.experiments.evaluation import EvaluationReport, PerplexityMatrix
+from tl_lape.experiments.reports import write_report
 from tl_lape.experiments.steering_study import SteeringStudy
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
@@ -133,6 +135,49 @@ def _write_study(path: Path) -> None:
     (_study().save(path.parent / "report") / "study.json").rename(path)
 
 
+def _evaluation() -> EvaluationReport:
+    """Two languages, two windows each (the second language's from one document), LAPE and
+    two random draws, per-window data kept."""
+
+    def matrix(shift: float) -> PerplexityMatrix:
+        sums = torch.tensor(
+            [[[4.0, 6.0], [5.0, 5.5]], [[6.0, 7.0], [5.5, 6.0]], [[4.5, 6.5], [7.5, 8.0]]],
+            dtype=torch.float64,
+        )
+        sums[1:] += shift
+        tokens = torch.tensor([[2, 3], [2, 2]])
+        return PerplexityMatrix(
+            ("en", "fr"),
+            ("en", "fr"),
+            sums.sum(dim=2) / tokens.sum(dim=1),
+            tokens.sum(dim=1),
+            {"seq_len": 4},
+            window_sums=sums,
+            window_tokens=tokens,
+            window_clusters=torch.tensor([[0, 1], [0, 0]]),
+            cluster_units=("document", "document"),
+        )
+
+    return EvaluationReport(
+        matrix(0.0),
+        (matrix(0.25), matrix(-0.125)),
+        neuron_counts={"lape": {"en": 3, "fr": 2}},
+        metadata={"model": "tiny"},
+        n_boot=50,
+        seed=1,
+    )
+
+
+def _write_evaluation(path: Path) -> None:
+    """The evaluation.json of a report folder written by write_report, moved to ``path``."""
+    write_report(_evaluation(), path.parent / "report", "evaluation", markdown=False)
+    (path.parent / "report" / "evaluation.json").rename(path)
+
+
+def _same_evaluation(a: EvaluationReport, b: EvaluationReport) -> bool:
+    return json.dumps(a.to_dict()) == json.dumps(b.to_dict())
+
+
 def _same_stats(a: ActivationStats, b: ActivationStats) -> bool:
     return (
         a.languages == b.languages
@@ -194,6 +239,7 @@ KINDS: dict[str, tuple[str, Callable[[Path], None], Callable[[Path], Any], Calla
         lambda p: SteeringStudy.load(p.parent),
         lambda a, b: a == b,
     ),
+    "evaluation": ("evaluation.json", _write_evaluation, EvaluationReport.load, _same_evaluation),
 }
 
 
@@ -264,7 +310,8 @@ def test_the_originals_load_the_same() -> None:
         path.write_bytes(data)
         assert same(load(path), original), kind
     assert json.loads(ORIGINALS["neurons"][0])["checksum"].startswith("sha256:")
-    assert json.loads(ORIGINALS["study"][0])["checksum"].startswith("sha256:")
+    for kind in ("study", "evaluation"):
+        assert json.loads(ORIGINALS[kind][0])["checksum"].startswith("sha256:"), kind
     for kind in ("stats", "checkpoint", "means"):
         assert b'"checksum":"sha256:' in ORIGINALS[kind][0], kind
 
@@ -299,3 +346,64 @@ def test_a_study_edited_by_hand_is_refused(tmp_path: Path, edit: Any, message: s
     tagged["rows"][0]["n"] = 5
     with pytest.raises(LapeError, match="is damaged: the checksum of its content"):
         SteeringStudy.from_dict(tagged)
+
+
+def _wide_windows(d: dict[str, Any]) -> None:
+    """Many languages, one of them with many windows: a small file that would make a reader
+    pad a huge table (the padded cells are checked before anything is allocated)."""
+    m, pw = d["lape"], d["lape"]["per_window"]
+    n, others = 1 << 18, [f"x{i}" for i in range(600)]
+    m["languages"] += others
+    m["n_tokens"] = [n] + [0] * (len(m["languages"]) - 1)
+    pw["tokens"] = [[1] * n] + [[] for _ in m["languages"][1:]]
+    pw["clusters"] = [[0] * n] + [[] for _ in m["languages"][1:]]
+    pw["sums"] = [[[0.0] * n] + [[] for _ in m["languages"][1:]] for _ in range(3)]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["lape"].update(deactivated="en"), r"deactivated must be a list of strings"),
+        (lambda d: d["lape"].update(n_tokens=[5.0, 4]), r"n_tokens must be a list of whole"),
+        (lambda d: d["lape"].update(n_tokens=[5]), r"n_tokens must give one count per language"),
+        (lambda d: d["lape"]["nll"][0].__setitem__(0, "2.0"), r"nll must be a list of rows"),
+        (lambda d: d["lape"]["nll"][0].__setitem__(0, True), r"nll must be a list of rows"),
+        (lambda d: d["lape"]["nll"][0].append(1.0), r"all rows of one length"),
+        (lambda d: d["lape"].update(metadata="x"), r"metadata must be an object"),
+        (lambda d: d["lape"]["per_window"].update(tokens=5), r"per_window\['tokens'\] must be"),
+        (
+            lambda d: d["lape"]["per_window"]["clusters"][0].__setitem__(0, 0.5),
+            r"per_window\['clusters'\]\[0\] must be a list of whole numbers",
+        ),
+        (_wide_windows, r"per_window's padded cells is \d+, more than the 134217728"),
+        (lambda d: d["random"][0].update(languages=["en", "de"]), r"random\[0\] has deactivated"),
+        (lambda d: d["bootstrap"].update(n_boot="50"), r"n_boot must be an int from 1 to 100000"),
+        (lambda d: d["bootstrap"].update(level=True), r"level must be a number strictly"),
+        (lambda d: d["neuron_counts"].update(lape={"en": -1}), r"neuron_counts\['lape'\] must"),
+        (lambda d: d.update(random={}), r"random must be a list of matrices"),
+        (lambda d: d.update(comment="mine"), r"has the keys \['comment'\], which no tl_lape"),
+        (lambda d: d.pop("lape"), r"must be a dict with a 'lape' matrix"),
+    ],
+)
+def test_an_evaluation_edited_by_hand_is_refused(tmp_path: Path, edit: Any, message: str) -> None:
+    """An evaluation.json without its tags (as written before they existed, or by json_text) is
+    checked field by field before anything is allocated; with its tags, any edit fails the
+    checksum first."""
+    doc = json.loads(ORIGINALS["evaluation"][0])
+    for key in ("format", "version", "checksum"):
+        doc.pop(key)
+    assert _same_evaluation(EvaluationReport.from_dict(doc), ORIGINALS["evaluation"][1])
+    edit(doc)
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    data = path.read_bytes()
+    with pytest.raises(LapeError, match=message) as err:
+        EvaluationReport.load(path)
+    assert str(err.value).startswith(f"the evaluation file {str(path)!r}: ")
+    assert "\n" not in str(err.value) and path.read_bytes() == data
+    with pytest.raises(LapeError, match=message):
+        EvaluationReport.from_dict(doc)
+    tagged = json.loads(ORIGINALS["evaluation"][0])
+    tagged["lape"]["n_tokens"][0] += 1
+    with pytest.raises(LapeError, match="is damaged: the checksum of its content"):
+        EvaluationReport.from_dict(tagged)

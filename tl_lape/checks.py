@@ -11,12 +11,15 @@ from typing import Any, TypeVar
 from tl_lape.errors import LapeError
 
 __all__ = [
+    "MAX_N_BOOT",
     "check_choice",
     "check_language_codes",
     "check_languages",
+    "check_n_boot",
     "check_positive_int",
     "check_rate",
     "check_seed",
+    "shown",
 ]
 
 T = TypeVar("T", bound=str)
@@ -27,18 +30,33 @@ def check_languages(languages: Any, field_name: str = "languages") -> tuple[str,
     if isinstance(languages, str) or not isinstance(languages, Sequence):
         raise LapeError(
             f"{field_name} must be a sequence of language codes such as ('en', 'zh'); "
-            f"received {languages!r}"
+            f"received {shown(languages)}"
         )
     langs = tuple(languages)
     if not langs:
         raise LapeError(f"{field_name} must name at least one language; received an empty sequence")
     bad = [lang for lang in langs if not isinstance(lang, str) or not lang]
     if bad:
-        raise LapeError(f"{field_name} must be non-empty strings; received {bad!r} in {langs!r}")
+        raise LapeError(
+            f"{field_name} must be non-empty strings; received {shown(bad)} in {shown(langs)}"
+        )
     dupes = sorted({lang for lang in langs if langs.count(lang) > 1})
     if dupes:
-        raise LapeError(f"{field_name} must be distinct; {dupes!r} repeated in {langs!r}")
+        raise LapeError(f"{field_name} must be distinct; {shown(dupes)} repeated in {shown(langs)}")
     return langs
+
+
+def shown(value: Any, most: int = 120) -> str:
+    """``repr(value)``, cut to ``most`` characters with its length, for messages: a value
+    received can be a 5,000-character code or a list of ten thousand, and an error stays one
+    readable line.
+
+    Example:
+        >>> print(shown("f" * 500, 20))
+        'fffffffffffffff... (502 characters)
+    """
+    text = repr(value)
+    return text if len(text) <= most else f"{text[: most - 4]}... ({len(text)} characters)"
 
 
 #: What a language code read from a file may look like: letters or digits (of any script), ``-``
@@ -55,7 +73,7 @@ def check_language_codes(languages: Any, where: str) -> None:
     ]
     if bad:
         raise LapeError(
-            f"{where} has invalid language codes {bad!r}: a code is 1-64 letters, digits, '-' "
+            f"{where} has invalid language codes {shown(bad)}: a code is 1-64 letters, digits, '-' "
             "or '_' (such as 'en' or 'zh-Hans'), with no '/', '\\', '.' or spaces: never a path"
         )
 
@@ -67,6 +85,30 @@ def check_positive_int(value: Any, field_name: str, *, example: int = 8) -> int:
         raise LapeError(
             f"{field_name} must be a positive int; received {value!r}; pass a whole number of "
             f"at least 1, e.g. {field_name}={example}"
+        )
+    return value
+
+
+#: Most bootstrap replicates tl_lape accepts: far above the 2,000 a 95% interval needs, and a
+#: bound on the replicate weights it allocates (``n_boot`` x windows).
+MAX_N_BOOT = 100_000
+
+
+def check_n_boot(value: Any, name: str = "n_boot", *, least: int = 1, example: int = 2000) -> int:
+    """``value`` as a number of bootstrap replicates: an int from ``least`` to
+    :data:`MAX_N_BOOT` (bools refused), or a LapeError naming ``name``.
+
+    Example:
+        >>> try:
+        ...     check_n_boot(10**12)
+        ... except LapeError as err:
+        ...     print(str(err)[:58])
+        n_boot must be an int from 1 to 100000 (bootstrap replicat
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_N_BOOT:
+        raise LapeError(
+            f"{name} must be an int from {least} to {MAX_N_BOOT} (bootstrap replicates); "
+            f"received {shown(value)}; pass e.g. {name}={example}"
         )
     return value
 

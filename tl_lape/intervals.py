@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_lape.checks import check_choice, check_positive_int, check_seed
+from tl_lape.checks import check_choice, check_n_boot, check_positive_int, check_seed
 from tl_lape.errors import LapeError
 
 __all__ = [
@@ -163,7 +163,7 @@ def bootstrap_weights(
         True
     """
     check_positive_int(n_items, "n_items")
-    check_positive_int(n_boot, "n_boot")
+    check_n_boot(n_boot)
     check_seed(seed)
     if clusters is None:
         ids = torch.arange(n_items)

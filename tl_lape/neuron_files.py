@@ -10,7 +10,6 @@ checksum of its canonical content; it is read with the strict parser
 inconsistent gets one :class:`~tl_lape.errors.LapeError` that names the file.
 """
 
-import hashlib
 import json
 import os
 import zipfile
@@ -30,6 +29,7 @@ from tl_lape.formats import (
     check_output_file,
     check_size,
     existing_file,
+    json_checksum,
     parse_json,
 )
 from tl_lape.neurons import LanguageNeurons
@@ -75,7 +75,7 @@ def write_neurons_json(
     parts.append('  "neurons": {\n' + ",\n".join(blocks) + "\n  }")
     parts.append('  "metadata": ' + metadata.replace("\n", "\n  "))
     text = "{\n" + ",\n".join(parts) + "\n}\n"
-    checksum = _document_checksum(json.loads(text))
+    checksum = json_checksum(json.loads(text))
     text = text[: -len("\n}\n")] + f',\n  "checksum": {json.dumps(checksum)}\n}}\n'
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -105,7 +105,7 @@ def read_neurons_json(path: str | os.PathLike[str]) -> LanguageNeurons:
         )
     expected = doc.get("checksum")
     if expected is not None:
-        found = _document_checksum(doc)
+        found = json_checksum(doc)
         if found != expected:
             raise LapeError(
                 f"{str(p)!r} is damaged: the checksum of its content is {found}, but the "
@@ -291,10 +291,3 @@ def write_rucaibox(
     data = [[idx.clone() for idx in per_layer] for per_layer in neurons.neurons]
     with atomic_path(path) as tmp:
         torch.save(data, tmp)
-
-
-def _document_checksum(doc: Mapping[str, Any]) -> str:
-    """``"sha256:..."`` of a neuron-set document without its ``"checksum"``, in canonical JSON."""
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()

@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_lape._adapter import adapt
-from tl_lape.checks import check_positive_int, check_seed
+from tl_lape.checks import check_n_boot, check_positive_int, check_seed
 from tl_lape.collection.windows import token_windows
 from tl_lape.errors import LapeError
 from tl_lape.formats import finite_json
@@ -505,8 +505,7 @@ def bootstrap_selection(
                 f"{other.d_mlp}); shard 0 has {list(first.languages)} and ({first.n_layers}, "
                 f"{first.d_mlp}); pass shards of one model and one set of languages"
             )
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:
-        raise LapeError(f"n_boot must be an int >= 2; received {n_boot!r}; pass e.g. 200")
+    check_n_boot(n_boot, least=2, example=200)
     check_seed(seed)
     kwargs: dict[str, Any] = {
         "top_rate": top_rate,

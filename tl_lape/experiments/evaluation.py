@@ -41,6 +41,7 @@ Example (on a tiny model; select on the train split and evaluate on held-out tex
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,9 +53,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_lape._adapter import ModelAdapter, adapt
-from tl_lape.checks import check_choice, check_languages, check_positive_int, check_seed
+from tl_lape.checks import (
+    check_choice,
+    check_languages,
+    check_n_boot,
+    check_positive_int,
+    check_seed,
+)
 from tl_lape.collection.windows import document_stream, evaluation_policy, token_windows
 from tl_lape.errors import LapeError
+from tl_lape.formats import check_size, check_tagged_json, existing_file, parse_json
 from tl_lape.intervals import (
     DEFAULT_N_BOOT,
     Estimate,
@@ -99,6 +107,9 @@ NO_INTERVENTION = "(none)"
 #: Held-out tokens per evaluated language, by default: of :func:`run_evaluation`,
 #: :func:`perplexity_matrix` and the CLI's ``evaluate``.
 DEFAULT_MAX_TOKENS_PER_LANGUAGE = 4_096
+
+#: What to do with an evaluation file that cannot be read back.
+_REPORT_ADVICE = "write it again with tl-lape evaluate (or write_report)"
 
 #: Coverage of the bootstrap intervals, by default.
 DEFAULT_LEVEL = 0.95
@@ -375,16 +386,24 @@ class PerplexityMatrix:
                 f"a perplexity matrix must be a dict with keys {list(needed)} (from "
                 f"PerplexityMatrix.to_dict); received {_short(data)}"
             )
+        _known_keys(data, _MATRIX_KEYS, "a perplexity matrix")
+        languages = _texts(data["languages"], "languages")
+        n_tokens = _counts(data["n_tokens"], "n_tokens")
+        if len(n_tokens) != len(languages):
+            raise LapeError(
+                f"n_tokens must give one count per language ({len(languages)}); received "
+                f"{_short(n_tokens)}"
+            )
         window: dict[str, Any] = {}
         per_window = data.get("per_window")
         if per_window is not None:
-            window = _windows_from_dict(per_window, len(data["languages"]))
+            window = _windows_from_dict(per_window, len(languages))
         return cls(
-            tuple(data["deactivated"]),
-            tuple(data["languages"]),
+            _texts(data["deactivated"], "deactivated"),
+            languages,
             _float_tensor(data["nll"], "nll"),
-            torch.tensor(data["n_tokens"], dtype=torch.int64),
-            dict(data.get("metadata") or {}),
+            torch.tensor(n_tokens, dtype=torch.int64),
+            _metadata(data.get("metadata"), "metadata"),
             **window,
         )
 
@@ -716,11 +735,7 @@ class ReportEstimates:
 
 def _check_bootstrap_options(n_boot: Any, seed: Any, level: Any) -> None:
     """The bootstrap's options, checked before any model work."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise LapeError(
-            f"n_boot must be a positive int (bootstrap replicates); received {n_boot!r}; pass "
-            f"e.g. n_boot={DEFAULT_N_BOOT}"
-        )
+    check_n_boot(n_boot, example=DEFAULT_N_BOOT)
     check_seed(seed)
     ok = isinstance(level, (int, float)) and not isinstance(level, bool) and 0 < level < 1
     if not ok:
@@ -923,16 +938,73 @@ def _short(data: Any) -> str:
 
 
 def _float_tensor(rows: Any, what: str) -> Tensor:
+    if not isinstance(rows, list) or not all(
+        isinstance(row, list) and all(_is_number(v) for v in row) for row in rows
+    ):
+        raise LapeError(
+            f"{what} must be a list of rows of numbers (null for a missing one); received "
+            f"{_short(rows)}"
+        )
     try:
         return torch.tensor(
             [[math.nan if v is None else float(v) for v in row] for row in rows],
             dtype=torch.float64,
         )
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:  # rows of different lengths
         raise LapeError(
-            f"{what} must be a list of rows of numbers (null for a missing one); received "
-            f"{_short(rows)} ({err})"
+            f"{what} must be a list of rows of numbers (null for a missing one), all rows of "
+            f"one length; received {_short(rows)} ({err})"
         ) from None
+
+
+#: The keys :meth:`PerplexityMatrix.to_dict` and :meth:`EvaluationReport.to_dict` write (the
+#: derived numbers among them are recomputed on reading, not read).
+_MATRIX_KEYS = ("deactivated", "languages", "nll", "delta", "n_tokens", "metadata", "per_window")
+_REPORT_KEYS = (
+    *("lape", "random", "baselines", "neuron_counts", "selectivity", "random_selectivity"),
+    *("p_values", "min_p_value", "summary", "bootstrap", "estimates", "null_reasons", "metadata"),
+)
+_WINDOW_KEYS = ("sums", "tokens", "clusters", "cluster_units", "note")
+#: Most cells (rows x languages x windows of the longest language) the per-window data of a
+#: matrix read back may make :func:`_windows_from_dict` allocate (2**27 float64: 1 GiB).
+_MAX_WINDOW_CELLS = 1 << 27
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _known_keys(data: Mapping[str, Any], known: Sequence[str], what: str) -> None:
+    unknown = sorted((k for k in data if k not in known), key=str)
+    if unknown:
+        raise LapeError(
+            f"{what} has the keys {_short(unknown)}, which no tl_lape writes (it writes "
+            f"{list(known)})"
+        )
+
+
+def _texts(value: Any, what: str) -> tuple[str, ...]:
+    """A list of strings read back (a string is not a list of its letters)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise LapeError(f"{what} must be a list of strings; received {_short(value)}")
+    return tuple(value)
+
+
+def _counts(value: Any, what: str, *, least: int = 0) -> list[int]:
+    """A list of whole numbers >= ``least`` read back (3.7 or true is not a count)."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= least for v in value
+    ):
+        raise LapeError(
+            f"{what} must be a list of whole numbers >= {least}; received {_short(value)}"
+        )
+    return value
+
+
+def _metadata(value: Any, what: str) -> dict[str, Any]:
+    if value is not None and not isinstance(value, Mapping):
+        raise LapeError(f"{what} must be an object (or null); received {_short(value)}")
+    return dict(value or {})
 
 
 def _windows_from_dict(data: Any, n_langs: int) -> dict[str, Any]:
@@ -943,7 +1015,21 @@ def _windows_from_dict(data: Any, n_langs: int) -> dict[str, Any]:
             f"per_window must be a dict with {list(keys)} (from PerplexityMatrix.to_dict); "
             f"received {_short(data)}"
         )
+    _known_keys(data, _WINDOW_KEYS, "per_window")
     tokens_in, clusters_in, sums_in = data["tokens"], data["clusters"], data["sums"]
+    for name, value in (("tokens", tokens_in), ("clusters", clusters_in)):
+        if not isinstance(value, list) or not all(isinstance(v, list) for v in value):
+            raise LapeError(
+                f"per_window[{name!r}] must be a list (one per language) of lists; received "
+                f"{_short(value)}"
+            )
+    if not isinstance(sums_in, list) or not all(
+        isinstance(row, list) and all(isinstance(s, list) for s in row) for row in sums_in
+    ):
+        raise LapeError(
+            "per_window['sums'] must be a list (one per row) of lists (one per language) of "
+            f"lists; received {_short(sums_in)}"
+        )
     lengths = [len(t) for t in tokens_in]
     if (
         len(lengths) != n_langs
@@ -955,6 +1041,18 @@ def _windows_from_dict(data: Any, n_langs: int) -> dict[str, Any]:
             f"tokens and clusters as it has windows; received window counts {lengths}"
         )
     width = max(lengths, default=0)
+    check_size(
+        max(1, len(sums_in) * n_langs * width), "per_window's padded cells", _MAX_WINDOW_CELLS
+    )
+    for k in range(n_langs):
+        _counts(tokens_in[k], f"per_window['tokens'][{k}]")
+        _counts(clusters_in[k], f"per_window['clusters'][{k}]")
+        for r, row in enumerate(sums_in):
+            if not all(_is_number(v) for v in row[k]):
+                raise LapeError(
+                    f"per_window['sums'][{r}][{k}] must be numbers (null for a missing one); "
+                    f"received {_short(row[k])}"
+                )
     sums = torch.zeros(len(sums_in), n_langs, width, dtype=torch.float64)
     tokens = torch.zeros(n_langs, width, dtype=torch.int64)
     clusters = torch.full((n_langs, width), -1, dtype=torch.int64)
@@ -966,6 +1064,8 @@ def _windows_from_dict(data: Any, n_langs: int) -> dict[str, Any]:
                 [math.nan if v is None else float(v) for v in row[k]], dtype=torch.float64
             )
     units = data.get("cluster_units")
+    if units is not None:
+        units = _texts(units, "per_window['cluster_units']")
     return {
         "window_sums": sums,
         "window_tokens": tokens,
@@ -1306,6 +1406,21 @@ class EvaluationReport:
 
     def __post_init__(self) -> None:
         _check_bootstrap_options(self.n_boot, self.seed, self.level)
+        shape = (self.lape.deactivated, self.lape.languages)
+        named = [(f"random[{i}]", m) for i, m in enumerate(self.random)]
+        named += [(f"baselines[{k!r}]", m) for k, m in self.baselines.items()]
+        for name, m in named:
+            if not isinstance(m, PerplexityMatrix):
+                raise LapeError(
+                    f"EvaluationReport.{name} must be a PerplexityMatrix; received "
+                    f"{type(m).__name__}"
+                )
+            if (m.deactivated, m.languages) != shape:
+                raise LapeError(
+                    f"EvaluationReport.{name} has deactivated {list(m.deactivated)} and "
+                    f"languages {list(m.languages)}, but lape has {list(shape[0])} and "
+                    f"{list(shape[1])}; every matrix of a report must cover the same table"
+                )
 
     # ------------------------------------------------------------------ derived numbers
 
@@ -1452,22 +1567,80 @@ class EvaluationReport:
             >>> again.summary() == r.summary(), again.n_boot
             (True, 100)
         """
-        if not isinstance(data, Mapping) or "lape" not in data:
-            raise LapeError(
-                "an evaluation report must be a dict with a 'lape' matrix (from "
-                f"EvaluationReport.to_dict); received {_short(data)}"
-            )
-        boot = data.get("bootstrap") or {}
-        return cls(
-            PerplexityMatrix.from_dict(data["lape"]),
-            tuple(PerplexityMatrix.from_dict(m) for m in data.get("random") or ()),
-            {k: PerplexityMatrix.from_dict(m) for k, m in (data.get("baselines") or {}).items()},
-            {k: dict(v) for k, v in (data.get("neuron_counts") or {}).items()},
-            dict(data.get("metadata") or {}),
-            n_boot=int(boot.get("n_boot", DEFAULT_N_BOOT)),
-            seed=int(boot.get("seed", 0)),
-            level=float(boot.get("level", DEFAULT_LEVEL)),
+        return cls._from_doc(data, "the evaluation report given to EvaluationReport.from_dict")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "EvaluationReport":
+        """Read an ``evaluation.json`` (written by ``tl-lape evaluate``, ``run_demo`` or
+        :func:`~tl_lape.experiments.reports.write_report`): strictly parsed
+        (:func:`~tl_lape.formats.parse_json`), its checksum verified and every field checked
+        before anything is allocated, or one :class:`~tl_lape.LapeError` line naming the file.
+
+        Example:
+            >>> import tempfile, pathlib, torch
+            >>> from tl_lape.experiments.reports import write_report
+            >>> m = PerplexityMatrix(("en",), ("en",), torch.ones(2, 1, dtype=torch.float64),
+            ...                      torch.tensor([4]))
+            >>> folder = pathlib.Path(tempfile.mkdtemp())
+            >>> _ = write_report(EvaluationReport(m, n_boot=100), folder, "evaluation")
+            >>> EvaluationReport.load(folder / "evaluation.json").n_boot
+            100
+        """
+        p = existing_file(path, "evaluation report")
+        where = f"the evaluation file {str(p)!r}"
+        return cls._from_doc(parse_json(p.read_bytes(), where=where, advice=_REPORT_ADVICE), where)
+
+    @classmethod
+    def _from_doc(cls, data: Any, where: str) -> "EvaluationReport":
+        from tl_lape.experiments.reports import REPORT_JSON_VERSION
+
+        doc = check_tagged_json(
+            dict(data) if isinstance(data, Mapping) else data,
+            where=where,
+            tag=f"tl_lape.{cls.__name__}",
+            version=REPORT_JSON_VERSION,
+            advice=_REPORT_ADVICE,
         )
+        try:
+            if "lape" not in doc:
+                raise LapeError(
+                    "an evaluation report must be a dict with a 'lape' matrix (from "
+                    f"EvaluationReport.to_dict); received {_short(doc)}"
+                )
+            _known_keys(doc, _REPORT_KEYS, "an evaluation report")
+            random = doc.get("random", [])
+            baselines = _metadata(doc.get("baselines"), "baselines")
+            counts = _metadata(doc.get("neuron_counts"), "neuron_counts")
+            boot = _metadata(doc.get("bootstrap"), "bootstrap")
+            if random is None:
+                random = []
+            if not isinstance(random, list):
+                raise LapeError(f"random must be a list of matrices; received {_short(random)}")
+            for name, per_lang in counts.items():
+                if not isinstance(per_lang, dict):
+                    raise LapeError(
+                        f"neuron_counts[{name!r}] must map languages to counts; received "
+                        f"{_short(per_lang)}"
+                    )
+                _counts(list(per_lang.values()), f"neuron_counts[{name!r}]")
+            _known_keys(boot, ("n_boot", "seed", "level"), "bootstrap")
+            n_boot = boot.get("n_boot", DEFAULT_N_BOOT)
+            seed, level = boot.get("seed", 0), boot.get("level", DEFAULT_LEVEL)
+            _check_bootstrap_options(n_boot, seed, level)
+            return cls(
+                PerplexityMatrix.from_dict(doc["lape"]),
+                tuple(PerplexityMatrix.from_dict(m) for m in random),
+                {k: PerplexityMatrix.from_dict(m) for k, m in baselines.items()},
+                {k: dict(v) for k, v in counts.items()},
+                _metadata(doc.get("metadata"), "metadata"),
+                n_boot=n_boot,
+                seed=seed,
+                level=level,
+            )
+        except LapeError as err:
+            if str(err).startswith(where):
+                raise
+            raise LapeError(f"{where}: {err}; {_REPORT_ADVICE}") from None
 
     def to_markdown(self) -> str:
         """A Markdown report: the NLL-change matrix, per-language selectivity and the summary,

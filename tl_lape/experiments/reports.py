@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
-from tl_lape.formats import atomic_path, json_text
+from tl_lape.formats import atomic_path, tagged_json_text
 from tl_lape.html import markdown_html, neurons_html, page, png_img, stats_html
 from tl_lape.neurons import LanguageNeurons
 from tl_lape.stats import ActivationStats
 
 __all__ = [
+    "REPORT_JSON_VERSION",
     "Report",
     "format_summary",
     "report_page",
@@ -23,6 +24,9 @@ __all__ = [
     "write_report",
     "write_text",
 ]
+
+#: The version of a report's JSON file (``<stem>.json``), tagged ``"tl_lape.<class name>"``.
+REPORT_JSON_VERSION = 1
 
 
 @runtime_checkable
@@ -106,7 +110,10 @@ def write_report(
 ) -> str:
     """Write a report's figures, ``<stem>.json`` and (with ``markdown``) ``<stem>.md`` to ``out``.
 
-    Each file is written atomically; the names written are appended to ``files`` if given.
+    The JSON file is tagged (:func:`~tl_lape.formats.tagged_json_text`: ``format``
+    ``"tl_lape.<class name>"``, :data:`REPORT_JSON_VERSION`, a checksum), so
+    :meth:`~tl_lape.experiments.evaluation.EvaluationReport.load` can verify it. Each file is
+    written atomically; the names written are appended to ``files`` if given.
     The command line passes a temporary folder (see :func:`tl_lape.formats.atomic_dir`).
 
     Returns:
@@ -117,7 +124,11 @@ def write_report(
     for name, fig in report.figures().items():
         save_figure(fig, out / f"{name}.png")
         written.append(f"{name}.png")
-    write_text(out / f"{stem}.json", json_text(report.to_dict()))
+    tag = f"tl_lape.{type(report).__name__}"
+    write_text(
+        out / f"{stem}.json",
+        tagged_json_text(report.to_dict(), tag=tag, version=REPORT_JSON_VERSION),
+    )
     written.append(f"{stem}.json")
     text = str(report.to_markdown())
     if markdown:
