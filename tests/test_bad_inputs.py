@@ -96,6 +96,17 @@ ROWS: dict[str, str] = {
     "save-onto-folder": "it is a directory",
     "rucaibox-damaged": "the CRC-32 of its entry",
     "neurons-unknown-field": "which no tl_lape writes",
+    "corpus-fifo": "it is a named pipe (FIFO), not a regular file",
+    "corpus-folder": "it is a directory",
+    "corpus-dangling-link": "which does not exist",
+    "corpus-bom": "",
+    "out-not-a-regular-file": "not a regular file, which writing would replace",
+    "python-m": "",
+    "options-only-with": "only apply with",
+    "n-boot-huge": "n_boot must be an int from 1 to 100000",
+    "language-code-long": "characters)",
+    "corpus-text-no-folder": "names no folder",
+    "report-json-edited": "is damaged: the checksum of its content",
 }
 
 
@@ -1129,3 +1140,166 @@ def test_neurons_unknown_field(tmp_path: Path) -> None:
     with pytest.raises(LapeError, match=ROWS["neurons-unknown-field"]) as info:
         tl_lape.LanguageNeurons.load(path)
     assert "'checksuo'" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- the second probe
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "dangling-link"])
+def test_corpus_not_a_file(kind: str, text_corpus: Path, tmp_path: Path, capsys) -> None:
+    """A corpus file that is a named pipe would block the run forever; a folder or a dangling
+    link was reported as missing. Each is named for what it is, before the model loads."""
+    fr = text_corpus / "fr.txt"
+    fr.unlink()
+    if kind == "fifo":
+        os.mkfifo(fr)
+    elif kind == "folder":
+        fr.mkdir()
+    else:
+        fr.symlink_to(tmp_path / "nowhere.txt")
+    en = (text_corpus / "en.txt").read_bytes()
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", "no-such-model", "--corpus", f"text:{text_corpus}"]
+    message = _fails(
+        [*argv, "--languages", "en,fr", "--out", str(out)], ROWS[f"corpus-{kind}"], capsys
+    )
+    assert "'fr'" in message and str(fr) in message
+    assert not out.exists() and (text_corpus / "en.txt").read_bytes() == en
+
+
+def test_corpus_bom(tmp_path: Path) -> None:
+    """A byte-order mark (saved by some editors) is not text: the documents are those of the
+    same file without it (it used to stay glued to the first document's first word)."""
+    folder = tmp_path
+    (folder / "en.txt").write_bytes(b"The cat\nsat\n")
+    (folder / "fr.txt").write_bytes(b"\xef\xbb\xbf" + b"Le chat\nassis\n")
+    corpus = tl_lape.load_text_files(folder)
+    assert corpus == {"en": ["The cat", "sat"], "fr": ["Le chat", "assis"]}
+    with pytest.raises(LapeError, match="is not a text encoding Python knows"):
+        tl_lape.load_text_files(folder, encoding="no-such-codec")
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_out_not_a_regular_file(kind: str, stats_file: Path, tmp_path: Path, capsys) -> None:
+    """--out an existing device or named pipe: renaming the result onto it would replace the
+    device node (as root, even /dev/null). Refused before any work; it is left as it was."""
+    target = tmp_path / "target"
+    if kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a copy of /dev/null
+    else:
+        os.mkfifo(target)
+    before = stats_file.read_bytes()
+    argv = ["identify", str(stats_file), "--out", str(target), "--overwrite"]
+    message = _fails(argv, ROWS["out-not-a-regular-file"], capsys)
+    assert str(target) in message
+    assert target.is_char_device() if kind == "device" else target.is_fifo()
+    assert stats_file.read_bytes() == before
+
+
+def test_python_m_tl_lape() -> None:
+    """``python -m tl_lape`` is the ``tl-lape`` command (it used to say there is no
+    ``tl_lape.__main__``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tl_lape", "identify", "/no/such/stats", "--out", "x.json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("tl-lape identify: error: ")
+
+
+def test_options_only_with(stats_file: Path, neurons_file: Path, tmp_path: Path, capsys) -> None:
+    """An option that does nothing without another was silently ignored (a --stability-boot of
+    0 without --stability ran and exited 0); now it is refused, before any work."""
+    out = tmp_path / "out"
+    corpus = ["--model", "no-such-model", "--corpus", "text:/nowhere", "--languages", "en,fr"]
+    cases = [
+        (
+            ["collect", *corpus, "--checkpoint-every", "5"],
+            "--checkpoint-every only apply with --resume",
+        ),
+        (
+            ["identify", str(stats_file), "--stability-boot", "0"],
+            "--stability-boot only apply with --stability",
+        ),
+        (
+            ["evaluate", str(neurons_file), *corpus, "--pool", "5"],
+            "--pool only apply with --control activity",
+        ),
+        (
+            ["evaluate", str(neurons_file), *corpus, "--selector-sizes", "budget"],
+            "only apply with --stats",
+        ),
+    ]
+    before = (stats_file.read_bytes(), neurons_file.read_bytes())
+    for argv, said in cases:
+        message = _fails([*argv, "--out", str(out)], ROWS["options-only-with"], capsys)
+        assert said in message and "leave it out" in message
+        assert not out.exists()
+    assert (stats_file.read_bytes(), neurons_file.read_bytes()) == before
+
+
+def test_n_boot_huge(neurons_file: Path, tmp_path: Path, capsys) -> None:
+    """--n-boot 10**12 ran the whole evaluation, then died in the allocator with a traceback;
+    replicates are bounded (checks.MAX_N_BOOT) and refused before the model loads."""
+    out = tmp_path / "out"
+    argv = ["evaluate", str(neurons_file), "--model", "demo", "--corpus", "text:/nowhere"]
+    message = _fails(
+        [*argv, "--n-boot", str(10**12), "--out", str(out)], ROWS["n-boot-huge"], capsys
+    )
+    assert "received 1000000000000" in message and not out.exists()
+    from tl_lape.experiments.analysis import bootstrap_selection
+    from tl_lape.intervals import bootstrap_weights
+
+    with pytest.raises(LapeError, match=ROWS["n-boot-huge"]):
+        bootstrap_weights(3, n_boot=10**12, seed=0)
+    with pytest.raises(LapeError, match="n_boot must be an int from 2 to 100000"):
+        bootstrap_selection([_tiny_stats(), _tiny_stats(seed=1)], n_boot=10**9)
+
+
+def test_language_code_long(text_corpus: Path, tmp_path: Path, capsys) -> None:
+    """A 5,000-letter language code was printed whole: the one error line ran to 5 KB."""
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", "no-such-model", "--corpus", f"text:{text_corpus}"]
+    message = _fails(
+        [*argv, "--languages", "en," + "f" * 5000, "--out", str(out)],
+        ROWS["language-code-long"],
+        capsys,
+    )
+    assert len(message) < 400 and "(5004 characters)" in message  # the list's repr
+
+
+def test_corpus_text_no_folder(tmp_path: Path, capsys) -> None:
+    """``--corpus text:`` read <lang>.txt of the working directory, and said 'en.txt' does not
+    exist; it now says the folder is missing from the option."""
+    out = tmp_path / "stats.safetensors"
+    argv = ["collect", "--model", "no-such-model", "--corpus", "text:", "--out", str(out)]
+    _fails(argv, ROWS["corpus-text-no-folder"], capsys)
+
+
+def test_report_json_edited(tmp_path: Path) -> None:
+    """evaluation.json and study.json edited by hand were read back as edited (an edited
+    n_boot, or a success rate, became the report's); they carry a checksum now."""
+    from tl_lape.experiments.reports import write_report
+    from tl_lape.formats import tagged_json_text
+
+    matrix = tl_lape.PerplexityMatrix(
+        ("en",), ("en",), torch.ones(2, 1, dtype=torch.float64), torch.tensor([4])
+    )
+    write_report(tl_lape.EvaluationReport(matrix, n_boot=100), tmp_path, "evaluation")
+    path = tmp_path / "evaluation.json"
+    assert tl_lape.EvaluationReport.load(path).n_boot == 100
+    path.write_text(path.read_text(encoding="utf-8").replace('"n_boot": 100', '"n_boot": 7'))
+    with pytest.raises(LapeError, match=ROWS["report-json-edited"]):
+        tl_lape.EvaluationReport.load(path)
+    row = {"phase": "fresh", "setting": "english", "config": "lape", "method": "lape"}
+    doc = {"rows": [{**row, "target": "fr", "success_rate": 0.5}], "chosen": {}}
+    study = tmp_path / "study.json"
+    study.write_text(tagged_json_text(doc, tag="tl_lape.SteeringStudy", version=1))
+    assert tl_lape.SteeringStudy.load(tmp_path).rows[0]["success_rate"] == 0.5
+    study.write_text(study.read_text(encoding="utf-8").replace("0.5", "0.9"))
+    with pytest.raises(LapeError, match=ROWS["report-json-edited"]):
+        tl_lape.SteeringStudy.load(tmp_path)

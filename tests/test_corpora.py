@@ -191,7 +191,7 @@ def test_load_text_files_errors(tmp_path: Path) -> None:
         load_text_files(tmp_path)
     with pytest.raises(LapeError, match="is not a directory"):
         load_text_files(tmp_path / "missing")
-    with pytest.raises(LapeError, match="does not exist"):
+    with pytest.raises(LapeError, match="no such file"):
         load_text_files({"fr": tmp_path / "fr.txt"})
     with pytest.raises(LapeError, match="unit must be"):
         load_text_files(tmp_path, unit="sentence")  # type: ignore[arg-type]

@@ -244,6 +244,11 @@ def check_output_file(
             f"cannot write {what} {str(p)!r}: it is a directory; give a file name such as "
             f"{str(p / 'out')!r}"
         )
+    if not p.is_file() and (reason := _not_a_file(p)) is not None:
+        raise LapeError(
+            f"cannot write {what} {str(p)!r}: {reason}, which writing would replace; give "
+            "the path of a regular file"
+        )
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
         raise LapeError(
@@ -414,12 +419,44 @@ def existing_file(path: str | os.PathLike[str], what: str) -> Path:
     """
     p = Path(path)
     if not p.is_file():
-        reason = "it is a directory" if p.is_dir() else "no such file"
+        reason = _not_a_file(p) or "no such file"
         raise LapeError(
             f"cannot read {what} {str(p)!r}: {reason}; check the path (it was resolved against "
             f"the working directory {os.getcwd()!r})"
         )
     return p
+
+
+def _not_a_file(p: Path) -> str | None:
+    """What stands at ``p`` if it exists and is not a regular file (None otherwise): reading a
+    FIFO would wait for a writer forever, and renaming a file onto a device replaces it."""
+    if p.is_dir():
+        return "it is a directory"
+    if p.is_symlink():
+        try:
+            p.stat()
+        except FileNotFoundError:
+            return f"it is a symbolic link to {os.readlink(p)!r}, which does not exist"
+        except OSError as err:  # a loop of links
+            return f"it is a symbolic link that cannot be followed ({err.strerror or err})"
+    for test, kind in (
+        (p.is_fifo, "a named pipe (FIFO)"),
+        (p.is_char_device, "a character device"),
+        (p.is_block_device, "a block device"),
+        (p.is_socket, "a socket"),
+    ):
+        try:
+            if test():
+                return f"it is {kind}, not a regular file"
+        except OSError:  # a symbolic-link loop, a name too long
+            break
+    try:
+        p.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"it cannot be opened ({err.strerror or err})"
+    return None
 
 
 # --------------------------------------------------------------------------- tagged safetensors

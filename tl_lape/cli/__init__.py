@@ -124,7 +124,7 @@ def _add_collect_command(sub: Any) -> None:
     collect.add_argument(
         "--checkpoint-every",
         type=int,
-        default=1000,
+        default=None,
         help="windows between checkpoints with --resume (default: 1000)",
     )
     collect.add_argument(
@@ -173,7 +173,7 @@ def _add_identify_command(sub: Any) -> None:
     identify.add_argument(
         "--stability-boot",
         type=int,
-        default=200,
+        default=None,
         help="bootstrap replicates for --stability (default: 200)",
     )
     _add_overwrite_option(identify)
@@ -210,13 +210,13 @@ def _add_evaluate_command(sub: Any) -> None:
     evaluate.add_argument(
         "--pool",
         type=int,
-        default=DEFAULT_POOL,
+        default=None,
         help="with --control activity: nearest candidates each draw picks from (1: the nearest, "
         "one set; needs --n-random 1)",
     )
     evaluate.add_argument(
         "--selector-sizes",
-        default="language",
+        default=None,
         choices=["language", "budget"],
         help="with --stats: give lap and lave as many neurons per language as the set has "
         "('language') or the same total budget split their own way ('budget', the paper)",
@@ -508,6 +508,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     if args.resume is not None and Path(args.resume).is_dir():
         check_output_file(args.resume, "checkpoint", overwrite=True)  # says: it is a directory
     inputs = _inputs(args)
+    _only_with([("--checkpoint-every", args.checkpoint_every)], args.resume is not None, "--resume")
+    if args.checkpoint_every is None:
+        args.checkpoint_every = 1000
     check_output_file(args.out, "statistics file", overwrite=args.overwrite, inputs=inputs)
     _check_collect_sizes(args)
     if args.resume is not None:
@@ -644,6 +647,11 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     from tl_lape.stats import ActivationStats
 
     inputs, overwrite = _inputs(args), args.overwrite
+    _only_with(
+        [("--stability-boot", args.stability_boot)], args.stability is not None, "--stability"
+    )
+    if args.stability_boot is None:
+        args.stability_boot = 200
     targets = [check_output_file(args.out, "neuron-set file", overwrite=overwrite, inputs=inputs)]
     if args.rucaibox is not None:
         targets.append(
@@ -709,6 +717,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tl_lape.neurons import LanguageNeurons
     from tl_lape.stats import ActivationStats
 
+    _only_with([("--pool", args.pool)], args.control == "activity", "--control activity")
+    _only_with([("--selector-sizes", args.selector_sizes)], args.stats is not None, "--stats")
     check_report_folder(args.out, overwrite=args.overwrite, inputs=_inputs(args))
     _check_collect_sizes(args)
     _check_model_source(args.model, args.device)
@@ -722,8 +732,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "positions_per_window": args.positions_per_window,
         "control": args.control,
-        "pool": args.pool,
-        "selector_sizes": args.selector_sizes,
+        "pool": DEFAULT_POOL if args.pool is None else args.pool,
+        "selector_sizes": args.selector_sizes or "language",
         "n_boot": args.n_boot,
         "level": args.level,
     }
@@ -768,18 +778,13 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     if args.study:
         return _cmd_steer_study(args)
     study_only = [
-        opt
-        for opt, value in (
-            ("--means", args.means),
-            ("--n-random", args.n_random),
-            ("--n-content", args.n_content),
-            ("--diffmean-layers", args.diffmean_layers),
-            ("--diffmean-strengths", args.diffmean_strengths),
-        )
-        if value is not None
+        ("--means", args.means),
+        ("--n-random", args.n_random),
+        ("--n-content", args.n_content),
+        ("--diffmean-layers", args.diffmean_layers),
+        ("--diffmean-strengths", args.diffmean_strengths),
     ]
-    if study_only:
-        raise LapeError(f"{', '.join(study_only)} only apply with --study; add --study")
+    _only_with(study_only, False, "--study")
     sweep_kwargs = _steer_kwargs(args)
     _check_model_source(args.model, args.device)
     stats = ActivationStats.load(args.stats)
@@ -1096,6 +1101,17 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
             if folder.is_dir():
                 found += [("corpus file", p) for p in sorted(folder.iterdir()) if p.is_file()]
     return found
+
+
+def _only_with(options: Sequence[tuple[str, Any]], enabled: bool, needed: str) -> None:
+    """Refuse options given (not None) that do nothing unless ``needed`` is given too: an
+    option silently ignored looks like an option that worked."""
+    given = [name for name, value in options if value is not None]
+    if given and not enabled:
+        raise LapeError(
+            f"{', '.join(given)} only apply with {needed}; add {needed}, or leave "
+            f"{'it' if len(given) == 1 else 'them'} out"
+        )
 
 
 def _check_at_least_one(args: argparse.Namespace, names: Sequence[str]) -> None:

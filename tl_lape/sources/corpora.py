@@ -29,6 +29,7 @@ Example:
     (['en', 'fr'], True)
 """
 
+import codecs
 import gzip
 import hashlib
 import html.parser
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_lape.errors import LapeError
-from tl_lape.formats import atomic_path, parse_json
+from tl_lape.formats import atomic_path, existing_file, parse_json
 
 __all__ = [
     "HANDBOOK_LOCALES",
@@ -941,11 +942,17 @@ def load_text_files(
         )
     corpus: dict[str, list[str]] = {}
     for lang in wanted:
-        path = paths[lang]
-        if not path.is_file():
-            raise LapeError(f"The text file for language {lang!r} does not exist: {str(path)!r}.")
+        path = existing_file(paths[lang], f"the text file for language {lang!r}")
+        # A byte-order mark is not text: utf-8-sig drops one at the start (and reads the rest
+        # as utf-8), so a file saved by an editor that adds one gives the same documents.
         try:
-            raw = path.read_text(encoding=encoding)
+            codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+        except LookupError:
+            raise LapeError(
+                f"encoding {encoding!r} is not a text encoding Python knows; pass e.g. 'utf-8'"
+            ) from None
+        try:
+            raw = path.read_text(encoding=codec)
         except UnicodeDecodeError as err:
             line = path.read_bytes()[: err.start].count(b"\n") + 1
             raise LapeError(
@@ -1152,6 +1159,11 @@ def load_corpus(
     if source == "libreoffice":
         return dict(load_libreoffice_help(languages=langs, split=split))
     if source.startswith("text:"):
+        if not source[len("text:") :].strip():
+            raise LapeError(
+                f"the corpus source {source!r} names no folder; write 'text:DIR', DIR holding "
+                "<lang>.txt files (e.g. 'text:.' for the working directory)"
+            )
         folder = Path(source[len("text:") :])
         return dict(load_text_files({lang: folder / f"{lang}.txt" for lang in langs}))
     if source.startswith("hf:"):
