@@ -41,7 +41,14 @@ from tl_lape.interventions.generation import (
     generate_texts_and_tokens,
     generate_with_hook_sets,
 )
-from tl_lape.interventions.hooks import DEFAULT_MODE, MODES, FwdHooks, Mode, steering_hooks
+from tl_lape.interventions.hooks import (
+    DEFAULT_MODE,
+    MODES,
+    FwdHooks,
+    Mode,
+    Positions,
+    steering_hooks,
+)
 from tl_lape.judging.identification import LanguageIdentifier
 from tl_lape.judging.metrics import reference_nll
 from tl_lape.judging.outputs import (
@@ -166,6 +173,7 @@ def config_hooks(
     *,
     source: str | None = None,
     model: Any = None,
+    positions: Positions = None,
 ) -> FwdHooks:
     """The hooks of one steering configuration toward ``target``: the one place a configuration
     becomes hooks (:func:`steer`, the sweep and the study all call it).
@@ -177,6 +185,8 @@ def config_hooks(
         target: The language steered into.
         source: The prompts' language (for ``deactivate="source"``).
         model: The model the hooks are for (checks the set fits it).
+        positions: Which positions to steer (see :mod:`tl_lape.interventions.hooks`; None:
+            all, the prompt's too; ``"new"``: the generated tokens only).
 
     Returns:
         :func:`~tl_lape.interventions.hooks.steering_hooks` with the deactivated languages of
@@ -191,6 +201,7 @@ def config_hooks(
         strength=config.strength,
         deactivate=off or None,
         model=model,
+        positions=positions,
     )
 
 
