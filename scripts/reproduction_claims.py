@@ -100,6 +100,9 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
             f"{'n/a' if jac is None else f'{jac:.2f}'} |"
         )
     count = est.lape.n_own_largest
+    # The run that evaluated this budget: this one or an earlier one into the same folder.
+    runs = [summary, *reversed(summary.get("earlier_runs", []))]
+    run = next((r for r in runs if f"evaluate_{tag}_s" in r.get("timings", {})), {})
     ratio = est.selectivity_ratio
     data = {
         "corpus": summary.get("corpus"),
@@ -128,9 +131,9 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         "baseline_mean_differences": {k: _est(v) for k, v in est.baseline_mean_differences.items()},
         "neuron_counts": report.neuron_counts,
         "rows": rows,
-        "evaluate_s": summary.get("timings", {}).get(f"evaluate_{tag}_s"),
-        "total_s": summary.get("timings", {}).get("total_s"),
-        "machine": summary.get("machine"),
+        "evaluate_s": run.get("timings", {}).get(f"evaluate_{tag}_s"),
+        "total_s": run.get("timings", {}).get("total_s"),
+        "machine": run.get("machine"),
         "n_boot": est.n_boot,
         "level": est.level,
     }
