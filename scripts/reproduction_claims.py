@@ -218,6 +218,46 @@ def _nearest(folder: Path, tag: str) -> dict[str, Any] | None:
     }
 
 
+def _glance(out: dict[str, Any]) -> list[str]:
+    """One row per corpus and budget: the headline claims with their intervals."""
+    lines = [
+        "| corpus | budget | draws | own language rises most | own rise > 0 | p = min | "
+        "mean selectivity | LAPE − random | LAPE − LAP | LAPE − LAVE |",
+        "| --- | --- | ---: | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for corpus, budgets in out.items():
+        if corpus == "cross_corpus_jaccard":
+            continue
+        for tag, d in budgets.items():
+            rows = d["rows"]
+            count = d["n_own_largest"]
+            rises = [r["language"] for r in rows if (r["own_rise"]["low"] or 0) > 0]
+            floor = d["min_p_value"]
+            at_floor = [r["language"] for r in rows if r["p_value"] == floor]
+            diffs = d["baseline_mean_differences"]
+
+            def f(e: dict[str, Any] | None) -> str:
+                if e is None or e["value"] is None:
+                    return "n/a"
+                if e["low"] is None:
+                    return f"{e['value']:+.3f} ± n/a"
+                return f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+
+            draws = f"{d['n_random']}" + (" (nearest)" if d.get("pool") == 1 else "")
+            lines.append(
+                f"| {corpus} | {tag} | {draws} | {count['value']:.0f} of {len(rows)} "
+                f"[{count['low']:.0f}, {count['high']:.0f}] | {' '.join(rises)} | "
+                + (
+                    f"{len(at_floor)} of {len(rows)} (p = {floor:.3g})"
+                    if floor is not None and floor < 0.05
+                    else f"n/a (floor {floor:.3g})"
+                )
+                + f" | {f(d['mean_selectivity'])} | {f(d['random_difference'])} | "
+                f"{f(diffs.get('lap'))} | {f(diffs.get('lave'))} |"
+            )
+    return ["### At a glance", "", *lines]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, required=True)
@@ -250,6 +290,7 @@ def main() -> None:
             text += [f"| {tag} | " + " | ".join(f"{v:.2f}" for v in values) + " |"]
         out["cross_corpus_jaccard"] = cross
         text.append("")
+    text = [*_glance(out), "", *text]
     (args.root / "claims.json").write_text(json_text(out), encoding="utf-8")
     title = "# The reproduction's claims with their intervals (written by reproduction_claims.py)"
     (args.root / "claims.md").write_text("\n".join([title, "", *text]), encoding="utf-8")
