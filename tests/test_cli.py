@@ -270,11 +270,24 @@ def test_steer_study_writes_the_study_report(
     argv += ["--max-new-tokens", "3", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     study = json.loads((out / "study.json").read_text(encoding="utf-8"))
-    assert set(study["chosen"]) == {"lape", "diffmean"}
+    assert set(study["chosen"]) == {"lape", "diffmean", "clas"}
     fresh = [r for r in study["rows"] if r["phase"] == "fresh"]
-    assert {r["method"] for r in fresh} == {"none", "prompt", "lape", "random", "diffmean"}
+    assert {r["method"] for r in fresh} == {
+        "none",
+        "prompt",
+        "lape",
+        "random",
+        "diffmean",
+        "random_diffmean",
+        "clas",
+        "random_clas",
+        "combined",
+    }
     assert {r["setting"] for r in fresh} == {"english", "neutral"}  # no handbook: no content
-    assert {r["deactivate"] for r in study["rows"] if r["method"] == "lape"} == {"none", "others"}
+    # Equal budgets: every method tried as many configurations as the smallest grid holds.
+    tuning = study["metadata"]["tuning"]["methods"]
+    assert tuning["lape"]["grid"] == 2  # add x2 at 10%, deactivation none and others
+    assert {t["configurations"] for t in tuning.values()} == {1}
     assert sorted(p.name for p in out.iterdir()) == [
         ".tl_lape",  # the mark of a folder tl_lape wrote
         "steering_study_english.png",

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from tl_lape import LapeError
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.collection.residual_means import ResidualMeans
+from tl_lape.experiments.steering_prompts import few_shot_examples
 from tl_lape.experiments.steering_study import (
     FRESH_ENGLISH_PROMPTS,
     FRESH_NEUTRAL_PROMPTS,
@@ -122,6 +123,7 @@ def study(demo, heldout, parallel, handbook_cache) -> SteeringStudy:
         demo, train, max_tokens_per_language=2048, progress=False, residual_means=True
     )
     prompts = {"english": FRESH_ENGLISH_PROMPTS[:3], "neutral": FRESH_NEUTRAL_PROMPTS[:3]}
+    evaluation = [t for lang in ("fr", "zh") for t in heldout[lang]]
     return run_steering_study(
         demo,
         stats,
@@ -129,14 +131,24 @@ def study(demo, heldout, parallel, handbook_cache) -> SteeringStudy:
         reference_corpus=heldout,
         parallel=parallel,
         targets=["fr", "zh"],
-        dev_prompts={"english": ("The server", "To install"), "neutral": ("1.", "/etc/")},
+        dev_prompts={
+            "english": ("The server", "To install", "When the system", "This file"),
+            "neutral": ("1.", "/etc/", "42", "grep"),
+        },
         fresh_prompts=prompts,
-        n_content=2,
+        n_content=4,
         top_rates=(0.01, 0.02),
         strengths=STRENGTHS,
         deactivate=("others",),
         diffmean_layers=(1, 2),
-        diffmean_strengths=(1.0,),
+        diffmean_strengths=(1.0, 4.0),
+        clas_layer_ranges=[(0, 2), (1, 3)],
+        clas_strengths=(2.0, 8.0),
+        dev_budget=4,
+        halving_rounds=1,
+        positions=("all", "new"),
+        doses=(0.5, 2.0),
+        few_shot=few_shot_examples(train, ["fr", "zh"], k=2, exclude=evaluation),
         n_random=2,
         max_new_tokens=6,
         progress=False,
@@ -145,39 +157,87 @@ def study(demo, heldout, parallel, handbook_cache) -> SteeringStudy:
 
 def test_study_sweeps_chooses_on_dev_and_reports_on_fresh(study):
     dev = study.select(phase="dev")
-    lape_dev = [r for r in dev if r["method"] == "lape"]
-    # 2 budgets x 3 (mode, strength) x 1 deactivation, x 2 targets x 3 settings
-    assert len(lape_dev) == 2 * 3 * 2 * 3
-    assert len([r for r in dev if r["method"] == "diffmean"]) == 2 * 2 * 3
+    # Equal budgets: each method tried 4 configurations (LAPE of its 6, DiffMean and CLaS all
+    # 4), 2 in round 1 of the halving, on the same prompts.
+    tuning = study.metadata["tuning"]
+    assert tuning["dev_budget"] == 4 and tuning["halving_rounds"] == 1
+    assert tuning["prompts_per_round"] == {"english": [2, 2], "neutral": [2, 2], "content": [2, 2]}
+    for method, grid in (("lape", 6), ("diffmean", 4), ("clas", 4)):
+        t = tuning["methods"][method]
+        assert (t["grid"], t["configurations"], t["per_round"]) == (grid, 4, [4, 2])
+        rows = [r for r in dev if r["method"] == method]
+        # round 0: 4 configurations, round 1: 2, x 2 targets x 3 settings, 2 prompts each
+        assert len([r for r in rows if r["round"] == 0]) == 4 * 2 * 3
+        assert len([r for r in rows if r["round"] == 1]) == 2 * 2 * 3
+        assert t["outputs"] == sum(r["n"] for r in rows) == (4 + 2) * 2 * 3 * 2
     for r in study.rows:
         for key in ("target_rate", "lingua_rate", "agreement", "fluent_rate", "success_rate"):
             assert 0.0 <= r[key] <= 1.0
         assert r["success_rate"] <= min(r["target_rate"], r["fluent_rate"])
         assert ("combined" in r) == (r["setting"] == "content")
-    # The chosen LAPE configuration has the best development score of all LAPE configurations.
-    chosen = study.chosen["lape"]
-    labels = {r["config"] for r in lape_dev}
-    assert chosen["label"] in labels
 
     def score(label):
+        """Pooled over both rounds' chunks per (setting, target), by hand."""
         rows = [r for r in dev if r["config"] == label]
-        vals = [r["combined"] if r["setting"] == "content" else r["success_rate"] for r in rows]
+        cells = {}
+        for r in rows:
+            cells.setdefault((r["setting"], r["target"]), []).append(r)
+        vals = []
+        for (setting, _), group in cells.items():
+            n = sum(r["n"] for r in group)
+            s = sum(r["success_rate"] * r["n"] for r in group) / n
+            if setting == "content":
+                rel = sum(r["relevant_rate"] * r["n"] for r in group) / n
+                s = harmonic_mean(s, rel)
+            vals.append(s)
         return (sum(v >= 0.5 for v in vals), round(sum(vals) / len(vals), 4))
 
-    assert list(score(chosen["label"])) == chosen["score"]
-    assert all(score(label) <= score(chosen["label"]) for label in labels)
-    # The random control curve on dev: the chosen mode, budget and deactivation, every strength.
-    control = study.select(phase="dev", method="random")
-    assert {r["strength"] for r in control} == set(STRENGTHS[chosen["mode"]])
-    assert {(r["mode"], r["top_rate"], r["seed"]) for r in control} == {
-        (chosen["mode"], chosen["top_rate"], 0)
-    }
+    for method in ("lape", "diffmean", "clas"):
+        chosen = study.chosen[method]
+        finalists = {r["config"] for r in dev if r["method"] == method and r["round"] == 1}
+        assert chosen["label"] in finalists
+        assert list(score(chosen["label"])) == chosen["score"]
+        assert all(score(label) <= score(chosen["label"]) for label in finalists)
+        # A finalist ran on every development prompt of every setting, once.
+        runs = [o for o in study.outputs if o["config"] == chosen["label"] and o["phase"] == "dev"]
+        assert sorted({o["prompt_index"] for o in runs if o["setting"] == "english"}) == [
+            0,
+            1,
+            2,
+            3,
+        ]
     fresh = study.select(phase="fresh")
-    assert {r["method"] for r in fresh} == {"none", "prompt", "lape", "random", "diffmean"}
-    assert {r["seed"] for r in fresh if r["method"] == "random"} == {0, 1}
+    assert {r["method"] for r in fresh} == {
+        "none",
+        "prompt",
+        "fewshot",
+        "lape",
+        "random",
+        "diffmean",
+        "random_diffmean",
+        "clas",
+        "random_clas",
+        "combined",
+        "lape_new",
+        "diffmean_new",
+        "clas_new",
+        "combined_new",
+    }
+    for method in ("random", "random_diffmean", "random_clas"):
+        assert {r["seed"] for r in fresh if r["method"] == method} == {0, 1}
     assert {r["setting"] for r in fresh} == {"english", "neutral", "content"}
     assert all(r["n"] == 3 for r in fresh if r["setting"] != "content")
+    chosen = study.chosen["lape"]
     assert {r["config"] for r in fresh if r["method"] == "lape"} == {chosen["label"]}
+    combined = study.select(phase="fresh", method="combined")
+    assert {(r["mode"], r["strength"], r["layer"], r["dm_strength"]) for r in combined} == {
+        (
+            chosen["mode"],
+            chosen["strength"],
+            study.chosen["diffmean"]["layer"],
+            study.chosen["diffmean"]["strength"],
+        )
+    }
     by_hand = [
         r["target"]
         for r in study.select(phase="fresh", setting="english", method="lape")
@@ -191,6 +251,66 @@ def test_study_sweeps_chooses_on_dev_and_reports_on_fresh(study):
     ]
     assert study.targets_reached("english", "lape") == by_hand
     assert study.throughput["ratio"] > 0
+
+
+def test_random_controls_record_the_norm_they_were_matched_to(study):
+    """LAPE's random sets run at the strength found to add LAPE's norm; each row records the
+    strength applied, the norm it adds and LAPE's, and the report gives the largest gap. (With
+    the other languages' neurons switched off, the random sets' zeroing alone can add more than
+    LAPE does, so the match is not always reachable: the demo study's chosen replace/others
+    configuration leaves a gap; tests/test_norms.py checks the match where it is reachable.)"""
+    rows = study.select(phase="fresh", method="random")
+    assert rows
+    for r in rows:
+        assert r["added_norm"] > 0 and r["matched_norm"] > 0
+        assert isinstance(r["applied_strength"], float)
+    assert "largest relative gap" in study.to_markdown()
+    assert len(study.metadata["norm_prompts"]) == 12  # 4 per setting
+
+
+def test_few_shot_prompts_carry_train_examples_and_positions_variants_differ(study):
+    fewshot = [o for o in study.outputs if o["method"] == "fewshot"]
+    assert fewshot
+    for o in fewshot:
+        examples = study.metadata["few_shot"][o["target"]]
+        assert o["prompt"].startswith("\n".join(examples) + "\n")
+    new = study.select(phase="fresh", method="lape_new")
+    assert {r["positions"] for r in new} == {"new"}
+    assert all(r["config"].endswith("@new") for r in new)
+
+
+def test_dose_response_curves_per_method(study):
+    """Every steering method and its first random control at each dose times the chosen
+    strength, on the development prompts; the figure and the Markdown table show them."""
+    dose = study.select(phase="dose")
+    assert {r["method"] for r in dose} == {
+        "lape",
+        "random",
+        "diffmean",
+        "random_diffmean",
+        "clas",
+        "random_clas",
+        "combined",
+    }
+    assert {r["dose"] for r in dose} == {0.5, 2.0}
+    lape = study.chosen["lape"]
+    for r in dose:
+        if r["method"] in ("lape", "random", "combined"):
+            assert r["strength"] == pytest.approx(lape["strength"] * r["dose"])
+        if r["method"] == "random":
+            assert r["seed"] == 0
+        assert r["n"] == 4  # every development prompt (4 per setting, 4 content items)
+    curves = study.dose_response("english")
+    assert set(curves) == {r["method"] for r in dose}
+    assert [x for x, _, _ in curves["lape"]] == [0.5, 2.0]
+    text = study.to_markdown()
+    assert "Dose-response, english prompts" in text and "Equal tuning budgets" in text
+    figs = study.figures()
+    assert set(figs) == {
+        "steering_study_english",
+        "steering_study_neutral",
+        "steering_study_content",
+    }
 
 
 def test_study_report_files(study, tmp_path):
@@ -235,8 +355,8 @@ def test_study_keeps_every_output_with_its_verdicts(study, tmp_path):
         mine = [
             o
             for o in study.outputs
-            if (o["phase"], o["setting"], o["config"], o["target"])
-            == (row["phase"], row["setting"], row["config"], row["target"])
+            if (o["phase"], o["setting"], o["config"], o["target"], o.get("round"))
+            == (row["phase"], row["setting"], row["config"], row["target"], row.get("round"))
         ]
         assert len(mine) == row["n"]
         assert sum(o["success"] for o in mine) / row["n"] == pytest.approx(row["success_rate"])
@@ -308,6 +428,26 @@ def test_study_bad_input(demo, heldout, parallel, handbook_cache):
         ({"parallel": [{"en": "a", "fr": "b"}] * 4, "n_content": 2}, "no text for \\['zh'\\]"),
         ({"filter_rate": 1.5}, "filter_rate must be a number strictly between 0 and 1"),
         ({"activation_bar_ratio": 0.0}, "activation_bar_ratio must be a number strictly between"),
+        (
+            {"dev_budget": 100},
+            r"dev_budget=100 configurations per method, but the grids have \{'lape': 48, "
+            r"'diffmean': 9, 'clas': 12\}",
+        ),
+        ({"dev_budget": 0}, "dev_budget must be a positive int; received 0"),
+        (
+            {"halving_rounds": -1},
+            r"halving_rounds must be an int of at least 0 \(0: a plain sweep\); received -1",
+        ),
+        ({"positions": ["everywhere"]}, r"positions must be one of \['all', 'new'\]"),
+        ({"positions": ["new", "new"]}, "positions must be distinct"),
+        ({"doses": [0.0, 1.0]}, r"doses must be positive multiples .* received \[0.0, 1.0\]"),
+        ({"dose_prompts": 0}, "dose_prompts must be a positive int; received 0"),
+        (
+            {"few_shot": {"fr": ["Bonjour."]}},
+            r"few_shot has no example texts for target\(s\) \['zh'\]",
+        ),
+        ({"clas_layer_ranges": [(2, 1)]}, r"clas_layer_ranges must be \(first, end\) pairs"),
+        ({"clas_strengths": [float("nan")]}, "clas_strengths must hold finite numbers"),
     ],
 )
 def test_study_inputs_are_checked_before_anything_runs(demo, heldout, change, message):

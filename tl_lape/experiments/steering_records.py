@@ -52,13 +52,24 @@ __all__ = [
 #: The method differences a study reports, first minus second.
 METHOD_PAIRS: tuple[tuple[str, str], ...] = (
     ("lape", "diffmean"),
+    ("lape", "clas"),
     ("lape", "random"),
     ("lape", "prompt"),
+    ("lape", "fewshot"),
     ("lape", "none"),
+    ("diffmean", "random_diffmean"),
     ("diffmean", "random"),
     ("diffmean", "prompt"),
     ("diffmean", "none"),
+    ("clas", "random_clas"),
+    ("clas", "diffmean"),
+    ("combined", "lape"),
+    ("combined", "diffmean"),
+    ("lape_new", "lape"),
+    ("diffmean_new", "diffmean"),
+    ("fewshot", "prompt"),
     ("prompt", "none"),
+    ("fewshot", "none"),
 )
 
 

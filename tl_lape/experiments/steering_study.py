@@ -50,14 +50,14 @@ Example:
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_lape.checks import check_choice
+from tl_lape.checks import check_choice, check_positive_int
 from tl_lape.collection.residual_means import ResidualMeans
 from tl_lape.errors import LapeError
 from tl_lape.experiments.steering import (
@@ -70,17 +70,25 @@ from tl_lape.experiments.steering import (
     one_line,
     selection_thresholds,
 )
+from tl_lape.experiments.steering_prompts import few_shot_prompt
 from tl_lape.experiments.steering_records import (
     choose_examples,
     output_records,
     paired_differences,
     success_estimates,
 )
+from tl_lape.experiments.tuning import (
+    check_rounds,
+    halving_chunks,
+    sample_configs,
+    successive_halving,
+)
 from tl_lape.formats import atomic_dir, check_tagged_json, parse_json, tagged_json_text
 from tl_lape.intervals import Estimate
 from tl_lape.interventions.diffmean import diffmean_hooks
 from tl_lape.interventions.generation import generate_texts_and_tokens, generate_with_hook_sets
-from tl_lape.interventions.hooks import MODES, FwdHooks
+from tl_lape.interventions.hooks import MODES, FwdHooks, Positions
+from tl_lape.interventions.norms import added_norm, matched_strength
 from tl_lape.judging.content import check_sacrebleu, harmonic_mean, judge_content
 from tl_lape.judging.continuation import content_nll
 from tl_lape.judging.identification import OTHER, LanguageIdentifier
@@ -174,11 +182,24 @@ _ROW_NUMBERS = (
     "combined",
     "strength",
     "top_rate",
+    "layer_end",
+    "dm_strength",
+    "dose",
+    "round",
+    "applied_strength",
+    "added_norm",
+    "matched_norm",
 )
 
 
 def _number_or_null(value: Any) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+#: Where the study's hooks may act: every position (the prompt's too) or the new tokens only.
+POSITIONS: tuple[str, ...] = ("all", "new")
+#: The default multiples of each chosen strength for the dose-response curves.
+DEFAULT_DOSES: tuple[float, ...] = (0.5, 1.0, 2.0)
 
 
 #: The strengths swept per LAPE mode by default.
@@ -209,33 +230,71 @@ def content_prompts(
 
 @dataclass(frozen=True)
 class _Config:
-    """One configuration of one method of the study; its fields become a row's fields."""
+    """One configuration of one method of the study; its fields become a row's fields.
 
-    method: str  # lape | random | diffmean | prompt | none
+    Methods: ``lape``; ``random`` (LAPE's configuration on a random set, norm-matched when the
+    plan says so); ``diffmean`` (one layer); ``clas`` (CLaS-Bench's form: the unit direction
+    times ``strength`` at layers ``layer`` to ``layer_end - 1``); ``random_diffmean`` and
+    ``random_clas`` (the same with a random direction of the same norm); ``combined`` (LAPE's
+    configuration plus DiffMean at ``layer`` with ``dm_strength``); ``prompt``, ``fewshot``
+    and ``none`` (no hooks). ``positions``: ``"all"`` (the prompt's positions too) or
+    ``"new"``; ``dose``: the multiple of the chosen strength (dose-response rows).
+    """
+
+    method: str
     mode: str = ""
     strength: float = 0.0
     top_rate: float = 0.0
     deactivate: str = "none"
     layer: int = -1
     seed: int = 0
+    layer_end: int = -1
+    dm_strength: float = 0.0
+    positions: str = "all"
+    dose: float = 1.0
+
+    def key(self) -> str:
+        """The method as rows and records name it: ``lape``, or ``lape_new`` at new positions."""
+        return self.method if self.positions == "all" else f"{self.method}_{self.positions}"
 
     def label(self) -> str:
+        seed = f" seed={self.seed}" if self.method.startswith("random") else ""
+        tail = ("" if self.positions == "all" else f" @{self.positions}") + (
+            "" if self.dose == 1.0 else f" dose={self.dose:g}"
+        )
+        lape = (
+            f"{self.mode} x{self.strength:g} @{self.top_rate:g} off={self.deactivate}"
+            if self.mode
+            else ""
+        )
         if self.method in ("lape", "random"):
+            return f"{self.method} {lape}{seed}{tail}"
+        if self.method in ("diffmean", "random_diffmean"):
+            return f"{self.method} L{self.layer} x{self.strength:g}{seed}{tail}"
+        if self.method in ("clas", "random_clas"):
             return (
-                f"{self.method} {self.mode} x{self.strength:g} @{self.top_rate:g}"
-                f" off={self.deactivate}"
-                + (f" seed={self.seed}" if self.method == "random" else "")
+                f"{self.method} L{self.layer}-{self.layer_end - 1} a{self.strength:g}{seed}{tail}"
             )
-        if self.method == "diffmean":
-            return f"diffmean L{self.layer} x{self.strength:g}"
+        if self.method == "combined":
+            return f"combined {lape} + L{self.layer} x{self.dm_strength:g}{tail}"
         return self.method
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
 
-    def steering(self) -> SteeringConfig:
-        """The steering configuration of a ``lape`` or ``random`` configuration."""
-        return SteeringConfig(mode=self.mode, strength=self.strength, deactivate=self.deactivate)
+    def steering(self, strength: float | None = None) -> SteeringConfig:
+        """The LAPE part of a ``lape``, ``random`` or ``combined`` configuration."""
+        return SteeringConfig(
+            mode=self.mode,
+            strength=self.strength if strength is None else strength,
+            deactivate=self.deactivate,
+        )
+
+    def scaled(self, dose: float) -> "_Config":
+        """The same configuration at ``dose`` times its strength(s)."""
+        return replace(
+            self, strength=self.strength * dose, dm_strength=self.dm_strength * dose, dose=dose
+        )
 
 
 @dataclass
@@ -536,7 +595,7 @@ class SteeringStudy:
                 )
             lines += ["", f"Mean success: LAPE {100 * a:.1f}%, DiffMean {100 * b:.1f}%: {verdict}."]
         if content:
-            for method in ("lape", "diffmean", "prompt"):
+            for method in ("lape", "diffmean", "clas", "combined", "prompt", "fewshot"):
                 rows = [r for r in fresh if r["method"] == method]
                 if rows:
                     above = [r["target"] for r in rows if r["mean_gain"] > 0]
@@ -606,6 +665,7 @@ class SteeringStudy:
         ]
         for method, cfg in self.chosen.items():
             lines.append(f"- {method}: `{cfg['label']}` (dev score {cfg['score']})")
+        lines += self._tuning_lines()
         for setting in dict.fromkeys(r["setting"] for r in self.rows):
             fresh = self.select(phase="fresh", setting=setting)
             if not fresh:
@@ -682,6 +742,55 @@ class SteeringStudy:
                     )
         return "\n".join(lines) + "\n"
 
+    def _tuning_lines(self) -> list[str]:
+        """The tuning budgets (what each method tried) and the dose-response table."""
+        tuning = self.metadata.get("tuning")
+        lines: list[str] = []
+        if isinstance(tuning, dict) and tuning.get("methods"):
+            lines += [
+                "",
+                f"Equal tuning budgets: every method tried {tuning['dev_budget']} "
+                f"configurations of its grid on the same development prompts, by "
+                f"{tuning['halving_rounds']} rounds of successive halving (prompts per round "
+                f"and setting: {tuning['prompts_per_round']}).",
+                "",
+                "| method | grid | tried | per round | outputs generated |",
+                "| --- | ---: | ---: | --- | ---: |",
+            ]
+            for method, t in tuning["methods"].items():
+                lines.append(
+                    f"| {method} | {t['grid']} | {t['configurations']} | "
+                    f"{', '.join(map(str, t['per_round']))} | {t['outputs']} |"
+                )
+        matched = [r for r in self.select(phase="fresh") if r.get("matched_norm") is not None]
+        if matched:
+            worst = max(
+                abs(r["added_norm"] - r["matched_norm"]) / max(r["matched_norm"], 1e-12)
+                for r in matched
+            )
+            lines += [
+                "",
+                "LAPE's random controls run at the strength at which they add as large a vector "
+                "to the residual stream as LAPE does (measured on development prompts; largest "
+                f"relative gap {100 * worst:.1f}%); DiffMean's and CLaS's random directions "
+                "have their norms by construction.",
+            ]
+        for setting in dict.fromkeys(r["setting"] for r in self.select(phase="dose")):
+            curves = self.dose_response(setting)
+            doses = sorted({x for pts in curves.values() for x, _, _ in pts})
+            lines += [
+                "",
+                f"Dose-response, {setting} prompts (development set): mean success / fluent % "
+                "over targets at each multiple of the chosen strength:",
+                "",
+                "| method | " + " | ".join(f"x{d:g}" for d in doses) + " |",
+                "| --- |" + " ---: |" * len(doses),
+            ]
+            for method, pts in curves.items():
+                cell = {x: f"{100 * y:.0f} / {100 * f:.0f}" for x, y, f in pts}
+                lines.append(f"| {method} | " + " | ".join(cell.get(d, "-") for d in doses) + " |")
+        return lines
+
     def _estimate(self, kind: str, **where: Any) -> Estimate | None:
         """The first stored interval of ``kind`` (``success`` or ``differences``) matching."""
         for x in self.intervals.get(kind, []):
@@ -735,8 +844,12 @@ class SteeringStudy:
         return [*lines, "", _FLAT_NOTE] if flat else lines
 
     def figures(self) -> dict[str, Any]:
-        """Per setting: mean development success against strength, for LAPE (the chosen mode,
-        budget and deactivation), its random control and DiffMean (the chosen layer)."""
+        """Per setting, the dose-response curves: mean development success and fluency against
+        the multiple of each method's chosen strength (random controls dashed). Studies saved
+        before the dose-response phase: development success against strength for LAPE, its
+        random control and DiffMean."""
+        if self.select(phase="dose"):
+            return self._dose_figures()
         import matplotlib.pyplot as plt
 
         figs: dict[str, Any] = {}
@@ -774,6 +887,48 @@ class SteeringStudy:
             ax.set_ylim(-2, 102)
             ax.set_title(f"Steering, {setting} prompts (development set)")
             ax.legend()
+            fig.tight_layout()
+            figs[f"steering_study_{setting}"] = fig
+        return figs
+
+    def dose_response(self, setting: str) -> dict[str, list[tuple[float, float, float]]]:
+        """Per method, ``(dose, mean success, mean fluent rate)`` over the targets at each dose
+        (the multiple of the method's chosen strength), on the development prompts."""
+        out: dict[str, list[tuple[float, float, float]]] = {}
+        rows = self.select(phase="dose", setting=setting)
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r["method"] == method]
+            points = []
+            for dose in sorted({r["dose"] for r in mine}):
+                at = [r for r in mine if r["dose"] == dose]
+                points.append(
+                    (
+                        dose,
+                        sum(r["success_rate"] for r in at) / len(at),
+                        sum(r["fluent_rate"] for r in at) / len(at),
+                    )
+                )
+            out[method] = points
+        return out
+
+    def _dose_figures(self) -> dict[str, Any]:
+        import matplotlib.pyplot as plt
+
+        figs: dict[str, Any] = {}
+        for setting in dict.fromkeys(r["setting"] for r in self.select(phase="dose")):
+            fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6), sharex=True)
+            for method, points in self.dose_response(setting).items():
+                xs = [x for x, _, _ in points]
+                style = "--" if method.startswith("random") else "-"
+                left.plot(xs, [100 * y for _, y, _ in points], style, marker="o", label=method)
+                right.plot(xs, [100 * f for _, _, f in points], style, marker="o", label=method)
+            for ax, what in ((left, "success"), (right, "fluent")):
+                ax.set_xscale("log", base=2)
+                ax.set_xlabel("multiple of the chosen strength")
+                ax.set_ylabel(f"mean {what} over targets (%)")
+                ax.set_ylim(-2, 102)
+            left.set_title(f"Dose-response, {setting} prompts (development set)", fontsize=9)
+            right.legend(fontsize=7)
             fig.tight_layout()
             figs[f"steering_study_{setting}"] = fig
         return figs
@@ -825,15 +980,6 @@ def _check_sweep(
     return out
 
 
-def _dev_score(rows: Sequence[dict[str, Any]]) -> tuple[int, float]:
-    """(rows at ≥50%, mean) of success over the rows of one configuration, with the combined
-    score (success and relevance) in place of success in the content setting."""
-    scores = [r["combined"] if r["setting"] == "content" else r["success_rate"] for r in rows]
-    reached = sum(x >= 0.5 for x in scores)
-    mean = sum(scores) / max(1, len(scores))
-    return reached, round(mean, 4)
-
-
 @dataclass(frozen=True)
 class StudyPlan:
     """The checked inputs of :func:`run_steering_study` (see :func:`check_study_inputs`)."""
@@ -845,6 +991,23 @@ class StudyPlan:
     diffmean_strengths: tuple[float, ...]
     #: The selection thresholds given (``filter_rate``, ``activation_bar_ratio``), checked.
     thresholds: SelectionThresholds = field(default_factory=SelectionThresholds)
+    #: CLaS-Bench's DiffMean: layer ranges ``(first, end)`` and alphas swept (empty: none).
+    clas_layer_ranges: tuple[tuple[int, int], ...] = ()
+    clas_strengths: tuple[float, ...] = ()
+    #: Configurations every method tries on the development prompts.
+    dev_budget: int = 1
+    #: Successive-halving rounds of the development sweep (0: a plain sweep).
+    halving_rounds: int = 0
+    #: Where the hooks act: the first for the sweep, every one in the fresh phase.
+    positions: tuple[str, ...] = ("all",)
+    #: Multiples of each chosen strength for the dose-response curves (empty: none).
+    doses: tuple[float, ...] = ()
+    #: Development prompts per setting the dose-response curves run on (None: all).
+    dose_prompts: int | None = None
+    #: Few-shot examples per target (empty: no few-shot baseline).
+    few_shot: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Whether LAPE's random control is run at the strength that adds LAPE's norm.
+    match_norm: bool = True
 
 
 def check_study_inputs(
@@ -866,6 +1029,15 @@ def check_study_inputs(
     n_content: int = 8,
     diffmean_layers: Sequence[int] | None = None,
     diffmean_strengths: Sequence[float] = (0.5, 1.0, 2.0),
+    clas_layer_ranges: Sequence[tuple[int, int]] | None = None,
+    clas_strengths: Sequence[float] | None = None,
+    dev_budget: int | None = None,
+    halving_rounds: int = 0,
+    positions: Sequence[str] = ("all",),
+    doses: Sequence[float] = DEFAULT_DOSES,
+    dose_prompts: int | None = None,
+    few_shot: Mapping[str, Sequence[str]] | None = None,
+    match_norm: bool = True,
 ) -> StudyPlan:
     """Check the inputs of :func:`run_steering_study` without running anything.
 
@@ -912,6 +1084,27 @@ def check_study_inputs(
     diffmean_strengths = _check_numbers(diffmean_strengths, "diffmean_strengths")
     if parallel:
         _check_parallel(parallel, n_content, (source, *targets))
+    ranges = _check_layer_ranges(clas_layer_ranges, n_layers)
+    alphas = (
+        _check_numbers(clas_strengths, "clas_strengths")
+        if clas_strengths is not None
+        else _default_clas_strengths(means, targets, source)
+    )
+    grids = {"lape": len(top_rates) * sum(len(v) for v in strengths.values()) * len(deactivate)}
+    if means is not None:
+        grids["diffmean"] = len(layers) * len(diffmean_strengths)
+        grids["clas"] = len(ranges) * len(alphas)
+    budget = min(grids.values()) if dev_budget is None else dev_budget
+    budget = check_positive_int(budget, "dev_budget", example=12)
+    small = {m: n for m, n in grids.items() if n < budget}
+    if small:
+        raise LapeError(
+            f"dev_budget={budget} configurations per method, but the grids have {grids}: "
+            f"{sorted(small)} cannot try that many; every method must try the same number, so "
+            "widen those grids or lower dev_budget"
+        )
+    if isinstance(match_norm, bool) is False:
+        raise LapeError(f"match_norm must be True or False; received {match_norm!r}")
     return StudyPlan(
         targets=targets,
         cues={t: cue_for[t] for t in targets},
@@ -921,7 +1114,114 @@ def check_study_inputs(
         thresholds=selection_thresholds(
             filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio
         ),
+        clas_layer_ranges=ranges,
+        clas_strengths=alphas,
+        dev_budget=budget,
+        halving_rounds=check_rounds(halving_rounds),
+        positions=_check_positions(positions),
+        doses=_check_doses(doses),
+        dose_prompts=(
+            None if dose_prompts is None else check_positive_int(dose_prompts, "dose_prompts")
+        ),
+        few_shot=_check_few_shot(few_shot, targets),
+        match_norm=match_norm,
     )
+
+
+def _check_positions(positions: Any) -> tuple[str, ...]:
+    """Distinct choices among :data:`POSITIONS`, at least one."""
+    if isinstance(positions, str) or not isinstance(positions, Sequence) or not positions:
+        raise LapeError(
+            f"positions must be a non-empty list among {list(POSITIONS)}; received "
+            f"{positions!r}; pass e.g. positions=('all', 'new')"
+        )
+    out = tuple(check_choice(p, POSITIONS, "positions") for p in positions)
+    if len(set(out)) != len(out):
+        raise LapeError(f"positions must be distinct; received {list(positions)!r}")
+    return out
+
+
+def _check_doses(doses: Any) -> tuple[float, ...]:
+    """Positive multiples of the chosen strengths (an empty list: no dose-response curves)."""
+    if isinstance(doses, Sequence) and not isinstance(doses, str) and not doses:
+        return ()
+    values = _check_numbers(doses, "doses")
+    if not all(v > 0 for v in values):
+        raise LapeError(
+            f"doses must be positive multiples of the chosen strength; received {list(values)}"
+        )
+    return values
+
+
+def _check_few_shot(
+    few_shot: Mapping[str, Sequence[str]] | None, targets: Sequence[str]
+) -> dict[str, tuple[str, ...]]:
+    """At least one non-empty example text per target (``few_shot_examples`` makes them)."""
+    if few_shot is None:
+        return {}
+    if not isinstance(few_shot, Mapping):
+        raise LapeError(
+            f"few_shot must map each target to its example texts; received {few_shot!r}; "
+            "make it with tl_lape.experiments.steering_prompts.few_shot_examples"
+        )
+    bad = [
+        t
+        for t in targets
+        if isinstance(few_shot.get(t), str)
+        or not isinstance(few_shot.get(t), Sequence)
+        or not few_shot[t]
+        or not all(isinstance(x, str) and x.strip() for x in few_shot[t])
+    ]
+    if bad:
+        raise LapeError(
+            f"few_shot has no example texts for target(s) {bad}; it has {sorted(few_shot)}: "
+            "pass few_shot_examples(train, targets) (train text, never evaluation text)"
+        )
+    return {t: tuple(few_shot[t]) for t in targets}
+
+
+def _check_layer_ranges(
+    ranges: Sequence[tuple[int, int]] | None, n_layers: int
+) -> tuple[tuple[int, int], ...]:
+    """CLaS-Bench layer ranges ``(first, end)`` (default: the first half, the middle half and
+    the second half of the depth)."""
+    if ranges is None:
+        half, quarter = max(1, n_layers // 2), n_layers // 4
+        found = [(0, half), (quarter, quarter + half), (n_layers - half, n_layers)]
+        return tuple(dict.fromkeys(found))
+    out = []
+    for r in ranges if isinstance(ranges, Sequence) and not isinstance(ranges, str) else [ranges]:
+        ok = (
+            isinstance(r, Sequence)
+            and len(r) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+            and 0 <= r[0] < r[1] <= n_layers
+        )
+        if not ok:
+            raise LapeError(
+                f"clas_layer_ranges must be (first, end) pairs with 0 <= first < end <= "
+                f"{n_layers}; received {ranges!r}; pass e.g. [(0, {max(1, n_layers // 2)})]"
+            )
+        out.append((int(r[0]), int(r[1])))
+    if not out:
+        raise LapeError("clas_layer_ranges must hold at least one (first, end) pair")
+    return tuple(out)
+
+
+def _default_clas_strengths(
+    means: ResidualMeans | None, targets: Sequence[str], source: str
+) -> tuple[float, ...]:
+    """CLaS-Bench alphas scaled to the model: 0.25, 0.5, 1 and 2 times the median norm of the
+    per-layer DiffMean vectors (targets minus source), to 3 significant figures."""
+    if means is None:
+        return ()
+    norms = [
+        float(means.direction(t, source)[lay].norm())
+        for t in targets
+        for lay in range(means.n_layers)
+    ]
+    median = sorted(norms)[len(norms) // 2]
+    return tuple(float(f"{m * median:.3g}") for m in (0.25, 0.5, 1.0, 2.0))
 
 
 def _check_means(
@@ -997,6 +1297,15 @@ class _StudyRun:
     batch_size: int
     #: ``(top_rate, seed)`` -> neuron set; seed -1 is the LAPE set itself.
     sets: dict[tuple[float, int], LanguageNeurons] = field(default_factory=dict)
+    #: ``(label, target, source)`` of a random control -> (strength, its norm, LAPE's norm).
+    matched: dict[tuple[str, str, str | None], tuple[float, float, float]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def norm_prompts(self) -> list[str]:
+        """The development prompts on which added norms are measured (up to 4 per setting)."""
+        return [p for ps in self.inputs["dev"].prompts.values() for p in ps[:4]]
 
 
 def run_steering_study(
@@ -1025,6 +1334,15 @@ def run_steering_study(
     batch_size: int = 512,
     n_examples: int = 1,
     cues: Mapping[str, str] | None = None,
+    clas_layer_ranges: Sequence[tuple[int, int]] | None = None,
+    clas_strengths: Sequence[float] | None = None,
+    dev_budget: int | None = None,
+    halving_rounds: int = 0,
+    positions: Sequence[str] = ("all",),
+    doses: Sequence[float] = DEFAULT_DOSES,
+    dose_prompts: int | None = None,
+    few_shot: Mapping[str, Sequence[str]] | None = None,
+    match_norm: bool = True,
     progress: bool = True,
 ) -> SteeringStudy:
     """Sweep LAPE steering and its baselines on development prompts; confirm on fresh ones.
@@ -1069,6 +1387,32 @@ def run_steering_study(
             :attr:`SteeringStudy.outputs` either way.
         cues: The prompting baseline's cue per target language (default
             :data:`LANGUAGE_CUES`); every target needs one.
+        clas_layer_ranges: DiffMean in CLaS-Bench's form (method ``clas``): the layer ranges
+            ``(first, end)`` swept (default: the first, middle and second half of the depth).
+        clas_strengths: Its alphas swept, the added norm per layer (default: 0.25, 0.5, 1 and
+            2 times the median norm of the per-layer DiffMean vectors).
+        dev_budget: Configurations each method (LAPE, DiffMean, CLaS) tries on the development
+            prompts, the same for all: a seeded sample of each grid
+            (:func:`~tl_lape.experiments.tuning.sample_configs`; default: the smallest grid's
+            size). ``metadata["tuning"]`` records what each method tried.
+        halving_rounds: Successive-halving rounds of the development sweep
+            (:func:`~tl_lape.experiments.tuning.successive_halving`; 0: every configuration on
+            every development prompt).
+        positions: Where the hooks act: ``"all"`` (the prompt's positions too) and/or ``"new"``
+            (the generated tokens only). The sweep uses the first; the fresh phase runs LAPE,
+            DiffMean, CLaS and the combination at each (methods ``lape_new`` and so on).
+        doses: Multiples of each chosen strength at which every steering method and its random
+            control run on the development prompts (phase ``"dose"``): the dose-response
+            curves (empty: none).
+        dose_prompts: The first this many development prompts of each setting (at least 2 in
+            the content setting) run the dose-response curves (None: all of them).
+        few_shot: Per target, example texts put before each prompt, one per line (method
+            ``fewshot``; :func:`~tl_lape.experiments.steering_prompts.few_shot_examples` picks
+            them from train text). None: no few-shot baseline.
+        match_norm: Run LAPE's random control at the strength at which it adds as large a
+            vector to the residual stream as LAPE does
+            (:func:`~tl_lape.interventions.norms.matched_strength`, measured on development
+            prompts); the random directions of DiffMean and CLaS match by construction.
         progress: Show a progress bar.
 
     Returns:
@@ -1092,6 +1436,15 @@ def run_steering_study(
         n_content=n_content,
         diffmean_layers=diffmean_layers,
         diffmean_strengths=diffmean_strengths,
+        clas_layer_ranges=clas_layer_ranges,
+        clas_strengths=clas_strengths,
+        dev_budget=dev_budget,
+        halving_rounds=halving_rounds,
+        positions=positions,
+        doses=doses,
+        dose_prompts=dose_prompts,
+        few_shot=few_shot,
+        match_norm=match_norm,
     )
     languages = tuple(stats.languages)
     started = time.perf_counter()
@@ -1118,18 +1471,46 @@ def run_steering_study(
         max_new_tokens,
         batch_size,
     )
-    bar = tqdm(total=3 * (2 + bool(parallel)), desc="steering study", disable=not progress)
-    dev_configs = _dev_configs(plan, top_rates, deactivate, with_diffmean=means is not None)
-    dev_rows = _run_phase(run, "dev", dev_configs, bar)
-    chosen = _choose_on_dev(dev_configs, dev_rows)
-    dev_rows += _run_phase(run, "dev", _control_curve(chosen, plan), bar)
-    fresh_configs = _fresh_configs(chosen, n_random)
+    chunks = {
+        setting: halving_chunks(
+            len(prompts), rounds=plan.halving_rounds, min_size=2 if setting == "content" else 1
+        )
+        for setting, prompts in inputs["dev"].prompts.items()
+    }
+    n_steps = (plan.halving_rounds + 2 + bool(plan.doses)) * len(chunks)
+    bar = tqdm(total=n_steps, desc="steering study", disable=not progress)
+    grids = _dev_grids(plan, top_rates, deactivate, with_diffmean=means is not None)
+    groups = {m: sample_configs(g, plan.dev_budget, method=m) for m, g in grids.items()}
+    dev_rows: list[dict[str, Any]] = []
+
+    def run_round(alive: list[_Config], k: int) -> None:
+        dev_rows.extend(
+            _run_phase(run, "dev", alive, bar, chunk={s: c[k] for s, c in chunks.items()}, round_=k)
+        )
+
+    def score(config: _Config) -> tuple[int, float]:
+        return _dev_score([r for r in dev_rows if r["config"] == config.label()])
+
+    best, history = successive_halving(groups, run_round, score, rounds=plan.halving_rounds)
+    chosen = _choose_on_dev(best, dev_rows)
+    dose_chunk = {
+        setting: slice(0, max(plan.dose_prompts, 2 * (setting == "content")))
+        for setting in chunks
+        if plan.dose_prompts is not None
+    }
+    dose_rows = (
+        _run_phase(run, "dose", _dose_configs(chosen, plan), bar, chunk=dose_chunk or None)
+        if plan.doses
+        else []
+    )
+    fresh_configs = _fresh_configs(chosen, n_random, plan)
     fresh_rows = _run_phase(run, "fresh", fresh_configs, bar)
     bar.close()
     examples = _fresh_examples(fresh_rows, n_examples)
     throughput = _throughput(run, fresh_configs)
-    outputs = tuple(o for r in (*dev_rows, *fresh_rows) for o in r["_outputs"])
-    rows = tuple({k: v for k, v in r.items() if k != "_outputs"} for r in (*dev_rows, *fresh_rows))
+    every = (*dev_rows, *dose_rows, *fresh_rows)
+    outputs = tuple(o for r in every for o in r["_outputs"])
+    rows = tuple({k: v for k, v in r.items() if k != "_outputs"} for r in every)
     intervals = {
         name: [{**x, "estimate": x["estimate"].to_dict()} for x in found]
         for name, found in (
@@ -1143,6 +1524,7 @@ def run_steering_study(
         )
     }
     metadata = _study_metadata(run, seconds=time.perf_counter() - started)
+    metadata["tuning"] = _tuning_record(plan, grids, history, chunks, dev_rows)
     return SteeringStudy(rows, chosen, examples, throughput, metadata, outputs, intervals)
 
 
@@ -1169,130 +1551,223 @@ def _phase_inputs(
     return _Inputs(prompts, part)
 
 
-def _dev_configs(
+def _dev_grids(
     plan: StudyPlan, top_rates: Sequence[float], deactivate: Sequence[str], *, with_diffmean: bool
-) -> list[_Config]:
-    """The development sweep: LAPE at every budget, mode, strength and deactivation, then
-    DiffMean at every layer and strength."""
-    configs = [
-        _Config("lape", mode, float(s), float(tr), d)
-        for tr in top_rates
-        for mode, values in plan.strengths.items()
-        for s in values
-        for d in deactivate
-    ]
+) -> dict[str, list[_Config]]:
+    """Each method's grid for the development sweep: LAPE at every budget, mode, strength and
+    deactivation; DiffMean at every layer and strength; CLaS at every layer range and alpha.
+    Every method then tries :attr:`StudyPlan.dev_budget` of its grid."""
+    at = plan.positions[0]
+    grids = {
+        "lape": [
+            _Config("lape", mode, float(s), float(tr), d, positions=at)
+            for tr in top_rates
+            for mode, values in plan.strengths.items()
+            for s in values
+            for d in deactivate
+        ]
+    }
     if with_diffmean:
-        configs += [
-            _Config("diffmean", strength=s, layer=lay)
+        grids["diffmean"] = [
+            _Config("diffmean", strength=s, layer=lay, positions=at)
             for lay in plan.diffmean_layers
             for s in plan.diffmean_strengths
         ]
-    return configs
+        grids["clas"] = [
+            _Config("clas", strength=a, layer=first, layer_end=end, positions=at)
+            for first, end in plan.clas_layer_ranges
+            for a in plan.clas_strengths
+        ]
+    return grids
+
+
+def _dev_score(rows: Sequence[dict[str, Any]]) -> tuple[int, float]:
+    """(cells at ≥50%, mean) of success over the (setting, target) cells of one
+    configuration, each cell pooled over the halving rounds' prompt chunks (weighted by
+    prompts), with the combined score (success and relevance) in the content setting."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["setting"], r["target"]), []).append(r)
+    scores = []
+    for (setting, _), group in cells.items():
+        n = sum(r["n"] for r in group) or 1
+        success = sum(r["success_rate"] * r["n"] for r in group) / n
+        if setting == "content":
+            relevant = sum(r["relevant_rate"] * r["n"] for r in group) / n
+            scores.append(harmonic_mean(success, relevant))
+        else:
+            scores.append(success)
+    reached = sum(x >= 0.5 for x in scores)
+    mean = sum(scores) / max(1, len(scores))
+    return reached, round(mean, 4)
 
 
 def _choose_on_dev(
-    configs: Sequence[_Config], rows: Sequence[dict[str, Any]]
+    best: Mapping[str, _Config], rows: Sequence[dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Per method (``lape``, ``diffmean``), the configuration with the best development score
-    (:func:`_dev_score`), its label and score."""
+    """Per method, the configuration the sweep chose, its label and development score."""
     chosen: dict[str, dict[str, Any]] = {}
-    for method in ("lape", "diffmean"):
-        candidates = [c for c in configs if c.method == method]
-        if not candidates:
-            continue
-        best = max(
-            candidates, key=lambda c: _dev_score([r for r in rows if r["config"] == c.label()])
-        )
-        score = _dev_score([r for r in rows if r["config"] == best.label()])
-        chosen[method] = {"label": best.label(), "score": list(score), **best.to_dict()}
+    for method, config in best.items():
+        score = _dev_score([r for r in rows if r["config"] == config.label()])
+        chosen[method] = {"label": config.label(), "score": list(score), **config.to_dict()}
     return chosen
 
 
-def _control_curve(chosen: Mapping[str, dict[str, Any]], plan: StudyPlan) -> list[_Config]:
-    """LAPE's control on the development prompts: the chosen mode, budget and deactivation with
-    a random set (seed 0), at every strength swept (the figure's random curve)."""
-    if "lape" not in chosen:
+def _config_of(chosen: Mapping[str, Any], **changes: Any) -> _Config:
+    """The :class:`_Config` of a chosen configuration (its stored fields), with ``changes``."""
+    fields = {k: chosen[k] for k in _Config.__dataclass_fields__ if k in chosen}
+    return replace(_Config(**fields), **changes)
+
+
+def _steering_configs(chosen: Mapping[str, dict[str, Any]], positions: str) -> dict[str, _Config]:
+    """The chosen steering configurations at ``positions``, and LAPE + DiffMean combined."""
+    out = {m: _config_of(c, positions=positions) for m, c in chosen.items()}
+    if "lape" in chosen and "diffmean" in chosen:
+        dm = chosen["diffmean"]
+        out["combined"] = _config_of(
+            chosen["lape"],
+            method="combined",
+            layer=dm["layer"],
+            dm_strength=dm["strength"],
+            positions=positions,
+        )
+    return out
+
+
+def _controls(config: _Config, seeds: Sequence[int]) -> list[_Config]:
+    """The random controls of a steering configuration, one per seed: LAPE's (and the
+    combination's LAPE part) on random sets, DiffMean's and CLaS's in random directions."""
+    method = {"lape": "random", "diffmean": "random_diffmean", "clas": "random_clas"}.get(
+        config.method
+    )
+    if method is None:
         return []
-    c = chosen["lape"]
-    return [
-        _Config("random", c["mode"], float(s), c["top_rate"], c["deactivate"], seed=0)
-        for s in plan.strengths[c["mode"]]
-    ]
+    return [replace(config, method=method, seed=s) for s in seeds]
 
 
-def _fresh_configs(chosen: Mapping[str, dict[str, Any]], n_random: int) -> list[_Config]:
-    """The confirmation: no intervention, the prompting cue, LAPE's chosen configuration with
-    ``n_random`` random draws, and DiffMean's chosen configuration."""
-    configs: list[_Config] = [_Config("none"), _Config("prompt")]
-    if "lape" in chosen:
-        c = chosen["lape"]
-        configs.append(_Config("lape", c["mode"], c["strength"], c["top_rate"], c["deactivate"]))
-        configs += [
-            _Config("random", c["mode"], c["strength"], c["top_rate"], c["deactivate"], seed=s)
-            for s in range(n_random)
-        ]
-    if "diffmean" in chosen:
-        c = chosen["diffmean"]
-        configs.append(_Config("diffmean", strength=c["strength"], layer=c["layer"]))
+def _dose_configs(chosen: Mapping[str, dict[str, Any]], plan: StudyPlan) -> list[_Config]:
+    """The dose-response sweep on the development prompts: every chosen steering configuration
+    (and the combination) and its first random control, at each dose times its strength."""
+    configs = []
+    for config in _steering_configs(chosen, plan.positions[0]).values():
+        for dose in plan.doses:
+            configs += [c.scaled(dose) for c in (config, *_controls(config, [0]))]
     return configs
 
 
+def _fresh_configs(
+    chosen: Mapping[str, dict[str, Any]], n_random: int, plan: StudyPlan
+) -> list[_Config]:
+    """The confirmation: no intervention, the prompting cue, few-shot prompting (when
+    given); each chosen steering configuration and the combination at every ``positions``,
+    with ``n_random`` random controls each at the first."""
+    configs: list[_Config] = [_Config("none"), _Config("prompt")]
+    if plan.few_shot:
+        configs.append(_Config("fewshot"))
+    for k, at in enumerate(plan.positions):
+        for config in _steering_configs(chosen, at).values():
+            configs.append(config)
+            if k == 0:
+                configs += _controls(config, range(n_random))
+    return configs
+
+
+def _sliced(data: _Inputs, chunk: Mapping[str, slice] | None) -> tuple[_Inputs, dict[str, int]]:
+    """The prompts (and content items) of one halving chunk per setting, and each setting's
+    offset into the full list."""
+    if chunk is None:
+        return data, dict.fromkeys(data.prompts, 0)
+    prompts = {s: list(ps[chunk[s]]) for s, ps in data.prompts.items()}
+    parallel = data.parallel[chunk["content"]] if "content" in chunk else data.parallel
+    return _Inputs(prompts, parallel), {s: chunk[s].start for s in data.prompts}
+
+
 def _run_phase(
-    run: _StudyRun, phase: str, configs: Sequence[_Config], bar: Any
+    run: _StudyRun,
+    phase: str,
+    configs: Sequence[_Config],
+    bar: Any,
+    *,
+    chunk: Mapping[str, slice] | None = None,
+    round_: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every configuration on every setting of a phase, each output judged: one row per
-    (setting, configuration, target)."""
+    """Every configuration on every setting of a phase (``"dose"``: the development prompts;
+    ``chunk``: one halving round's part of them), each output judged: one row per (setting,
+    configuration, target)."""
+    data, offsets = _sliced(run.inputs["dev" if phase == "dose" else phase], chunk)
     rows: list[dict[str, Any]] = []
-    for setting in run.inputs[phase].prompts:
-        rows += _run_hooked(run, phase, setting, [c for c in configs if _is_hooked(c)])
-        rows += _run_unhooked(run, phase, setting, [c for c in configs if not _is_hooked(c)])
+    for setting in data.prompts:
+        where = _Where(phase, setting, data, offsets[setting], round_)
+        rows += _run_hooked(run, where, [c for c in configs if _is_hooked(c)])
+        rows += _run_unhooked(run, where, [c for c in configs if not _is_hooked(c)])
         bar.update(1)
     return rows
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Which prompts a batch of rows ran on: phase, setting, the prompts (a halving chunk or
+    all), the chunk's offset into the setting's prompts and the halving round (or None)."""
+
+    phase: str
+    setting: str
+    data: _Inputs
+    offset: int = 0
+    round_: int | None = None
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.data.prompts[self.setting]
+
+
 def _is_hooked(config: _Config) -> bool:
-    return config.method not in ("prompt", "none")
+    return config.method not in ("prompt", "fewshot", "none")
 
 
-def _run_hooked(
-    run: _StudyRun, phase: str, setting: str, configs: Sequence[_Config]
-) -> list[dict[str, Any]]:
-    """The configurations with hooks (LAPE, random, DiffMean), for every target, generated
-    together in one batch of hook sets."""
-    prompts = run.inputs[phase].prompts[setting]
+def _run_hooked(run: _StudyRun, where: _Where, configs: Sequence[_Config]) -> list[dict[str, Any]]:
+    """The configurations with hooks, for every target, generated together in one batch of
+    hook sets."""
     cells = [(c, t) for c in configs for t in run.plan.targets]
     if not cells:
         return []
     generated = generate_with_hook_sets(
         run.model,
-        prompts,
-        [_hooks_for(run, c, t, setting) for c, t in cells],
+        where.prompts,
+        [_hooks_for(run, c, t, where.setting) for c, t in cells],
         max_new_tokens=run.max_new_tokens,
         batch_size=run.batch_size,
     )
     return [
-        _judge_row(run, phase, setting, c, t, texts, tokens)
+        _judge_row(run, where, c, t, texts, tokens)
         for (c, t), (texts, tokens) in zip(cells, generated, strict=True)
     ]
 
 
+def _cued(run: _StudyRun, config: _Config, target: str, prompts: Sequence[str]) -> list[str]:
+    """The prompts as a method without hooks sees them: after the target's cue (``prompt``),
+    after the target's few-shot examples (``fewshot``), or as they are."""
+    if config.method == "prompt":
+        return [run.plan.cues[target] + p for p in prompts]
+    if config.method == "fewshot":
+        return [few_shot_prompt(run.plan.few_shot[target], p) for p in prompts]
+    return list(prompts)
+
+
 def _run_unhooked(
-    run: _StudyRun, phase: str, setting: str, configs: Sequence[_Config]
+    run: _StudyRun, where: _Where, configs: Sequence[_Config]
 ) -> list[dict[str, Any]]:
-    """The baselines without hooks: the prompting cue (per target) and no intervention (one
-    generation judged against every target)."""
-    prompts = run.inputs[phase].prompts[setting]
+    """The baselines without hooks: the prompting cue and few-shot prompting (per target) and
+    no intervention (one generation judged against every target)."""
     rows = []
     for c in configs:
-        if c.method == "prompt":
+        if c.method == "none":
+            texts, tokens = _generate(run, where.prompts)
             for t in run.plan.targets:
-                cued = [run.plan.cues[t] + p for p in prompts]
-                texts, tokens = _generate(run, cued)
-                rows.append(_judge_row(run, phase, setting, c, t, texts, tokens))
-        elif c.method == "none":
-            texts, tokens = _generate(run, prompts)
-            for t in run.plan.targets:
-                rows.append(_judge_row(run, phase, setting, c, t, texts, tokens))
+                rows.append(_judge_row(run, where, c, t, texts, tokens))
+            continue
+        for t in run.plan.targets:
+            texts, tokens = _generate(run, _cued(run, c, t, where.prompts))
+            rows.append(_judge_row(run, where, c, t, texts, tokens))
     return rows
 
 
@@ -1324,29 +1799,74 @@ def _hooks_for(run: _StudyRun, config: _Config, target: str, setting: str) -> Fw
     """The hooks of one configuration toward ``target`` in ``setting`` (none for the
     baselines without hooks)."""
     source = _prompt_language(run, setting)
-    if config.method in ("lape", "random"):
-        seed = config.seed if config.method == "random" else None
+    positions: Positions = None if config.positions == "all" else "new"
+    method = config.method
+    hooks: FwdHooks = []
+    if method in ("lape", "random", "combined"):
+        seed = config.seed if method == "random" else None
         neurons = _neuron_set(run, config.top_rate, seed)
-        return config_hooks(
-            config.steering(), neurons, run.stats, target, source=source, model=run.model
-        )
-    if config.method == "diffmean":
-        assert run.means is not None
-        return diffmean_hooks(
-            run.means,
+        strength = config.strength
+        if method == "random" and run.plan.match_norm:
+            strength = _matched(run, config, target, source)[0]
+        hooks = config_hooks(
+            config.steering(strength),
+            neurons,
+            run.stats,
             target,
-            layer=config.layer,
-            strength=config.strength,
             source=source,
             model=run.model,
+            positions=positions,
         )
-    return []
+    if method in ("diffmean", "random_diffmean", "clas", "random_clas", "combined"):
+        if run.means is None:
+            raise LapeError(f"the {method} configuration needs residual means; none were given")
+        clas = method in ("clas", "random_clas")
+        hooks = hooks + diffmean_hooks(
+            run.means,
+            target,
+            layer=range(config.layer, config.layer_end) if clas else config.layer,
+            strength=config.dm_strength if method == "combined" else config.strength,
+            source=source,
+            model=run.model,
+            positions=positions,
+            normalize=clas,
+            random_seed=config.seed if method.startswith("random_") else None,
+        )
+    return hooks
+
+
+def _matched(
+    run: _StudyRun, config: _Config, target: str, source: str | None
+) -> tuple[float, float, float]:
+    """A random LAPE control's norm-matched strength, the norm it adds and LAPE's, measured
+    on the development prompts (:func:`~tl_lape.interventions.norms.matched_strength`)."""
+    key = (config.label(), target, source)
+    if key not in run.matched:
+        lape = _neuron_set(run, config.top_rate, None)
+        control = _neuron_set(run, config.top_rate, config.seed)
+        prompts = run.norm_prompts
+
+        def hooks(neurons: LanguageNeurons, strength: float) -> FwdHooks:
+            return config_hooks(
+                config.steering(strength),
+                neurons,
+                run.stats,
+                target,
+                source=source,
+                model=run.model,
+            )
+
+        goal = added_norm(run.model, hooks(lape, config.strength), prompts)
+        strength, got = matched_strength(
+            run.model, lambda s: hooks(control, s), goal, prompts, start=config.strength
+        )
+        run.matched[key] = (strength, got, goal)
+    return run.matched[key]
 
 
 def _judge_row(
     run: _StudyRun,
-    phase: str,
-    setting: str,
+    where: _Where,
     config: _Config,
     target: str,
     texts: list[str],
@@ -1355,10 +1875,8 @@ def _judge_row(
     """One row: the outputs of one configuration toward one target, judged by py3langid and
     fluency (:class:`~tl_lape.judging.outputs.OutputJudge`), lingua and, in the content
     setting, the content judge (:func:`~tl_lape.judging.content.judge_content`)."""
-    data = run.inputs[phase]
-    prompts = data.prompts[setting]
-    if config.method == "prompt":
-        prompts = [run.plan.cues[target] + p for p in prompts]
+    phase, setting, data = where.phase, where.setting, where.data
+    prompts = _cued(run, config, target, where.prompts)
     judged = run.judge(prompts, texts, tokens, target=target)
     scored = [run.lingua.identify_scored(text) for text in texts]
     second = [lang for lang, _ in scored]
@@ -1367,6 +1885,7 @@ def _judge_row(
         "setting": setting,
         "config": config.label(),
         **config.to_dict(),
+        "method": config.key(),
         "target": target,
         "n": len(texts),
         "target_rate": judged.rate(target),
@@ -1405,15 +1924,24 @@ def _judge_row(
             "mismatched_nll": scores.mismatched.tolist(),
             "reference_gap": scores.gap.tolist(),
         }
+    if where.round_ is not None:
+        row["round"] = where.round_
+    if config.method == "random" and run.plan.match_norm:
+        applied, got, goal = _matched(run, config, target, _prompt_language(run, setting))
+        row.update(applied_strength=applied, added_norm=got, matched_norm=goal)
     cell = {
         "phase": phase,
         "setting": setting,
-        "method": config.method,
+        "method": config.key(),
         "config": config.label(),
         "seed": config.seed,
         "target": target,
+        **({} if where.round_ is None else {"round": where.round_}),
     }
-    row["_outputs"] = output_records(cell, judged, scored, gains=gains, extra=extra)
+    records = output_records(cell, judged, scored, gains=gains, extra=extra)
+    for record in records:
+        record["prompt_index"] += where.offset  # the index among the phase's prompts
+    row["_outputs"] = records
     return row
 
 
@@ -1423,7 +1951,12 @@ def _fresh_examples(
     """The quoted fresh outputs per (setting, configuration, target), chosen by rule
     (:func:`~tl_lape.experiments.steering_records.choose_examples`); of the random draws,
     seed 0."""
-    records = [o for r in rows if r["method"] != "random" or r["seed"] == 0 for o in r["_outputs"]]
+    records = [
+        o
+        for r in rows
+        if not r["method"].startswith("random") or r["seed"] == 0
+        for o in r["_outputs"]
+    ]
     return choose_examples(records, n_random=n_examples)
 
 
@@ -1458,8 +1991,43 @@ def _study_metadata(run: _StudyRun, *, seconds: float) -> dict[str, Any]:
         "identifiers": [repr(run.judge.identifier), repr(run.lingua)],
         "selection_thresholds": dict(run.plan.thresholds),
         "prompts": {phase: data.prompts for phase, data in run.inputs.items()},
+        "positions": list(run.plan.positions),
+        "doses": list(run.plan.doses),
+        "dose_prompts": run.plan.dose_prompts,
+        "few_shot": {t: list(v) for t, v in run.plan.few_shot.items()},
+        "clas_layer_ranges": [list(r) for r in run.plan.clas_layer_ranges],
+        "clas_strengths": list(run.plan.clas_strengths),
+        "match_norm": run.plan.match_norm,
+        "norm_prompts": run.norm_prompts,
         "neuron_counts": {f"{k[0]:g}": v.counts() for k, v in run.sets.items() if k[1] == -1},
         "seconds": round(seconds, 1),
+    }
+
+
+def _tuning_record(
+    plan: StudyPlan,
+    grids: Mapping[str, Sequence[_Config]],
+    history: Sequence[Mapping[str, Sequence[_Config]]],
+    chunks: Mapping[str, Sequence[slice]],
+    dev_rows: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
+    """What each method tried on the development prompts: its grid, the budget, the
+    configurations per halving round, the prompts per round and setting, and the outputs
+    generated (one per configuration, target and prompt)."""
+    methods = {}
+    for method, grid in grids.items():
+        rows = [r for r in dev_rows if r["method"] == method]
+        methods[method] = {
+            "grid": len(grid),
+            "configurations": len(history[0].get(method, ())) if history else 0,
+            "per_round": [len(h.get(method, ())) for h in history],
+            "outputs": sum(r["n"] for r in rows),
+        }
+    return {
+        "dev_budget": plan.dev_budget,
+        "halving_rounds": plan.halving_rounds,
+        "prompts_per_round": {s: [c.stop - c.start for c in cs] for s, cs in chunks.items()},
+        "methods": methods,
     }
 
 
