@@ -1,20 +1,32 @@
-"""The steering study (issue 12) on Gemma 3 270M: LAPE against random sets, DiffMean and prompting.
+"""The steering study (issues 12, 21) on Gemma 3 270M: LAPE against norm-matched random controls,
+DiffMean (one layer and CLaS-Bench's form), their combination, prompting and few-shot prompting.
 
 Steps:
 
 1. Firing statistics and per-language residual means on the handbook's train split, in one
    streaming pass (``collect_activation_stats(..., residual_means=True)``), ``--tokens`` tokens
    per language.
-2. :func:`tl_lape.experiments.steering_study.run_steering_study`: a sweep on the development prompts
-   (English, neutral and handbook-content prompts), then the chosen configuration of each method
-   on fresh prompts, judged by py3langid and lingua, fluency (the unsteered model's NLL against
-   held-out natural text, repetition) and content (chrF against the own translation minus chrF
-   against other paragraphs).
-3. The report folder: ``study.md``, ``study.json``, one figure per setting.
+2. Prompts from held-out text (:func:`~tl_lape.experiments.steering_prompts.heldout_prompts`,
+   the handbook's and the LibreOffice Help's held-out English): ``--n-dev`` development and
+   ``--n-fresh`` fresh prompts per setting (English, neutral); content prompts from the
+   handbook's parallel paragraphs, ``--n-content`` train items for development and as many
+   held-out items fresh (the held-out split has 28 aligned paragraphs, so the content setting
+   has at most 28 fresh prompts). Few-shot examples from the handbook's train split.
+3. :func:`tl_lape.experiments.steering_study.run_steering_study`: every method (LAPE, DiffMean,
+   CLaS) tries ``--dev-budget`` configurations by ``--halving-rounds`` rounds of successive
+   halving on the same development prompts; dose-response curves at ``--doses``; the chosen
+   configurations on the fresh prompts, at every ``--positions``, with norm-matched random
+   controls.
+4. The report folder: ``study.md``, ``study.json``, one figure per setting.
+
+``--plan-only`` prints the number of generations the settings ask for, and the time they would
+take at ``--seconds-per-generation`` (0.235 s: the 2026-12-02 run, 12,464 generations of 24
+tokens in 2,933 s on 2 cores, bfloat16), without loading anything.
 
 Usage::
 
-    python scripts/steer_gemma.py --out benchmarks/results/2026-12-02-gemma-steering
+    python scripts/steer_gemma.py --out benchmarks/results/2026-12-05-gemma-steering \
+        --dtype bfloat16
 """
 
 import argparse
@@ -28,8 +40,14 @@ import torch
 import tl_lape
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.collection.residual_means import ResidualMeans
+from tl_lape.experiments.steering_prompts import few_shot_examples, heldout_prompts, text_supply
 from tl_lape.experiments.steering_study import run_steering_study
-from tl_lape.sources.corpora import load_debian_handbook, load_handbook_parallel
+from tl_lape.sources.corpora import load_corpus, load_debian_handbook, load_handbook_parallel
+
+#: Methods with hooks in the fresh phase at the first positions, besides their random draws
+#: (lape, diffmean, clas, combined), the random controls per draw (LAPE's, DiffMean's, CLaS's),
+#: the methods repeated at every further positions, and the dose curves' methods.
+_STEERING, _CONTROLS, _DOSE_METHODS = 4, 3, 7
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -48,12 +66,27 @@ def main() -> None:
     parser.add_argument("--scale", default="2,4", help="scale strengths swept")
     parser.add_argument("--deactivate", default="none,others", help="other languages off?")
     parser.add_argument("--diffmean-layers", default=None, help="DiffMean layers swept")
-    parser.add_argument("--diffmean-strengths", default="0.5,1,2", help="DiffMean strengths")
-    parser.add_argument("--n-content", type=int, default=8, help="content items per phase")
-    parser.add_argument("--n-random", type=int, default=3, help="random draws (fresh prompts)")
+    parser.add_argument("--diffmean-strengths", default="0.5,1,2,4", help="DiffMean strengths")
+    parser.add_argument("--clas-strengths", default=None, help="CLaS alphas (default: scaled)")
+    parser.add_argument("--n-content", type=int, default=28, help="content items per phase")
+    parser.add_argument("--n-dev", type=int, default=16, help="development prompts per setting")
+    parser.add_argument("--n-fresh", type=int, default=48, help="fresh prompts per setting")
+    parser.add_argument("--n-random", type=int, default=1, help="random draws per control")
+    parser.add_argument("--dev-budget", type=int, default=12, help="configurations per method")
+    parser.add_argument("--halving-rounds", type=int, default=2, help="successive halving")
+    parser.add_argument("--positions", default="all,new", help="where the hooks act")
+    parser.add_argument("--doses", default="0.5,2", help="multiples of the chosen strengths")
+    parser.add_argument("--dose-prompts", type=int, default=8, help="dev prompts per dose curve")
+    parser.add_argument("--few-shot", type=int, default=3, help="few-shot examples (0: none)")
+    parser.add_argument("--targets", type=int, default=6, help="(--plan-only) target languages")
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--batch-size", type=int, default=192, help="rows per generation batch")
+    parser.add_argument("--batch-size", type=int, default=384, help="rows per generation batch")
+    parser.add_argument("--plan-only", action="store_true", help="print the plan's size and stop")
+    parser.add_argument("--seconds-per-generation", type=float, default=0.235)
     args = parser.parse_args()
+    if args.plan_only:
+        print(json.dumps(plan_size(args), indent=1))
+        return
     torch.manual_seed(0)
     started = time.perf_counter()
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -63,7 +96,23 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     train = load_debian_handbook(split="train")
     heldout = load_debian_handbook(split="heldout")
-    parallel = load_handbook_parallel(split="heldout")
+    libreoffice = load_corpus("libreoffice", split="heldout")
+    prompts = heldout_prompts(
+        [heldout, libreoffice], n_dev=args.n_dev, n_fresh=args.n_fresh, n_words=8, seed=0
+    )
+    fresh_parallel = load_handbook_parallel(split="heldout")[: args.n_content]
+    if len(fresh_parallel) < args.n_content:
+        raise SystemExit(
+            f"the handbook's held-out split has {len(fresh_parallel)} aligned paragraphs; "
+            f"--n-content {args.n_content} needs as many: pass --n-content {len(fresh_parallel)}"
+        )
+    # Development content prompts from train paragraphs, fresh ones from held-out paragraphs.
+    parallel = load_handbook_parallel(split="train")[: args.n_content] + fresh_parallel
+    languages = list(heldout)
+    supply = {
+        "handbook_heldout": text_supply(heldout, languages),
+        "libreoffice_heldout": text_supply(libreoffice, languages),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     stats_path, means_path = args.out / "stats.safetensors", args.out / "residual_means.safetensors"
     t0 = time.perf_counter()
@@ -96,12 +145,22 @@ def main() -> None:
         for mode in ("replace", "add", "scale")
         if _floats(getattr(args, mode))
     }
+    targets = [t for t in stats.languages if t != "en"]
+    evaluation = [t for corpus in (heldout, libreoffice) for lang in targets for t in corpus[lang]]
+    evaluation += [item[lang] for item in parallel for lang in targets]
+    few_shot = (
+        few_shot_examples(train, targets, k=args.few_shot, exclude=evaluation)
+        if args.few_shot
+        else None
+    )
     study = run_steering_study(
         model,
         stats,
         means,
         reference_corpus=heldout,
         parallel=parallel,
+        dev_prompts=prompts["dev"],
+        fresh_prompts=prompts["fresh"],
         n_content=args.n_content,
         top_rates=_floats(args.top_rates),
         strengths=strengths,
@@ -113,12 +172,21 @@ def main() -> None:
         n_random=args.n_random,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        clas_strengths=_floats(args.clas_strengths) if args.clas_strengths else None,
+        dev_budget=args.dev_budget,
+        halving_rounds=args.halving_rounds,
+        positions=tuple(args.positions.split(",")),
+        doses=_floats(args.doses),
+        dose_prompts=args.dose_prompts,
+        few_shot=few_shot,
     )
     study.metadata.update(
         {
             "dtype": str(next(model.parameters()).dtype),
             "train_tokens_per_language": args.tokens,
             "parallel_items": len(parallel),
+            "text_supply": supply,
+            "planned": plan_size(args),
             "load_s": round(load_s, 1),
             "collect_s": round(collect_s, 1),
             "total_s": round(time.perf_counter() - started, 1),
@@ -133,6 +201,39 @@ def main() -> None:
     study.save(args.out / "study")
     print(json.dumps(study.chosen, indent=1))
     print(study.to_markdown())
+
+
+def plan_size(args: argparse.Namespace) -> dict[str, float]:
+    """Generations (one prompt, ``--max-new-tokens`` tokens) the settings ask for, per phase,
+    and the minutes they take at ``--seconds-per-generation``."""
+    t = args.targets
+    settings = {"english": args.n_dev, "neutral": args.n_dev, "content": args.n_content}
+    fresh_n = {"english": args.n_fresh, "neutral": args.n_fresh, "content": args.n_content}
+    rounds = args.halving_rounds
+    dev = 0
+    for n in settings.values():  # per setting: the rounds' chunks, the survivors of each
+        ends = [-(-n * 2**k // 2**rounds) for k in range(rounds + 1)]
+        sizes = [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        alive = args.dev_budget
+        for size in sizes:
+            dev += 3 * alive * t * size  # lape, diffmean, clas
+            alive = -(-alive // 2)
+    doses = len(_floats(args.doses))
+    dose = sum(
+        _DOSE_METHODS * doses * t * min(n, max(args.dose_prompts, 2)) for n in settings.values()
+    )
+    n_positions = len(args.positions.split(","))
+    hooked = _STEERING * n_positions + _CONTROLS * args.n_random
+    unhooked = (1 + bool(args.few_shot)) * t + 1  # prompt and few-shot per target; none once
+    fresh = sum((hooked * t + unhooked) * n for n in fresh_n.values())
+    total = dev + dose + fresh
+    return {
+        "dev": dev,
+        "dose": dose,
+        "fresh": fresh,
+        "total": total,
+        "minutes": round(total * args.seconds_per_generation / 60, 1),
+    }
 
 
 if __name__ == "__main__":
