@@ -107,6 +107,9 @@ ROWS: dict[str, str] = {
     "language-code-long": "characters)",
     "corpus-text-no-folder": "names no folder",
     "report-json-edited": "is damaged: the checksum of its content",
+    "file-of-another-kind": "a JSON document of format tl_lape.LanguageNeurons, not an",
+    "api-path-type": "must be given as a path",
+    "corpus-token-ids": "pass token ids as torch.as_tensor(ids)",
 }
 
 
@@ -1233,6 +1236,11 @@ def test_options_only_with(stats_file: Path, neurons_file: Path, tmp_path: Path,
             ["evaluate", str(neurons_file), *corpus, "--selector-sizes", "budget"],
             "only apply with --stats",
         ),
+        (
+            ["demo", "--model", "demo", "--no-evaluate", "--eval-random", "5"],
+            "only apply with --evaluate",
+        ),
+        (["demo", "--model", "demo", "--steer-new-tokens", "8"], "only apply with --evaluate"),
     ]
     before = (stats_file.read_bytes(), neurons_file.read_bytes())
     for argv, said in cases:
@@ -1303,3 +1311,57 @@ def test_report_json_edited(tmp_path: Path) -> None:
     study.write_text(study.read_text(encoding="utf-8").replace("0.5", "0.9"))
     with pytest.raises(LapeError, match=ROWS["report-json-edited"]):
         tl_lape.SteeringStudy.load(tmp_path)
+
+
+def test_file_of_another_kind(
+    tiny_model, stats_file: Path, neurons_file: Path, text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    """A valid file of another kind was called "not valid JSON (corrupted or truncated?)" or
+    "header too large", and a neuron set given as --resume got the advice to delete it; the
+    message now says what the file is."""
+    paper = tmp_path / "x.neuron.pth"
+    tl_lape.LanguageNeurons.load(neurons_file).to_rucaibox(paper)
+    before = {p: p.read_bytes() for p in (stats_file, neurons_file, paper)}
+    out = tmp_path / "out"
+    evaluate = ["--model", "demo", "--corpus", "text:/nowhere", "--out", str(out)]
+    model = str(tiny_model("llama").path)
+    collect = ["collect", "--model", model, "--corpus", f"text:{text_corpus}", "--seq-len", "8"]
+    collect += ["--languages", "en,fr"]
+    cases = [
+        (["evaluate", str(paper), *evaluate], "is a zip archive, such as the LAPE paper's"),
+        (["evaluate", str(stats_file), *evaluate], "safetensors file of format tl_lape.Activ"),
+        (["identify", str(neurons_file), "--out", str(out)], ROWS["file-of-another-kind"]),
+        (
+            [*collect, "--resume", str(neurons_file), "--out", str(out)],
+            "not a collection checkpoint",
+        ),
+    ]
+    for argv, said in cases:
+        message = _fails(argv, said, capsys)
+        assert "delete" not in message and not out.exists()
+    assert {p: p.read_bytes() for p in before} == before
+    # As a user meets it: without the test suite's run-time type checker, which would refuse
+    # the argument first.
+    code = "import tl_lape\nfor bad in (123, None):\n"
+    code += "    try:\n        tl_lape.ActivationStats.load(bad)\n"
+    code += "    except tl_lape.LapeError as err:\n        print(err)\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    said = done.stdout.splitlines()
+    assert done.returncode == 0 and len(said) == 2, done.stderr
+    assert all(ROWS["api-path-type"] in line for line in said)
+
+
+def test_corpus_token_ids_advice(tiny_model) -> None:
+    """A corpus of NumPy token ids, or a list of tensors, said only "must hold strings"; the
+    message now says how to pass token ids."""
+    import re
+
+    import numpy as np
+
+    bridge = tiny_model("llama").bridge
+    for item in (np.arange(40) % 30, torch.arange(40) % 30):
+        ids = (x for x in [item])  # a generator: the run-time type check cannot look inside
+        with pytest.raises(LapeError, match=re.escape(ROWS["corpus-token-ids"])):
+            tl_lape.collect_activation_stats(
+                bridge, {"en": ids, "fr": ["Le chat dort."] * 20}, seq_len=8, progress=False
+            )

@@ -49,6 +49,7 @@ __all__ = [
     "check_size",
     "check_tagged_json",
     "existing_file",
+    "file_kind",
     "finite_json",
     "json_checksum",
     "json_text",
@@ -417,6 +418,11 @@ def existing_file(path: str | os.PathLike[str], what: str) -> Path:
         ...     print(str(err)[:52])
         cannot read statistics file '/no/such/file': no such
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise LapeError(
+            f"the {what} must be given as a path (a str or pathlib.Path); received a "
+            f"{type(path).__name__}: {repr(path)[:60]}"
+        )
     p = Path(path)
     if not p.is_file():
         reason = _not_a_file(p) or "no such file"
@@ -425,6 +431,34 @@ def existing_file(path: str | os.PathLike[str], what: str) -> Path:
             f"the working directory {os.getcwd()!r})"
         )
     return p
+
+
+def file_kind(path: str | os.PathLike[str]) -> str | None:
+    """What a file is, from its first bytes, for the message of a loader that cannot read it as
+    the kind it expected: a zip (such as the LAPE paper's ``.neuron.pth``), a safetensors file or
+    a JSON document, with its tl_lape format tag when it has one; None when not recognised.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "n.json"
+        >>> _ = p.write_text('{"format": "tl_lape.LanguageNeurons", "version": 1}')
+        >>> file_kind(p)
+        'a JSON document of format tl_lape.LanguageNeurons'
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    tag = re.search(rb'"format"\s*:\s*"([\w.:-]{1,80})"', head)
+    of = f" of format {tag.group(1).decode()}" if tag else ""
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, such as the LAPE paper's .neuron.pth (LanguageNeurons.from_rucaibox)"
+    if head[8:10] in (b'{"', b"{}"):
+        return f"a safetensors file{of}"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):
+        return f"a JSON document{of}"
+    return None
 
 
 def _not_a_file(p: Path) -> str | None:
@@ -599,6 +633,9 @@ def load_tagged_safetensors(
             header = dict(f.metadata() or {})
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except Exception as err:  # safetensors raises several types for a damaged file
+        kind = file_kind(p)
+        if kind is not None and not kind.startswith("a safetensors"):
+            raise LapeError(f"{name} is {kind}, not a {what}; give the path of a {what}") from None
         reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
         raise LapeError(f"{name} is not a readable {what} ({reason}); {advice}") from None
     legacy = legacy_keys is not None and set(header) == set(legacy_keys)

@@ -29,6 +29,7 @@ from tl_lape.formats import (
     check_output_file,
     check_size,
     existing_file,
+    file_kind,
     json_checksum,
     parse_json,
 )
@@ -85,6 +86,12 @@ def read_neurons_json(path: str | os.PathLike[str]) -> LanguageNeurons:
     """Read and verify a file written by :func:`write_neurons_json` (``load``)."""
     p = existing_file(path, "neuron set")
     advice = "re-create it with LanguageNeurons.save (or from_rucaibox for the paper's .pth)"
+    kind = file_kind(p)
+    if kind is not None and not kind.startswith("a JSON"):
+        raise LapeError(
+            f"{str(p)!r} is {kind}, not a neuron-set JSON file; give the file written by "
+            "`tl-lape identify` (LanguageNeurons.save)"
+        )
     doc = parse_json(p.read_bytes(), where=f"the neuron-set file {str(p)!r}", advice=advice)
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__

@@ -55,6 +55,7 @@ from tl_lape.formats import (
     atomic_path,
     check_output_file,
     existing_file,
+    file_kind,
     parse_json,
     write_safetensors,
 )
@@ -439,6 +440,12 @@ class ActivationStats:
         except LapeError:
             raise
         except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
+            kind = file_kind(p)
+            if kind is not None and not kind.startswith("a safetensors"):
+                raise LapeError(
+                    f"{str(p)!r} is {kind}, not an ActivationStats file; give the statistics "
+                    "file written by `tl-lape collect` (ActivationStats.save)"
+                ) from None
             raise LapeError(
                 f"cannot read {str(p)!r} as ActivationStats (corrupted or truncated file?): "
                 f"{type(err).__name__}: {str(err)[:200]}; {advice}"

@@ -1047,6 +1047,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )
+    evaluation_only = [
+        ("--eval-tokens-per-language", args.eval_tokens_per_language),
+        ("--eval-random", args.eval_random),
+        ("--steer-new-tokens", args.steer_new_tokens),
+    ]
+    _only_with(evaluation_only, settings.evaluate, "--evaluate")
     result = run_demo(settings, echo=lambda line: print(line, flush=True))
     print()
     print(result.summary)

@@ -226,7 +226,11 @@ def document_stream(
     first = True
     for i, doc in enumerate(texts):
         if not isinstance(doc, str):
-            raise LapeError(f"{where} must hold strings; item {i} is a {type(doc).__name__}")
+            raise LapeError(
+                f"{where} must hold strings (documents), or be one 1-D torch tensor of token "
+                f"ids; item {i} is a {type(doc).__name__}; pass token ids as "
+                "torch.as_tensor(ids) (one tensor per language), texts as a list of str"
+            )
         started = False
         for piece in _document_pieces(doc):
             ids = adapter.encode(piece)
