@@ -142,6 +142,20 @@ def test_add_and_scale_steering_equal_hand_computation(tiny_model, hf_copies, ar
     torch.testing.assert_close(hooked, hf_logits(hf_copies(arch), tokens, edit))
 
 
+def test_strength_that_overflows_is_refused_never_nan_logits(tiny_model):
+    """add=1e308 times a mean activation is beyond float32: refused when the hooks are built;
+    scale=1e39 passes that check (no means involved) but its hook raises on the first
+    non-finite activation instead of letting NaN logits through."""
+    tm = tiny_model("llama")
+    neurons, stats = random_neurons(), random_stats()
+    with pytest.raises(LapeError, match=r"strength 1e\+308 times the mean activation"):
+        steering_hooks(neurons, stats, "zh", mode="add", strength=1e308, model=tm.bridge)
+    hooks = steering_hooks(neurons, stats, "zh", mode="scale", strength=1e39, model=tm.bridge)
+    with pytest.raises(LapeError, match=r"produced a non-finite activation in torch.float32"):
+        tm.bridge.run_with_hooks(tokens_for(tm.bridge), fwd_hooks=hooks)
+    assert_no_hooks_attached(tm.bridge)
+
+
 def test_steering_with_deactivation_target_wins(tiny_model, hf_copies):
     tm = tiny_model("llama")
     neurons = LanguageNeurons.from_indices(

@@ -703,6 +703,13 @@ def steering_hooks(
         if not idx.numel() and not zero_idx.numel():
             continue
         value = (strength * means[layer, idx]) if means is not None else None  # k, float64
+        if value is not None and value.numel() and float(value.abs().max()) > _FLOAT32_MAX:
+            raise LapeError(
+                f"strength {strength!r} times the mean activation of {target!r}'s neurons in "
+                f"layer {layer} is {float(value.abs().max()):.3g}, beyond the largest float32 "
+                f"({_FLOAT32_MAX:.3g}): every steered activation would be infinite. Pass a "
+                "strength of a few units to a few tens"
+            )
         hooks.extend(
             _steer_layer_hooks(
                 layer,
@@ -717,6 +724,10 @@ def steering_hooks(
             )
         )
     return hooks
+
+
+#: The largest finite float32 (bfloat16 shares its range): a steered value beyond it is infinite.
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _steer_layer_hooks(
@@ -768,6 +779,12 @@ def _steer_layer_hooks(
                 new = v * up if mode == "replace" else current + v * up
             else:
                 new = v.expand_as(current) if mode == "replace" else current + v
+        if not bool(torch.isfinite(new).all()):
+            raise LapeError(
+                f"steering {name!r} (mode={mode!r}, strength={strength!r}) produced a "
+                f"non-finite activation in {act.dtype}: the model's logits would be NaN. Pass "
+                "a smaller strength"
+            )
         return _write(out, pos, i, new)
 
     def reset() -> None:
