@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+
 from tl_lape.experiments.analysis import split_half_jaccard
 from tl_lape.experiments.evaluation import EvaluationReport
 from tl_lape.formats import json_text
@@ -51,6 +53,9 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         f"## Deactivation at top_rate={rate} ({summary.get('corpus')})\n\n{report.to_markdown()}\n",
         encoding="utf-8",
     )
+    for name, fig in report.figures().items():  # the figures too, with the current intervals
+        fig.savefig(folder / f"{name}_{tag}.png", dpi=110)
+        plt.close(fig)
     stability_path = folder / f"stability_{tag}.json"
     stability = json.loads(stability_path.read_text()) if stability_path.exists() else None
     langs = list(report.lape.deactivated)
