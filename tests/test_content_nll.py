@@ -54,6 +54,37 @@ def test_hooks_change_the_nll_and_no_hooks_change_nothing(demo):
     assert not torch.allclose(plain, hooked)
 
 
+def test_hooks_from_the_continuation_on_match_one_sequence_at_a_time(demo):
+    """A function of the continuation's start (``positions="new"`` in teacher forcing): rows of
+    different prompt lengths are batched by length and come back in order; each equals the row
+    run alone with hooks at ``slice(start, None)``; the first continuation token, predicted from
+    the unsteered prompt, is unchanged."""
+    adapter = adapt(demo, validate=False)
+    prompts = ["To install a package", "x", "The server starts the network service", "A b"]
+    conts = ["il faut utiliser apt.", "y z w", "le service réseau et attend.", "c d e f"]
+    seen: list[int] = []
+
+    def from_start(start: int):
+        seen.append(start)
+
+        def scale(act, *, hook):
+            act[:, start:] = act[:, start:] * 0.5
+            return act
+
+        return [("blocks.1.hook_resid_pre", scale)]
+
+    got = continuation_nll(demo, prompts, conts, fwd_hooks=from_start, batch_size=2)
+    heads = [1 + len(adapter.encode(p)) for p in prompts]
+    assert sorted(set(seen)) == sorted(set(heads))
+    for i, (prompt, cont) in enumerate(zip(prompts, conts, strict=True)):
+        alone = continuation_nll(demo, [prompt], [cont], fwd_hooks=from_start(heads[i]))
+        assert float(got[i]) == pytest.approx(float(alone[0]), rel=1e-5)
+    plain = continuation_nll(demo, prompts, conts)
+    assert not torch.allclose(plain, got)
+    first = continuation_nll(demo, prompts, conts, fwd_hooks=from_start, max_tokens=1)
+    assert torch.allclose(first, continuation_nll(demo, prompts, conts, max_tokens=1))
+
+
 def test_the_own_prompt_makes_the_translation_likelier_on_average(demo, items):
     """On the unsteered demo model, pooled over six target languages, each reference is on
     average likelier after its own English prompt than after another item's. Measured on the

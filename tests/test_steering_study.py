@@ -374,6 +374,11 @@ def test_study_keeps_every_output_with_its_verdicts(study, tmp_path):
     lape = study.select(phase="fresh", setting="content", method="lape")
     # Every content row carries the measure's mean (nats per reference token).
     assert all(r["reference_nll"] > 0 for r in none + lape)
+    # At new positions the hooks act on the reference's tokens (from its second prediction
+    # on), not nowhere: the measure differs from the unsteered model's.
+    unsteered = {r["target"]: r["reference_nll"] for r in none}
+    lape_new = study.select(phase="fresh", setting="content", method="lape_new")
+    assert lape_new and all(r["reference_nll"] != unsteered[r["target"]] for r in lape_new)
     assert "Judge-free content measure" in study.to_markdown()
     for chosen in study.examples.values():
         assert chosen[0]["rule"] == "random"

@@ -49,8 +49,9 @@ Example:
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -1795,11 +1796,17 @@ def _neuron_set(run: _StudyRun, top_rate: float, seed: int | None) -> LanguageNe
     return run.sets[key]
 
 
-def _hooks_for(run: _StudyRun, config: _Config, target: str, setting: str) -> FwdHooks:
+def _hooks_for(
+    run: _StudyRun, config: _Config, target: str, setting: str, start: int | None = None
+) -> FwdHooks:
     """The hooks of one configuration toward ``target`` in ``setting`` (none for the
-    baselines without hooks)."""
+    baselines without hooks). ``start``: in a teacher-forced pass, the first position of the
+    continuation, where a ``"new"`` configuration's hooks begin (in generation they follow
+    the generated tokens themselves)."""
     source = _prompt_language(run, setting)
-    positions: Positions = None if config.positions == "all" else "new"
+    positions: Positions = None
+    if config.positions == "new":
+        positions = "new" if start is None else slice(start, None)
     method = config.method
     hooks: FwdHooks = []
     if method in ("lape", "random", "combined"):
@@ -1909,11 +1916,14 @@ def _judge_row(
         gains = content.gains
         # The judge-free content measure: the reference translation, teacher-forced under the
         # same hooks after the same prompts, against after a mismatched prompt.
+        hooks: FwdHooks | Callable[[int], FwdHooks] = _hooks_for(run, config, target, setting)
+        if config.positions == "new":  # the hooks act from the reference's first token on
+            hooks = partial(_hooks_for, run, config, target, setting)
         scores = content_nll(
             run.model,
             prompts,
             [item[target] for item in data.parallel],
-            fwd_hooks=_hooks_for(run, config, target, setting),
+            fwd_hooks=hooks,
             max_tokens=run.max_new_tokens,
             batch_size=run.batch_size,
         )

@@ -41,6 +41,9 @@ from tl_lape.judging.nll import next_token_nll
 __all__ = ["ContentNLL", "content_nll", "continuation_nll"]
 
 Hooks = Sequence[tuple[Any, Callable[..., Any]]]
+#: Hooks, or a function of the position where the continuation starts that returns them (hooks
+#: that act on the continuation only, as ``positions="new"`` hooks do in generation).
+HooksOrFactory = Hooks | Callable[[int], Hooks]
 
 
 def continuation_nll(
@@ -48,7 +51,7 @@ def continuation_nll(
     prompts: Sequence[str],
     continuations: Sequence[str],
     *,
-    fwd_hooks: Hooks = (),
+    fwd_hooks: HooksOrFactory = (),
     max_tokens: int = 32,
     batch_size: int = 8,
 ) -> Float[Tensor, " batch"]:
@@ -62,7 +65,14 @@ def continuation_nll(
         model: A TransformerLens model.
         prompts: The prompts.
         continuations: One continuation per prompt.
-        fwd_hooks: TransformerLens forward hooks (e.g. a steering configuration's).
+        fwd_hooks: TransformerLens forward hooks (e.g. a steering configuration's), or a
+            function ``start -> hooks`` for hooks that should act on the continuation only:
+            it receives the position of the continuation's first token (BOS and the prompt come
+            before it) and returns hooks for those positions, e.g. ``lambda start:
+            steering_hooks(..., positions=slice(start, None))``. That is what
+            ``positions="new"`` does in generation: the first continuation token is predicted
+            from the unsteered prompt, every later one from steered positions. Rows are then
+            batched by prompt length, so each forward pass has one start.
         max_tokens: Continuation tokens scored at most.
         batch_size: Sequences per forward pass.
 
@@ -85,9 +95,25 @@ def continuation_nll(
         tail = adapter.encode(" " + cont).tolist()[:max_tokens]
         rows.append((head, tail))
     out = torch.full((len(rows),), float("nan"), dtype=torch.float64)
+    if callable(fwd_hooks):
+        factory = fwd_hooks
+        groups: dict[int, list[int]] = {}
+        for i, (head, _) in enumerate(rows):
+            groups.setdefault(len(head), []).append(i)
+        batches = [
+            (idx[k : k + batch_size], factory(start))
+            for start, idx in sorted(groups.items())
+            for k in range(0, len(idx), batch_size)
+        ]
+    else:
+        hooks = list(fwd_hooks)
+        batches = [
+            (list(range(k, min(k + batch_size, len(rows)))), hooks)
+            for k in range(0, len(rows), batch_size)
+        ]
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
+        for index, batch_hooks in batches:
+            chunk = [rows[i] for i in index]
             width = max(len(h) + len(t) for h, t in chunk)
             tokens = torch.zeros((len(chunk), width), dtype=torch.long)
             scored = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
@@ -96,11 +122,11 @@ def continuation_nll(
                 # Position p predicts token p + 1: the continuation's tokens.
                 scored[r, len(head) - 1 : len(head) + len(tail) - 1] = True
             logits = model.run_with_hooks(
-                tokens.to(adapter.device), fwd_hooks=list(fwd_hooks)
+                tokens.to(adapter.device), fwd_hooks=list(batch_hooks)
             )  # batch pos d_vocab
             nll = next_token_nll(logits, tokens.to(adapter.device)).cpu()  # batch pos-1
             nll = (nll * scored).to(torch.float64).sum(-1) / scored.sum(-1)  # batch
-            out[start : start + len(chunk)] = nll
+            out[torch.tensor(index)] = nll
     return out
 
 
@@ -143,7 +169,7 @@ def content_nll(
     prompts: Sequence[str],
     references: Sequence[str],
     *,
-    fwd_hooks: Hooks = (),
+    fwd_hooks: HooksOrFactory = (),
     max_tokens: int = 32,
     batch_size: int = 8,
 ) -> ContentNLL:
@@ -155,7 +181,8 @@ def content_nll(
         prompts: The content prompts (e.g.
             :func:`~tl_lape.experiments.steering_study.content_prompts`).
         references: The target-language translation of each prompt's paragraph, in order.
-        fwd_hooks: The intervention's hooks (none: the unsteered model).
+        fwd_hooks: The intervention's hooks (none: the unsteered model), or a function of
+            the continuation's first position, as in :func:`continuation_nll`.
         max_tokens: Reference tokens scored at most.
         batch_size: Sequences per forward pass.
     """
