@@ -154,6 +154,12 @@ def test_strength_that_overflows_is_refused_never_nan_logits(tiny_model):
     with pytest.raises(LapeError, match=r"produced a non-finite activation in torch.float32"):
         tm.bridge.run_with_hooks(tokens_for(tm.bridge), fwd_hooks=hooks)
     assert_no_hooks_attached(tm.bridge)
+    # The largest strengths that pass both checks: the values are finite in the hooks, and the
+    # later layers' norms keep the logits finite (nonsense, but never NaN).
+    for mode, strength in (("add", 1e38), ("scale", 3e37)):
+        hooks = steering_hooks(neurons, stats, "zh", mode=mode, strength=strength, model=tm.bridge)
+        logits = tm.bridge.run_with_hooks(tokens_for(tm.bridge), fwd_hooks=hooks)
+        assert bool(torch.isfinite(logits).all()), (mode, strength)
 
 
 def test_steering_with_deactivation_target_wins(tiny_model, hf_copies):

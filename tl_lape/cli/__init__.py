@@ -546,6 +546,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             )
     _check_model_source(args.model, args.device)
     corpus = _load_corpus(args.corpus, args.languages, args.split, args.hf_config)
+    if args.resume is not None and Path(args.resume).is_file():
+        _check_resume(args, corpus)
     model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     window_kwargs: dict[str, Any] = {
         "seq_len": args.seq_len,
@@ -1129,11 +1131,34 @@ def _check_at_least_one(args: argparse.Namespace, names: Sequence[str]) -> None:
 
 def _check_collect_sizes(args: argparse.Namespace) -> None:
     """--seq-len, --batch-size and --max-tokens-per-language, checked before any loading."""
+    from tl_lape.collection.windows import check_seq_len
+
     _check_at_least_one(args, ("batch_size",))
     if args.seq_len is not None:
         _check_at_least_one(args, ("seq_len",))
+        check_seq_len(args.seq_len, "--seq-len")
     if args.max_tokens_per_language is not None:
         _check_at_least_one(args, ("max_tokens_per_language",))
+
+
+def _check_resume(args: argparse.Namespace, corpus: Mapping[str, Any]) -> None:
+    """``collect --resume`` with an existing file: read it as a checkpoint (verifying its
+    checksum) and compare its languages and the window options given, before the model loads;
+    the model's part of the fingerprint is compared once the model is there."""
+    from tl_lape.collection.checkpoint import CollectionCheckpoint
+
+    checkpoint = CollectionCheckpoint.load(args.resume)
+    given = {
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "max_tokens_per_language": args.max_tokens_per_language,
+        "prepend_bos": args.prepend_bos,
+    }
+    known = {
+        "corpus": {"languages": list(corpus)},
+        "settings": {k: v for k, v in given.items() if v is not None},
+    }
+    checkpoint.check_matches(known, args.resume, partial=True)
 
 
 def _check_model_source(name: str, device: str) -> None:

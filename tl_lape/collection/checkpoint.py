@@ -157,9 +157,19 @@ class CollectionCheckpoint:
                 f"{err}); {advice}"
             ) from None
 
-    def check_matches(self, fingerprint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-        """Raise :class:`LapeError` naming every field where ``fingerprint`` differs from ours."""
-        differences = fingerprint_differences(self.fingerprint, dict(fingerprint))
+    def check_matches(
+        self,
+        fingerprint: Mapping[str, Any],
+        path: str | os.PathLike[str],
+        *,
+        partial: bool = False,
+    ) -> None:
+        """Raise :class:`LapeError` naming every field where ``fingerprint`` differs from ours.
+
+        ``partial``: compare only the fields ``fingerprint`` has (what is known before the
+        model loads: the languages and the window options given)."""
+        mine = _restrict(self.fingerprint, fingerprint) if partial else self.fingerprint
+        differences = fingerprint_differences(mine, dict(fingerprint))
         if differences:
             shown = "; ".join(
                 f"{key}: {mine!r} in the checkpoint, {theirs!r} now"
@@ -186,6 +196,14 @@ def fingerprint_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str,
             out += fingerprint_differences(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def _restrict(value: Any, shape: Any) -> Any:
+    """``value`` cut down to the keys of ``shape``, at every level where both are dicts."""
+    if not isinstance(shape, Mapping):
+        return value
+    inner = value if isinstance(value, Mapping) else {}
+    return {key: _restrict(inner.get(key), sub) for key, sub in shape.items()}
 
 
 def _tensor_sha256(ids: Tensor) -> str:

@@ -40,9 +40,11 @@ from tl_lape.errors import LapeError
 __all__ = [
     "COLLECTION",
     "DOCUMENT_PIECE_CHARS",
+    "MAX_SEQ_LEN",
     "WindowBatch",
     "WindowPolicy",
     "WindowSettings",
+    "check_seq_len",
     "document_stream",
     "evaluation_policy",
     "iter_window_batches",
@@ -93,6 +95,29 @@ def evaluation_policy(prepend_bos: bool = True) -> WindowPolicy:
     return WindowPolicy(separator=separator, prepend_bos=prepend_bos)
 
 
+#: The longest window tl_lape cuts (2**20 tokens), whatever the model: a stated bound checked
+#: before anything is loaded or allocated. The model's own context length, often shorter, is
+#: checked once the model is there.
+MAX_SEQ_LEN = 1 << 20
+
+
+def check_seq_len(value: Any, name: str = "seq_len") -> None:
+    """Raise :class:`LapeError` unless ``value`` is an int in ``1 .. MAX_SEQ_LEN``.
+
+    Args:
+        value: The window length asked for.
+        name: How the message names it (``"--seq-len"`` on the command line).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LapeError(f"{name} must be a positive int; received {value!r}")
+    if value > MAX_SEQ_LEN:
+        raise LapeError(
+            f"{name} must be at most {MAX_SEQ_LEN:,} tokens (tl_lape's bound on a window; the "
+            f"model's context length, checked once it loads, is usually far shorter); received "
+            f"{value:,}; pass a shorter one, e.g. 512"
+        )
+
+
 @dataclass(frozen=True)
 class WindowSettings:
     """How a corpus is cut into windows; see the module docstring.
@@ -112,10 +137,10 @@ class WindowSettings:
     drop_last: bool
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LapeError(f"{name} must be a positive int; received {value!r}")
+        check_seq_len(self.seq_len)
+        value = self.batch_size
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LapeError(f"batch_size must be a positive int; received {value!r}")
         if self.prepend_bos and self.seq_len < 2:
             raise LapeError(
                 f"seq_len must be >= 2 with prepend_bos=True (BOS plus at least one token); "
@@ -397,7 +422,8 @@ def token_windows(
         LapeError: If the text holds less than one window.
     """
     adapter = adapt(model, validate=False)
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+    check_seq_len(seq_len)
+    if seq_len < 2:
         raise LapeError(f"seq_len must be an int >= 2; received {seq_len!r}")
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
