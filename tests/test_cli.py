@@ -268,21 +268,22 @@ def test_steer_study_writes_the_study_report(
     argv += ["--modes", "add", "--strengths", "add=2", "--top-rates", "0.1"]
     argv += ["--diffmean-layers", "1", "--diffmean-strengths", "1", "--n-random", "2"]
     argv += ["--max-new-tokens", "3", "--no-progress", "--out", str(out)]
+    argv += ["--positions", "all,new", "--doses", "2"]
     assert main(argv) == 0
     study = json.loads((out / "study.json").read_text(encoding="utf-8"))
     assert set(study["chosen"]) == {"lape", "diffmean", "clas"}
     fresh = [r for r in study["rows"] if r["phase"] == "fresh"]
+    steered = {"lape", "diffmean", "clas", "combined"}
     assert {r["method"] for r in fresh} == {
         "none",
         "prompt",
-        "lape",
         "random",
-        "diffmean",
         "random_diffmean",
-        "clas",
         "random_clas",
-        "combined",
+        *steered,
+        *(f"{m}_new" for m in steered),
     }
+    assert {r["dose"] for r in study["rows"] if r.get("dose") is not None} >= {2.0}
     assert {r["setting"] for r in fresh} == {"english", "neutral"}  # no handbook: no content
     # Equal budgets: every method tried as many configurations as the smallest grid holds.
     tuning = study["metadata"]["tuning"]["methods"]
@@ -313,6 +314,15 @@ def test_steer_study_writes_the_study_report(
         (["--diffmean-layers", "9"], "diffmean_layers must be ints in 0..1"),
         (["--seed", "3"], "--seed apply to the sweep only"),
         (["--top-rates", "0"], "strictly between 0 and 1"),
+        (["--positions", "all,middle"], "positions must be one of"),
+        (["--doses", "0"], "doses must be positive multiples"),
+        (["--halving-rounds", "-1"], "halving_rounds"),
+        (["--dose-prompts", "0"], "dose_prompts"),
+        (["--few-shot", "-1"], "--few-shot must be 0 (none) or more, got -1"),
+        # The test corpus repeats its sentences, so no train paragraph is outside the held-out
+        (["--few-shot", "1"], "paragraphs of 20 to 120 characters outside the evaluation text"),
+        (["--dev-budget", "99"], "dev_budget=99 configurations per method"),
+        (["--clas-strengths", "x"], "--clas-strengths takes comma-separated numbers"),
     ],
 )
 def test_steer_study_rejects_bad_options_before_loading_the_model(
@@ -348,6 +358,9 @@ def test_study_options_need_study_and_means_need_a_plain_collection(
     argv = ["steer", str(stats_path), "--model", model_dir, "--means", str(means_path)]
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     assert "--means only apply with --study" in capsys.readouterr().err
+    argv = ["steer", str(stats_path), "--model", model_dir, "--positions", "new"]
+    assert main([*argv, "--halving-rounds", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "--halving-rounds, --positions only apply with --study" in capsys.readouterr().err
     argv = ["collect", "--model", model_dir, "--corpus", f"text:{text_corpus}"]
     argv += ["--resume", str(tmp_path / "ck"), "--residual-means", str(tmp_path / "m2")]
     assert main([*argv, "--out", str(tmp_path / "s2")]) == 2

@@ -292,6 +292,49 @@ def _add_steer_command(sub: Any) -> None:
         default=None,
         help="comma-separated DiffMean strengths (default: 0.5,1,2)",
     )
+    study.add_argument(
+        "--clas-strengths",
+        default=None,
+        help="comma-separated alphas of CLaS-Bench's unit-norm DiffMean (default: the DiffMean "
+        "strengths times the residual norm)",
+    )
+    study.add_argument(
+        "--dev-budget",
+        type=int,
+        default=None,
+        help="configurations each method tries on the development prompts, the same for all "
+        "(default: every configuration of each grid)",
+    )
+    study.add_argument(
+        "--halving-rounds",
+        type=int,
+        default=None,
+        help="rounds of successive halving over the development prompts (default: 0)",
+    )
+    study.add_argument(
+        "--positions",
+        default=None,
+        help="where the hooks act: all (the prompt too), new (generated tokens), or all,new "
+        "(default: all)",
+    )
+    study.add_argument(
+        "--doses",
+        default=None,
+        help="multiples of each chosen strength for the dose-response curves (default: 0.5,1,2)",
+    )
+    study.add_argument(
+        "--dose-prompts",
+        type=int,
+        default=None,
+        help="development prompts per dose-response curve (default: all of them)",
+    )
+    study.add_argument(
+        "--few-shot",
+        type=int,
+        default=None,
+        help="few-shot examples per target from the reference corpus's train split, a "
+        "prompting baseline beside the one-line cue (default: 0, none)",
+    )
     steer.add_argument("--no-progress", action="store_true", help="hide progress bars")
     steer.add_argument("--out", required=True, type=Path, help="report folder")
     _add_overwrite_option(steer)
@@ -785,6 +828,13 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         ("--n-content", args.n_content),
         ("--diffmean-layers", args.diffmean_layers),
         ("--diffmean-strengths", args.diffmean_strengths),
+        ("--clas-strengths", args.clas_strengths),
+        ("--dev-budget", args.dev_budget),
+        ("--halving-rounds", args.halving_rounds),
+        ("--positions", args.positions),
+        ("--doses", args.doses),
+        ("--dose-prompts", args.dose_prompts),
+        ("--few-shot", args.few_shot),
     ]
     _only_with(study_only, False, "--study")
     sweep_kwargs = _steer_kwargs(args)
@@ -837,7 +887,22 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
         "diffmean_layers": parsed["diffmean_layers"],
         "diffmean_strengths": parsed["diffmean_strengths"],
         "n_random": 3 if args.n_random is None else args.n_random,
+        **{k: parsed[k] for k in _STUDY_PLAN_OPTIONS},
     }
+    if args.few_shot:  # None or 0: no few-shot baseline
+        from tl_lape.experiments.steering_prompts import few_shot_examples
+
+        train = _load_corpus(
+            args.reference_corpus, ",".join(stats.languages), "train", args.hf_config
+        )
+        held_out = [t for texts in options["reference_corpus"].values() for t in texts]
+        held_out += [text for item in parallel for text in item.values()]
+        options["few_shot"] = few_shot_examples(
+            train,
+            [t for t in (options["targets"] or stats.languages) if t != "en"],
+            k=args.few_shot,
+            exclude=held_out,
+        )
     check_study_inputs(stats, means, **options)  # everything but the model, before loading it
     model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     study = run_steering_study(
@@ -855,10 +920,21 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The study options the command line passes to the library as they are parsed.
+_STUDY_PLAN_OPTIONS = (
+    "clas_strengths",
+    "dev_budget",
+    "halving_rounds",
+    "positions",
+    "doses",
+    "dose_prompts",
+)
+
+
 def _study_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The sweep options and the study's own options of ``steer --study``, parsed and
     checked before anything is loaded."""
-    from tl_lape.experiments.steering_study import DEFAULT_STRENGTHS
+    from tl_lape.experiments.steering_study import DEFAULT_DOSES, DEFAULT_STRENGTHS
 
     sweep_only = [
         opt
@@ -907,11 +983,25 @@ def _study_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
     if missing:
         raise LapeError(f"--strengths names mode(s) {missing} that --modes {list(modes)} omits.")
     strengths = {m: given.get(m, DEFAULT_STRENGTHS[m]) for m in modes}
+    if args.few_shot is not None and args.few_shot < 0:
+        raise LapeError(f"--few-shot must be 0 (none) or more, got {args.few_shot}.")
     study = {
         "n_content": n_content,
         "diffmean_layers": layers,
         "diffmean_strengths": diff_strengths,
         "strengths": strengths,
+        "clas_strengths": None
+        if args.clas_strengths is None
+        else _floats(_split_list(args.clas_strengths, "--clas-strengths"), "--clas-strengths"),
+        "dev_budget": args.dev_budget,
+        "halving_rounds": 0 if args.halving_rounds is None else args.halving_rounds,
+        "positions": ("all",)
+        if args.positions is None
+        else _split_list(args.positions, "--positions"),
+        "doses": DEFAULT_DOSES
+        if args.doses is None
+        else _floats(_split_list(args.doses, "--doses"), "--doses"),
+        "dose_prompts": args.dose_prompts,
     }
     return sweep, study
 
