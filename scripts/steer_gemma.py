@@ -20,8 +20,10 @@ Steps:
 4. The report folder: ``study.md``, ``study.json``, one figure per setting.
 
 ``--plan-only`` prints the number of generations the settings ask for, and the time they would
-take at ``--seconds-per-generation`` (0.235 s: the 2026-12-02 run, 12,464 generations of 24
-tokens in 2,933 s on 2 cores, bfloat16), without loading anything.
+take at ``--seconds-per-generation`` (0.39 s: the 2026-12-04 run's development and dose steps,
+6,390 generations of 24 tokens with their judging and content measure in 2,501 s on 2 cores,
+bfloat16; ``benchmarks/results/2026-12-04-gemma-steering-timing.md``. The 2026-12-02 study's
+0.235 s had fewer sets per batch and no content measure), without loading anything.
 
 Usage::
 
@@ -82,7 +84,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=384, help="rows per generation batch")
     parser.add_argument("--plan-only", action="store_true", help="print the plan's size and stop")
-    parser.add_argument("--seconds-per-generation", type=float, default=0.235)
+    parser.add_argument("--seconds-per-generation", type=float, default=0.39)
     args = parser.parse_args()
     if args.plan_only:
         print(json.dumps(plan_size(args), indent=1))
