@@ -589,9 +589,6 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             )
     _check_model_source(args.model, args.device)
     corpus = _load_corpus(args.corpus, args.languages, args.split, args.hf_config)
-    if args.resume is not None and Path(args.resume).is_file():
-        _check_resume(args, corpus)
-    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     window_kwargs: dict[str, Any] = {
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
@@ -599,6 +596,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         "prepend_bos": args.prepend_bos,
         "progress": not args.no_progress,
     }
+    if args.resume is not None and Path(args.resume).is_file():
+        _check_resume(args.resume, corpus, window_kwargs)
+    model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     if args.shards is not None:
         stats = _collect_shards(model, corpus, args, window_kwargs)
     elif args.resume is not None:
@@ -1231,24 +1231,19 @@ def _check_collect_sizes(args: argparse.Namespace) -> None:
         _check_at_least_one(args, ("max_tokens_per_language",))
 
 
-def _check_resume(args: argparse.Namespace, corpus: Mapping[str, Any]) -> None:
+def _check_resume(path: Path, corpus: Mapping[str, Any], window_kwargs: Mapping[str, Any]) -> None:
     """``collect --resume`` with an existing file: read it as a checkpoint (verifying its
-    checksum) and compare its languages and the window options given, before the model loads;
-    the model's part of the fingerprint is compared once the model is there."""
+    checksum) and compare its languages and the window options given (``window_kwargs``, as
+    collection gets them; ``progress`` is not a setting), before the model loads; the model's
+    part of the fingerprint is compared once the model is there."""
     from tl_lape.collection.checkpoint import CollectionCheckpoint
 
-    checkpoint = CollectionCheckpoint.load(args.resume)
-    given = {
-        "seq_len": args.seq_len,
-        "batch_size": args.batch_size,
-        "max_tokens_per_language": args.max_tokens_per_language,
-        "prepend_bos": args.prepend_bos,
-    }
+    checkpoint = CollectionCheckpoint.load(path)
     known = {
         "corpus": {"languages": list(corpus)},
-        "settings": {k: v for k, v in given.items() if v is not None},
+        "settings": {k: v for k, v in window_kwargs.items() if k != "progress" and v is not None},
     }
-    checkpoint.check_matches(known, args.resume, partial=True)
+    checkpoint.check_matches(known, path, partial=True)
 
 
 def _check_model_source(name: str, device: str) -> None:
