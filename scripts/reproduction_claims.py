@@ -31,16 +31,8 @@ from tl_lape.neurons import LanguageNeurons
 
 
 def _fmt(e: Estimate, digits: int = 3, sign: bool = True) -> str:
-    spec = f"{'+' if sign else ''}.{digits}f"
-    if e.value != e.value:  # NaN
-        return "n/a"
-    if e.low is None or e.high is None:
-        return f"{format(e.value, spec)} ± n/a"
-    return f"{format(e.value, spec)} [{format(e.low, spec)}, {format(e.high, spec)}]"
-
-
-def _est(e: Estimate) -> dict[str, Any]:
-    return {"value": e.value, "low": e.low, "high": e.high, "n_units": e.n, "level": e.level}
+    """The library's format, signed by default (the claims are differences)."""
+    return e.format(digits, sign=sign)
 
 
 def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
@@ -84,13 +76,13 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         row = {
             "language": lang,
             "neurons": report.neuron_counts["lape"][lang],
-            "own_rise": _est(own),
-            "selectivity": _est(sel),
-            "random_selectivity": None if rand is None else _est(rand),
-            "minus_random": None if minus_random is None else _est(minus_random),
+            "own_rise": own.to_dict(),
+            "selectivity": sel.to_dict(),
+            "random_selectivity": None if rand is None else rand.to_dict(),
+            "minus_random": None if minus_random is None else minus_random.to_dict(),
             "p_value": p,
             "own_largest_probability": prob,
-            "minus_baseline": {k: _est(v) for k, v in diffs.items()},
+            "minus_baseline": {k: v.to_dict() for k, v in diffs.items()},
             "expected_self_jaccard": jac,
         }
         rows.append(row)
@@ -121,19 +113,21 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         "windows_per_language": report.lape.n_windows.tolist(),
         "documents_per_language": report.lape.n_clusters(),
         "min_p_value": est.min_p_value,
-        "n_own_largest": _est(count),
-        "mean_selectivity": _est(est.mean_selectivity),
+        "n_own_largest": count.to_dict(),
+        "mean_selectivity": est.mean_selectivity.to_dict(),
         "random_mean_abs_selectivity": (
             None
             if est.random_mean_abs_selectivity is None
-            else _est(est.random_mean_abs_selectivity)
+            else est.random_mean_abs_selectivity.to_dict()
         ),
-        "selectivity_ratio": None if ratio is None else _est(ratio),
+        "selectivity_ratio": None if ratio is None else ratio.to_dict(),
         "random_difference": (
-            None if est.random_difference is None else _est(est.random_difference)
+            None if est.random_difference is None else est.random_difference.to_dict()
         ),
         "nearest": _nearest(folder, tag),
-        "baseline_mean_differences": {k: _est(v) for k, v in est.baseline_mean_differences.items()},
+        "baseline_mean_differences": {
+            k: v.to_dict() for k, v in est.baseline_mean_differences.items()
+        },
         "neuron_counts": report.neuron_counts,
         "rows": rows,
         "evaluate_s": run.get("timings", {}).get(f"evaluate_{tag}_s"),
@@ -187,21 +181,18 @@ def corpus_claims(folder: Path, tag: str) -> tuple[dict[str, Any], list[str]]:
         gaps = ", ".join(
             f"{lang} {g['mean_activation']:+.3f}" for lang, g in nearest["activity_gap"].items()
         )
+        mean_difference = Estimate.from_dict(nearest["mean_difference"])
         tail.append(
             "- Against the single nearest activity-matched set (pool 1; mean-activation gap "
-            f"{gaps}): LAPE − nearest {_fmt(_estimate(nearest['mean_difference']), 4)}; per "
+            f"{gaps}): LAPE − nearest {_fmt(mean_difference, 4)}; per "
             "language "
             + ", ".join(
-                f"{lang} {_fmt(_estimate(d), 3)}"
+                f"{lang} {_fmt(Estimate.from_dict(d), 3)}"
                 for lang, d in zip(langs, nearest["differences"], strict=True)
             )
             + "."
         )
     return data, head + lines + tail
-
-
-def _estimate(d: dict[str, Any]) -> Estimate:
-    return Estimate(d["value"], d["low"], d["high"], n=d["n_units"], level=d["level"])
 
 
 def _nearest(folder: Path, tag: str) -> dict[str, Any] | None:
@@ -216,9 +207,9 @@ def _nearest(folder: Path, tag: str) -> dict[str, Any] | None:
     return {
         "pool": report.metadata.get("pool"),
         "activity_gap": {lang: row["gap"] for lang, row in gap.items()},
-        "selectivity": [_est(e) for e in est.random_selectivity or ()],
-        "differences": [_est(e) for e in est.random_differences],
-        "mean_difference": _est(est.random_difference),
+        "selectivity": [e.to_dict() for e in est.random_selectivity or ()],
+        "differences": [e.to_dict() for e in est.random_differences],
+        "mean_difference": est.random_difference.to_dict(),
         "seconds": report.metadata.get("run", {}).get("seconds"),
     }
 

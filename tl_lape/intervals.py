@@ -91,21 +91,25 @@ class Estimate:
             return False
         return self.low > value or self.high < value
 
-    def format(self, digits: int = 3) -> str:
-        """``"1.234 [1.100, 1.400]"``, or ``"1.234 ± n/a"`` without an interval.
+    def format(self, digits: int = 3, *, sign: bool = False) -> str:
+        """``"1.234 [1.100, 1.400]"``, or ``"1.234 ± n/a"`` without an interval; ``"n/a"``
+        when the value is not finite. ``sign=True`` writes ``+`` before positive numbers.
 
         Example:
             >>> Estimate(1.0, None, None, n=1).format(2)
             '1.00 ± n/a'
             >>> Estimate(1.0, 0.5, 1.5, n=8).format(1)
             '1.0 [0.5, 1.5]'
+            >>> Estimate(0.25, -0.5, 1.0, n=8).format(2, sign=True)
+            '+0.25 [-0.50, +1.00]'
         """
         if not math.isfinite(self.value):
             return "n/a"
-        point = f"{self.value:.{digits}f}"
+        spec = f"{'+' if sign else ''}.{digits}f"
+        point = format(self.value, spec)
         if self.low is None or self.high is None:
             return f"{point} ± n/a"
-        return f"{point} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        return f"{point} [{format(self.low, spec)}, {format(self.high, spec)}]"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: non-finite values become None."""

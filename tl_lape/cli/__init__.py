@@ -889,6 +889,8 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
         "n_random": 3 if args.n_random is None else args.n_random,
         **{k: parsed[k] for k in _STUDY_PLAN_OPTIONS},
     }
+    # Everything but the model, before loading it.
+    plan = check_study_inputs(stats, means, **options)
     if args.few_shot:  # None or 0: no few-shot baseline
         from tl_lape.experiments.steering_prompts import few_shot_examples
 
@@ -898,12 +900,9 @@ def _cmd_steer_study(args: argparse.Namespace) -> int:
         held_out = [t for texts in options["reference_corpus"].values() for t in texts]
         held_out += [text for item in parallel for text in item.values()]
         options["few_shot"] = few_shot_examples(
-            train,
-            [t for t in (options["targets"] or stats.languages) if t != "en"],
-            k=args.few_shot,
-            exclude=held_out,
+            train, plan.targets, k=args.few_shot, exclude=held_out
         )
-    check_study_inputs(stats, means, **options)  # everything but the model, before loading it
+        check_study_inputs(stats, means, **options)  # the examples against the plan's targets
     model = _load_model(args.model, args.device, _dtype(args.dtype, args.device))
     study = run_steering_study(
         model,
