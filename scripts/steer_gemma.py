@@ -25,10 +25,10 @@ take at ``--seconds-per-generation`` (0.39 s: the 2026-12-04 run's development a
 bfloat16; ``benchmarks/results/2026-12-04-gemma-steering-timing.md``. The 2026-12-02 study's
 0.235 s had fewer sets per batch and no content measure), without loading anything.
 
-Usage::
+Usage (the committed run, 87.5 min on 2 cores)::
 
-    python scripts/steer_gemma.py --out benchmarks/results/2026-12-05-gemma-steering \
-        --dtype bfloat16
+    python scripts/steer_gemma.py --out benchmarks/results/2026-12-04-gemma-steering \
+        --dtype bfloat16 --dev-budget 6 --halving-rounds 3 --doses 2 --dose-prompts 4
 """
 
 import argparse

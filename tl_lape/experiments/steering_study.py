@@ -577,7 +577,7 @@ class SteeringStudy:
                 if gap < 0.05
                 else f"{'DiffMean' if b > a else 'LAPE'} is better by {gap:.1f} points"
             )
-            paired = self._estimate(
+            paired = self.estimate(
                 "differences", setting=setting, first="lape", second="diffmean", target="mean"
             )
             if paired is not None:
@@ -611,7 +611,7 @@ class SteeringStudy:
     def _reference_lines(self, setting: str) -> list[str]:
         """What the judge-free content measure shows: whether it separates on the unsteered
         model, and each method's reference NLL against the unsteered model's."""
-        sep = self._estimate("reference_gap", setting=setting, method="none", target="mean")
+        sep = self.estimate("reference_gap", setting=setting, method="none", target="mean")
         if sep is None:
             return []
         lines = [
@@ -628,7 +628,7 @@ class SteeringStudy:
         ]
         pairs = (("lape", "none"), ("diffmean", "none"), ("prompt", "none"), ("lape", "random"))
         for first, second in (*pairs, ("lape", "diffmean")):
-            est = self._estimate(
+            est = self.estimate(
                 "reference_nll_differences",
                 setting=setting,
                 first=first,
@@ -792,15 +792,26 @@ class SteeringStudy:
                 lines.append(f"| {method} | " + " | ".join(cell.get(d, "-") for d in doses) + " |")
         return lines
 
-    def _estimate(self, kind: str, **where: Any) -> Estimate | None:
-        """The first stored interval of ``kind`` (``success`` or ``differences``) matching."""
+    def estimate(self, kind: str, **where: Any) -> Estimate | None:
+        """The stored estimate of ``kind`` whose fields match ``where``, or None.
+
+        ``kind``: ``"success"`` and, where the content measure ran, ``"reference_gap"``
+        (fields ``setting``, ``method``, ``config``, ``target``), or ``"differences"`` and
+        ``"reference_nll_differences"`` (``setting``, ``first``, ``second``, ``target``: first
+        minus second method, paired on the same prompts). ``target="mean"`` is the mean over
+        targets, its interval clustered by prompt. Fresh prompts only.
+
+        Example:
+            >>> study.estimate("success", setting="english", config=label, target="mean")
+            ... # doctest: +SKIP
+        """
         for x in self.intervals.get(kind, []):
             if all(x.get(k) == v for k, v in where.items()):
                 return Estimate.from_dict(x["estimate"])
         return None
 
     def _success_cell(self, setting: str, config: str, target: str, rate: float) -> str:
-        est = self._estimate("success", setting=setting, config=config, target=target)
+        est = self.estimate("success", setting=setting, config=config, target=target)
         if est is None:
             return f"{100 * rate:.0f}"
         if est.low is None or est.high is None:
@@ -826,7 +837,7 @@ class SteeringStudy:
         for first, second in pairs:
             cells = []
             for t in [*targets, "mean"]:
-                est = self._estimate(
+                est = self.estimate(
                     "differences", setting=setting, first=first, second=second, target=t
                 )
                 if est is None:
