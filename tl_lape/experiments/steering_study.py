@@ -1647,8 +1647,8 @@ def _steering_configs(chosen: Mapping[str, dict[str, Any]], positions: str) -> d
 
 
 def _controls(config: _Config, seeds: Sequence[int]) -> list[_Config]:
-    """The random controls of a steering configuration, one per seed: LAPE's (and the
-    combination's LAPE part) on random sets, DiffMean's and CLaS's in random directions."""
+    """The random controls of a steering configuration, one per seed: LAPE's on random sets,
+    DiffMean's and CLaS's in random directions (the combination has none of its own)."""
     method = {"lape": "random", "diffmean": "random_diffmean", "clas": "random_clas"}.get(
         config.method
     )
