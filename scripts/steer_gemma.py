@@ -8,10 +8,12 @@ Steps:
    per language.
 2. Prompts from held-out text (:func:`~tl_lape.experiments.steering_prompts.heldout_prompts`,
    the handbook's and the LibreOffice Help's held-out English): ``--n-dev`` development and
-   ``--n-fresh`` fresh prompts per setting (English, neutral); content prompts from the
-   handbook's parallel paragraphs, ``--n-content`` train items for development and as many
-   held-out items fresh (the held-out split has 28 aligned paragraphs, so the content setting
-   has at most 28 fresh prompts). Few-shot examples from the handbook's train split.
+   ``--n-fresh`` fresh prompts per setting (English, neutral); content prompts from aligned
+   paragraphs (:func:`~tl_lape.experiments.steering_prompts.parallel_items`: half the
+   handbook's, half the LibreOffice Help's, alternating, so each mismatched prompt is of the
+   same source), ``--n-content`` train items for development and as many held-out items fresh
+   (a multiple of 4; the handbook's held-out split has 28 aligned paragraphs, so at most 56).
+   Few-shot examples from the handbook's train split.
 3. :func:`tl_lape.experiments.steering_study.run_steering_study`: every method (LAPE, DiffMean,
    CLaS) tries ``--dev-budget`` configurations by ``--halving-rounds`` rounds of successive
    halving on the same development prompts; dose-response curves at ``--doses``; the chosen
@@ -42,9 +44,19 @@ import torch
 import tl_lape
 from tl_lape.collection.engine import collect_activation_stats
 from tl_lape.collection.residual_means import ResidualMeans
-from tl_lape.experiments.steering_prompts import few_shot_examples, heldout_prompts, text_supply
+from tl_lape.experiments.steering_prompts import (
+    few_shot_examples,
+    heldout_prompts,
+    parallel_items,
+    text_supply,
+)
 from tl_lape.experiments.steering_study import run_steering_study
-from tl_lape.sources.corpora import load_corpus, load_debian_handbook, load_handbook_parallel
+from tl_lape.sources.corpora import (
+    load_corpus,
+    load_debian_handbook,
+    load_handbook_parallel,
+    load_libreoffice_parallel,
+)
 
 #: Methods with hooks in the fresh phase at the first positions, besides their random draws
 #: (lape, diffmean, clas, combined), the random controls per draw (LAPE's, DiffMean's, CLaS's),
@@ -70,7 +82,7 @@ def main() -> None:
     parser.add_argument("--diffmean-layers", default=None, help="DiffMean layers swept")
     parser.add_argument("--diffmean-strengths", default="0.5,1,2,4", help="DiffMean strengths")
     parser.add_argument("--clas-strengths", default=None, help="CLaS alphas (default: scaled)")
-    parser.add_argument("--n-content", type=int, default=28, help="content items per phase")
+    parser.add_argument("--n-content", type=int, default=48, help="content items per phase")
     parser.add_argument("--n-dev", type=int, default=16, help="development prompts per setting")
     parser.add_argument("--n-fresh", type=int, default=48, help="fresh prompts per setting")
     parser.add_argument("--n-random", type=int, default=1, help="random draws per control")
@@ -102,14 +114,17 @@ def main() -> None:
     prompts = heldout_prompts(
         [heldout, libreoffice], n_dev=args.n_dev, n_fresh=args.n_fresh, n_words=8, seed=0
     )
-    fresh_parallel = load_handbook_parallel(split="heldout")[: args.n_content]
-    if len(fresh_parallel) < args.n_content:
-        raise SystemExit(
-            f"the handbook's held-out split has {len(fresh_parallel)} aligned paragraphs; "
-            f"--n-content {args.n_content} needs as many: pass --n-content {len(fresh_parallel)}"
+    # Content items: half the handbook's, half the LibreOffice Help's aligned paragraphs,
+    # alternating; development ones from the train splits, fresh ones from the held-out splits.
+    parallel = [
+        item
+        for split in ("train", "heldout")
+        for item in parallel_items(
+            [load_handbook_parallel(split=split), load_libreoffice_parallel(split=split)],
+            args.n_content,
+            seed=0,
         )
-    # Development content prompts from train paragraphs, fresh ones from held-out paragraphs.
-    parallel = load_handbook_parallel(split="train")[: args.n_content] + fresh_parallel
+    ]
     languages = list(heldout)
     supply = {
         "handbook_heldout": text_supply(heldout, languages),

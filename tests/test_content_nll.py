@@ -42,6 +42,25 @@ def test_continuation_nll_matches_a_naive_loop(demo):
     assert float(got[0]) == pytest.approx(sum(naive) / len(naive), rel=1e-3)
 
 
+def test_a_hook_after_the_final_norm_scores_from_the_full_logits(demo):
+    """Only the continuation's rows are unembedded, unless a hook acts after the final norm:
+    then the full logits are used (and the hook runs). Both give the same numbers."""
+    adapter = adapt(demo, validate=False)
+    after = adapter.hooks_after_final_residual()
+    assert after
+    calls = []
+
+    def identity(act, *, hook):
+        calls.append(hook.name)
+        return act
+
+    prompts, conts = ["The server starts", "x"], ["le service réseau et attend.", "y z"]
+    fast = continuation_nll(demo, prompts, conts, max_tokens=5)
+    full = continuation_nll(demo, prompts, conts, max_tokens=5, fwd_hooks=[(after[0], identity)])
+    assert calls == [after[0]]
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+
+
 def test_hooks_change_the_nll_and_no_hooks_change_nothing(demo):
     prompts, conts = ["To install a package"], ["il faut utiliser apt."]
     plain = continuation_nll(demo, prompts, conts)

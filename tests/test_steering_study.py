@@ -365,7 +365,11 @@ def test_study_keeps_every_output_with_its_verdicts(study, tmp_path):
     for key in ("prompt", "text", "method", "target", "language", "lingua", "nll", "fluent"):
         assert key in record
     content = [o for o in study.outputs if o["setting"] == "content"]
-    assert all("content_gain" in o and "reference_nll" in o for o in content)
+    assert all("content_gain" in o for o in content)
+    # The judge-free measure runs on the fresh prompts only (the sweep reads the judges).
+    assert all(("reference_nll" in o) == (o["phase"] == "fresh") for o in content)
+    assert any(o["phase"] != "fresh" for o in content)
+    content = [o for o in content if o["phase"] == "fresh"]
     for o in content:  # the judge-free content measure: own prompt against a mismatched one
         assert o["reference_gap"] == pytest.approx(
             o["mismatched_nll"] - o["reference_nll"], abs=1e-3

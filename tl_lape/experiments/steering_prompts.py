@@ -13,7 +13,10 @@ development and the fresh phase:
 :func:`text_supply` says how much text each language has, so a plan can be checked against it
 before anything runs. :func:`few_shot_examples` picks a few short target-language paragraphs
 from the *train* split for the few-shot prompting baseline, refusing any text that also occurs
-in the evaluation text; :func:`few_shot_prompt` puts them before a prompt.
+in the evaluation text; :func:`few_shot_prompt` puts them before a prompt. :func:`parallel_items`
+draws the content setting's aligned paragraphs from several parallel sources (the handbook's and
+the LibreOffice Help's), alternating them so that the content measure's mismatched prompt is
+always one of the same source.
 
 Example:
     >>> heldout = {"en": ["The server starts the daemon when the system boots up and then waits",
@@ -38,6 +41,7 @@ __all__ = [
     "few_shot_prompt",
     "heldout_prompts",
     "neutral_strings",
+    "parallel_items",
     "text_supply",
 ]
 
@@ -124,6 +128,53 @@ def heldout_prompts(
         out["dev"][setting] = order[:n_dev]
         out["fresh"][setting] = order[n_dev:need]
     return out
+
+
+def parallel_items(
+    sources: Sequence[Sequence[Mapping[str, str]]], n: int, *, seed: int = 0
+) -> list[dict[str, str]]:
+    """``n`` aligned items, an equal share from each source, alternating between the sources.
+
+    Each source gives ``n // len(sources)`` items, a seeded sample kept in the source's order
+    (so they spread over its pages or chapters rather than crowd its first one). Item ``i``
+    comes from source ``i % len(sources)``. The content measure
+    (:func:`~tl_lape.judging.continuation.content_nll`) scores each reference after the prompt
+    ``n // 2`` items away; ``n // 2`` is a multiple of ``len(sources)``, so that prompt is always
+    one of the same source, and the measure compares content, not domains.
+
+    Args:
+        sources: Lists of aligned items (``{language: paragraph}``), e.g.
+            :func:`~tl_lape.sources.corpora.load_handbook_parallel` and
+            :func:`~tl_lape.sources.corpora.load_libreoffice_parallel`.
+        n: Items wanted: a multiple of ``2 * len(sources)``.
+        seed: The sample's seed.
+
+    Example:
+        >>> a = [{"en": f"a{i}"} for i in range(5)]
+        >>> b = [{"en": f"b{i}"} for i in range(9)]
+        >>> [item["en"] for item in parallel_items([a, b], 4, seed=0)]
+        ['a0', 'b3', 'a4', 'b8']
+    """
+    n = check_positive_int(n, "n", example=48)
+    seed = check_seed(seed)
+    k = len(sources)
+    if k == 0 or n % (2 * k):
+        raise LapeError(
+            f"parallel_items needs n to be a multiple of 2 * len(sources) = {2 * k} so that "
+            f"each item's mismatched prompt (n // 2 items away) is of the same source; "
+            f"received n={n} for {k} sources: pass e.g. n={2 * k * max(1, n // (2 * k or 1))}"
+        )
+    share = n // k
+    picks = []
+    for j, items in enumerate(sources):
+        if len(items) < share:
+            raise LapeError(
+                f"parallel source {j} has {len(items)} items; n={n} over {k} sources needs "
+                f"{share} from each: pass a smaller n (a multiple of {2 * k}) or more items"
+            )
+        chosen = sorted(random.Random(f"{seed}:{j}").sample(range(len(items)), share))
+        picks.append([dict(items[i]) for i in chosen])
+    return [picks[i % k][i // k] for i in range(n)]
 
 
 def text_supply(

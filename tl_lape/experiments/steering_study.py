@@ -7,8 +7,9 @@ fresh ones:
 
 - **Settings.** ``english``: English prompts (English is the source language); ``neutral``:
   prompts with no language (a command, a number, a path); ``content``: the first words of an
-  English handbook paragraph, whose continuation is compared with the target-language
-  translation of the same paragraph (:func:`~tl_lape.sources.corpora.load_handbook_parallel`).
+  English paragraph, whose continuation is compared with the target-language translation of
+  the same paragraph (:func:`~tl_lape.sources.corpora.load_handbook_parallel`,
+  :func:`~tl_lape.sources.corpora.load_libreoffice_parallel`).
 - **Judges** (all in :mod:`tl_lape.judging`, measured on a labelled set in
   ``benchmarks/results/2026-12-04-judges/``). Language by py3langid and by lingua, each over
   every language it knows, ``"other"`` outside the study (and how often they agree); fluency
@@ -19,7 +20,8 @@ fresh ones:
   against its own translation minus its mean chrF against other paragraphs of the same
   language; and judge-free, :func:`~tl_lape.judging.continuation.content_nll`: the
   teacher-forced NLL of the reference translation after the prompt under the same hooks,
-  against after a mismatched prompt. *Success* = identified as the target by py3langid AND
+  against after a mismatched prompt (on the fresh prompts only: the sweep does not read it).
+  *Success* = identified as the target by py3langid AND
   fluent; in the content setting the *combined* score is the harmonic mean of the success rate
   and the share of outputs whose content gain is positive.
 - **Methods.** ``lape`` (:func:`~tl_lape.experiments.steering.config_hooks`: modes, strengths,
@@ -1925,8 +1927,10 @@ def _judge_row(
         row["mean_gain"] = content.mean_gain
         row["combined"] = harmonic_mean(row["success_rate"], content.relevant_rate)
         gains = content.gains
+    if setting == "content" and phase == "fresh":
         # The judge-free content measure: the reference translation, teacher-forced under the
-        # same hooks after the same prompts, against after a mismatched prompt.
+        # same hooks after the same prompts, against after a mismatched prompt. Only on the
+        # fresh prompts, where it is reported; the sweep chooses by the judges.
         hooks: FwdHooks | Callable[[int], FwdHooks] = _hooks_for(run, config, target, setting)
         if config.positions == "new":  # the hooks act from the reference's first token on
             hooks = partial(_hooks_for, run, config, target, setting)

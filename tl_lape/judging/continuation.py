@@ -36,7 +36,7 @@ from torch import Tensor
 
 from tl_lape._adapter import adapt
 from tl_lape.errors import LapeError
-from tl_lape.judging.nll import next_token_nll
+from tl_lape.judging.nll import next_token_nll, readout_only_nll
 
 __all__ = ["ContentNLL", "content_nll", "continuation_nll"]
 
@@ -116,16 +116,27 @@ def continuation_nll(
             chunk = [rows[i] for i in index]
             width = max(len(h) + len(t) for h, t in chunk)
             tokens = torch.zeros((len(chunk), width), dtype=torch.long)
-            scored = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
+            # Position p predicts token p + 1: the continuation's positions are scored. Only
+            # their rows are unembedded (most of a pass on a large vocabulary), a shorter
+            # continuation's last one repeated as padding (weight 0).
+            k = max(len(t) for _, t in chunk)
+            chosen = torch.zeros((len(chunk), k), dtype=torch.long)
+            counts = torch.tensor([len(t) for _, t in chunk], dtype=torch.long)
             for r, (head, tail) in enumerate(chunk):
                 tokens[r, : len(head) + len(tail)] = torch.tensor(head + tail)
-                # Position p predicts token p + 1: the continuation's tokens.
-                scored[r, len(head) - 1 : len(head) + len(tail) - 1] = True
-            logits = model.run_with_hooks(
-                tokens.to(adapter.device), fwd_hooks=list(batch_hooks)
-            )  # batch pos d_vocab
-            nll = next_token_nll(logits, tokens.to(adapter.device)).cpu()  # batch pos-1
-            nll = (nll * scored).to(torch.float64).sum(-1) / scored.sum(-1)  # batch
+                chosen[r, : len(tail)] = torch.arange(len(head) - 1, len(head) + len(tail) - 1)
+                chosen[r, len(tail) :] = len(head) + len(tail) - 2 if tail else 0
+            part = readout_only_nll(
+                adapter, tokens.to(adapter.device), chosen.to(adapter.device), batch_hooks
+            )
+            if part is None:  # logits that are not the final residual's unembedding
+                logits = model.run_with_hooks(
+                    tokens.to(adapter.device), fwd_hooks=list(batch_hooks)
+                )  # batch pos d_vocab
+                full = next_token_nll(logits, tokens.to(adapter.device)).cpu()  # batch pos-1
+                part = full.gather(1, chosen)  # batch k
+            weight = torch.arange(k)[None] < counts[:, None]  # batch k
+            nll = (part.cpu() * weight).to(torch.float64).sum(-1) / counts  # batch
             out[torch.tensor(index)] = nll
     return out
 

@@ -293,6 +293,29 @@ def _scored_nll(
     return torch.cat(pieces).reshape(chosen.shape)  # batch k
 
 
+def readout_only_nll(
+    adapter: ModelAdapter,
+    batch: Int[Tensor, "batch pos"],
+    chosen: Int[Tensor, "batch k"],
+    fwd_hooks: Sequence[tuple[Any, Callable[..., Any]]],
+) -> Float[Tensor, "batch k"] | None:
+    """NLL (float32) of the tokens after positions ``chosen``, unembedding only those rows.
+
+    For callers that score a known part of each row (a continuation after its prompt): the
+    pass stops at the final norm's output and the unembedding runs on ``chosen`` alone. None
+    when the model's logits are not the unembedding of that output (checked once per model) or
+    a hook acts after it; then the caller scores from the full logits. Run it under
+    :func:`torch.inference_mode`.
+    """
+    hooks = list(fwd_hooks)
+    try:
+        _check_no_hooks_after_readout(adapter, hooks)
+        _check_readout(adapter)
+    except LapeError:
+        return None
+    return _scored_nll(adapter, batch, chosen, hooks)
+
+
 def _check_no_hooks_after_readout(
     adapter: ModelAdapter, fwd_hooks: list[tuple[Any, Callable[..., Any]]]
 ) -> None:

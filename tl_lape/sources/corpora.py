@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ __all__ = [
     "load_handbook_parallel",
     "load_hf_dataset",
     "load_libreoffice_help",
+    "load_libreoffice_parallel",
     "load_text_files",
     "tl_lape_cache_dir",
 ]
@@ -875,6 +877,92 @@ def load_libreoffice_help(
                 texts.append(text)
         corpus[lang] = texts
     return corpus
+
+
+def load_libreoffice_parallel(
+    languages: Iterable[str] = PAPER_LANGUAGES,
+    split: str = "heldout",
+    *,
+    min_chars: int = 200,
+    download: bool = True,
+    cache_dir: str | Path | None = None,
+) -> list[dict[str, str]]:
+    """Paragraphs of the LibreOffice Help aligned across languages: the same paragraph in each.
+
+    The second source of :func:`load_handbook_parallel`'s items. Help paragraphs carry the same
+    id in every edition, so alignment is exact: a paragraph id of a page contributes when it
+    occurs once on the English page, every requested edition has it, and in every non-English
+    edition it is translated (not identical to an English paragraph and less than 70% made of
+    the English paragraph's words, as :func:`load_libreoffice_help` with
+    ``untranslated="aligned"`` decides), and the English version has at least ``min_chars``
+    characters. The held-out pages are those of :func:`load_libreoffice_help`; as help pages
+    share paragraphs, a held-out item whose English text is on a train page is dropped, and no
+    English text is returned twice.
+
+    Args:
+        languages: Language codes or help locales (the keys of each returned item).
+        split: ``"train"``, ``"heldout"`` (the default) or ``"all"``.
+        min_chars: Shortest English paragraph kept, in characters.
+        download: Fetch the packages with ``apt-get download`` if they are not installed.
+        cache_dir: Where the parsed editions (and fetched packages) are kept.
+
+    Returns:
+        ``[{language: paragraph}, ...]``, pages in path order, paragraphs in page order.
+
+    Example:
+        >>> items = load_libreoffice_parallel(["en", "fr"])  # doctest: +SKIP
+        >>> sorted(items[0])  # doctest: +SKIP
+        ['en', 'fr']
+    """
+    _check_split(split)
+    if isinstance(min_chars, bool) or not isinstance(min_chars, int) or min_chars < 0:
+        raise LapeError(f"min_chars must be a non-negative integer; received {min_chars!r}")
+    if isinstance(languages, str):
+        languages = [languages]
+    languages = list(languages)
+    if not languages or len(set(languages)) != len(languages):
+        raise LapeError(
+            f"languages must name at least one language, each once; received {languages!r}"
+        )
+    locales = {lang: libreoffice_help_locale(lang) for lang in languages}
+    english = _help_edition(_HELP_ENGLISH, download=download, cache_dir=cache_dir)
+    english_set = {text for paragraphs in english.values() for _, text in paragraphs}
+    editions = {
+        lang: english
+        if locale == _HELP_ENGLISH
+        else _help_edition(locale, download=download, cache_dir=cache_dir)
+        for lang, locale in locales.items()
+    }
+    # Help pages share paragraphs: a held-out item may not repeat a train page's text, and no
+    # English text comes twice.
+    seen = (
+        {text for page, ps in english.items() if not _is_heldout(page) for _, text in ps}
+        if split == "heldout"
+        else set()
+    )
+    items: list[dict[str, str]] = []
+    for page, paragraphs in english.items():
+        if split != "all" and (split == "heldout") != _is_heldout(page):
+            continue
+        counts = Counter(pid for pid, _ in paragraphs)
+        by_id = {lang: {pid: text for pid, text in e.get(page, [])} for lang, e in editions.items()}
+        for pid, paragraph in paragraphs:
+            if counts[pid] > 1 or len(paragraph) < min_chars or paragraph in seen:
+                continue
+            item = {lang: found.get(pid, "") for lang, found in by_id.items()}
+            translated = all(
+                locales[lang] == _HELP_ENGLISH
+                or (
+                    text.strip()
+                    and text not in english_set
+                    and _english_share(text, paragraph) < _ALIGNED_ENGLISH_SHARE
+                )
+                for lang, text in item.items()
+            )
+            if translated:
+                items.append(item)
+                seen.add(paragraph)
+    return items
 
 
 # --------------------------------------------------------------------------------------------
