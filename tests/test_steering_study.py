@@ -302,7 +302,20 @@ def test_dose_response_curves_per_method(study):
         assert r["n"] == 4  # every development prompt (4 per setting, 4 content items)
     curves = study.dose_response("english")
     assert set(curves) == {r["method"] for r in dose}
-    assert [x for x, _, _ in curves["lape"]] == [0.5, 2.0]
+    # x1 for the swept methods: the chosen configuration's development outputs on the same
+    # prompts; the random controls and the combination ran only at the doses.
+    assert [x for x, _, _ in curves["lape"]] == [0.5, 1.0, 2.0]
+    assert [x for x, _, _ in curves["random"]] == [0.5, 2.0]
+    assert [x for x, _, _ in curves["combined"]] == [0.5, 2.0]
+    unit = [
+        o
+        for o in study.outputs
+        if o["phase"] == "dev" and o["setting"] == "english" and o["config"] == lape["label"]
+    ]
+    assert len(unit) == 4 * len({o["target"] for o in unit})
+    _, success, fluent = curves["lape"][1]
+    assert success == pytest.approx(sum(o["success"] for o in unit) / len(unit))
+    assert fluent == pytest.approx(sum(o["fluent"] for o in unit) / len(unit))
     text = study.to_markdown()
     assert "Dose-response, english prompts" in text and "Equal tuning budgets" in text
     figs = study.figures()

@@ -784,7 +784,8 @@ class SteeringStudy:
             lines += [
                 "",
                 f"Dose-response, {setting} prompts (development set): mean success / fluent % "
-                "over targets at each multiple of the chosen strength:",
+                "over targets at each multiple of the chosen strength (x1 for the swept methods: "
+                "the sweep's outputs of the chosen configuration on the same prompts):",
                 "",
                 "| method | " + " | ".join(f"x{d:g}" for d in doses) + " |",
                 "| --- |" + " ---: |" * len(doses),
@@ -907,9 +908,19 @@ class SteeringStudy:
 
     def dose_response(self, setting: str) -> dict[str, list[tuple[float, float, float]]]:
         """Per method, ``(dose, mean success, mean fluent rate)`` over the targets at each dose
-        (the multiple of the method's chosen strength), on the development prompts."""
+        (the multiple of the method's chosen strength), on the development prompts.
+
+        A method chosen by the sweep (``lape``, ``diffmean``, ``clas``) also gets its point at
+        x1 when the dose phase did not run it: the sweep's outputs of the chosen configuration
+        on the same development prompts (the winner of successive halving ran on all of them).
+        """
         out: dict[str, list[tuple[float, float, float]]] = {}
         rows = self.select(phase="dose", setting=setting)
+        dose_prompts = {
+            o["prompt_index"]
+            for o in self.outputs
+            if o["phase"] == "dose" and o["setting"] == setting
+        }
         for method in dict.fromkeys(r["method"] for r in rows):
             mine = [r for r in rows if r["method"] == method]
             points = []
@@ -922,15 +933,44 @@ class SteeringStudy:
                         sum(r["fluent_rate"] for r in at) / len(at),
                     )
                 )
+            unit = self._chosen_on(setting, method, dose_prompts)
+            if unit is not None and all(x != 1.0 for x, _, _ in points):
+                points = sorted([*points, unit])
             out[method] = points
         return out
+
+    def _chosen_on(
+        self, setting: str, method: str, prompts: set[int]
+    ) -> tuple[float, float, float] | None:
+        """``(1.0, mean success, mean fluent rate)`` over the targets of the chosen
+        configuration's development outputs on ``prompts``, or None."""
+        chosen = self.chosen.get(method)
+        if not chosen or not prompts:
+            return None
+        by_target: dict[str, list[Mapping[str, Any]]] = {}
+        for o in self.outputs:
+            if (
+                o["phase"] == "dev"
+                and o["setting"] == setting
+                and o["config"] == chosen["label"]
+                and o["prompt_index"] in prompts
+            ):
+                by_target.setdefault(o["target"], []).append(o)
+        if not by_target or any(len(v) != len(prompts) for v in by_target.values()):
+            return None  # the chosen configuration did not run on every dose prompt
+
+        def mean(key: str) -> float:
+            rates = [sum(bool(o[key]) for o in v) / len(v) for v in by_target.values()]
+            return sum(rates) / len(rates)
+
+        return (1.0, mean("success"), mean("fluent"))
 
     def _dose_figures(self) -> dict[str, Any]:
         import matplotlib.pyplot as plt
 
         figs: dict[str, Any] = {}
         for setting in dict.fromkeys(r["setting"] for r in self.select(phase="dose")):
-            fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6), sharex=True)
+            fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.6), sharex=True)
             for method, points in self.dose_response(setting).items():
                 xs = [x for x, _, _ in points]
                 style = "--" if method.startswith("random") else "-"
@@ -942,7 +982,7 @@ class SteeringStudy:
                 ax.set_ylabel(f"mean {what} over targets (%)")
                 ax.set_ylim(-2, 102)
             left.set_title(f"Dose-response, {setting} prompts (development set)", fontsize=9)
-            right.legend(fontsize=7)
+            right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
             fig.tight_layout()
             figs[f"steering_study_{setting}"] = fig
         return figs
