@@ -22,15 +22,19 @@ Steps:
 4. The report folder: ``study.md``, ``study.json``, one figure per setting.
 
 ``--plan-only`` prints the number of generations the settings ask for, and the time they would
-take at ``--seconds-per-generation`` (0.39 s: the 2026-12-04 run's development and dose steps,
-6,390 generations of 24 tokens with their judging and content measure in 2,501 s on 2 cores,
-bfloat16; ``benchmarks/results/2026-12-04-gemma-steering-timing.md``. The 2026-12-02 study's
-0.235 s had fewer sets per batch and no content measure), without loading anything.
+take at ``--seconds-per-generation``, without loading anything. The default, 0.30 s, is the
+committed run's: 4,468 s of study for 14,940 planned generations of 24 tokens (15,660 outputs
+came out; the plan undercounts the fresh controls), with their judging and, on the fresh
+content prompts, the content measure, on 2 cores in bfloat16
+(``benchmarks/results/2026-12-04-gemma-steering-two-sources/README.md``). The earlier 0.39 s
+included the content measure in every phase and the full unembedding
+(``benchmarks/results/2026-12-04-gemma-steering-timing.md``).
 
-Usage (the committed run, 87.5 min on 2 cores)::
+Usage (the committed run, 76.2 min on 2 cores)::
 
-    python scripts/steer_gemma.py --out benchmarks/results/2026-12-04-gemma-steering \
-        --dtype bfloat16 --dev-budget 6 --halving-rounds 3 --doses 2 --dose-prompts 4
+    python scripts/steer_gemma.py --out benchmarks/results/2026-12-04-gemma-steering-two-sources \
+        --dtype bfloat16 --dev-budget 6 --halving-rounds 3 --doses 0.5,2 --dose-prompts 3 \
+        --n-dev 12 --n-content 48
 """
 
 import argparse
@@ -96,7 +100,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=384, help="rows per generation batch")
     parser.add_argument("--plan-only", action="store_true", help="print the plan's size and stop")
-    parser.add_argument("--seconds-per-generation", type=float, default=0.39)
+    parser.add_argument("--seconds-per-generation", type=float, default=0.30)
     args = parser.parse_args()
     if args.plan_only:
         print(json.dumps(plan_size(args), indent=1))
