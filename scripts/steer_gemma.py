@@ -23,8 +23,8 @@ Steps:
 
 ``--plan-only`` prints the number of generations the settings ask for, and the time they would
 take at ``--seconds-per-generation``, without loading anything. The default, 0.30 s, is the
-committed run's: 4,468 s of study for 14,940 planned generations of 24 tokens (15,660 outputs
-came out; the plan undercounts the fresh controls), with their judging and, on the fresh
+committed run's: 4,468 s of study for 14,940 planned generations of 24 tokens (15,660
+outputs: the unsteered one is recorded once per target), with their judging and, on the fresh
 content prompts, the content measure, on 2 cores in bfloat16
 (``benchmarks/results/2026-12-04-gemma-steering-two-sources/README.md``). The earlier 0.39 s
 included the content measure in every phase and the full unembedding
