@@ -337,7 +337,7 @@ def test_fake_parallel_items_need_a_translation_in_every_language(fake_help: Pat
     [
         ({"min_chars": -1}, "min_chars must be a non-negative integer; received -1"),
         ({"split": "test"}, "split must be"),
-        ({"languages": ["en", "en"]}, "each once; received \\['en', 'en'\\]"),
+        ({"languages": ["en", "en"]}, "languages must not repeat, got \\['en', 'en'\\]"),
         ({"languages": ["en", "sw"]}, "sw"),
     ],
 )

@@ -42,7 +42,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +312,12 @@ def _english_share(paragraph: str, english: str) -> float:
     return sum(len(w) for w in words if w in english_words) / total
 
 
+def _translated(text: str, english: str, english_set: set[str]) -> bool:
+    """Whether ``text`` is a translation of the English paragraph ``english``: not identical to
+    any English paragraph (``english_set``) and less than 70% made of ``english``'s words."""
+    return text not in english_set and _english_share(text, english) < _ALIGNED_ENGLISH_SHARE
+
+
 def _drop_untranslated(
     edition: dict[str, list[str]], english: dict[str, list[str]], mode: str
 ) -> dict[str, list[str]]:
@@ -353,8 +359,11 @@ def _check_split(split: str) -> None:
         raise LapeError(f"split must be 'train', 'heldout' or 'all', got {split!r}.")
 
 
-def _check_languages(languages: Iterable[str]) -> dict[str, str]:
-    """``{language as given: handbook locale}``, checked (non-empty, no repeats, known)."""
+def _check_languages(
+    languages: Iterable[str], locale_of: Callable[[str], str] | None = None
+) -> dict[str, str]:
+    """``{language as given: its locale}`` (``locale_of``, default :func:`handbook_locale`),
+    checked (non-empty, no repeats, known)."""
     if isinstance(languages, str):
         languages = [languages]
     languages = list(languages)
@@ -362,7 +371,8 @@ def _check_languages(languages: Iterable[str]) -> dict[str, str]:
         raise LapeError("languages is empty; pass at least one language code such as 'fr'.")
     if len(set(languages)) != len(languages):
         raise LapeError(f"languages must not repeat, got {languages!r}.")
-    return {lang: handbook_locale(lang) for lang in languages}
+    locale_of = handbook_locale if locale_of is None else locale_of
+    return {lang: locale_of(lang) for lang in languages}
 
 
 def _load_editions(
@@ -503,11 +513,7 @@ def load_handbook_parallel(
         for i, paragraph in enumerate(source):
             item = {lang: v[i] for lang, v in versions.items()}
             translated = all(
-                locales[lang] == _ENGLISH_LOCALE
-                or (
-                    text not in english_set
-                    and _english_share(text, paragraph) < _ALIGNED_ENGLISH_SHARE
-                )
+                locales[lang] == _ENGLISH_LOCALE or _translated(text, paragraph, english_set)
                 for lang, text in item.items()
             )
             if translated and len(paragraph) >= min_chars and all(t.strip() for t in item.values()):
@@ -843,14 +849,7 @@ def load_libreoffice_help(
     _check_split(split)
     if untranslated not in ("aligned", "exact"):
         raise LapeError(f"untranslated must be 'aligned' or 'exact', got {untranslated!r}.")
-    if isinstance(languages, str):
-        languages = [languages]
-    languages = list(languages)
-    if not languages:
-        raise LapeError("languages is empty; pass at least one language code such as 'fr'.")
-    if len(set(languages)) != len(languages):
-        raise LapeError(f"languages must not repeat, got {languages!r}.")
-    locales = {lang: libreoffice_help_locale(lang) for lang in languages}
+    locales = _check_languages(languages, libreoffice_help_locale)
     english = _help_edition(_HELP_ENGLISH, download=download, cache_dir=cache_dir)
     english_set = {text for paragraphs in english.values() for _, text in paragraphs}
     corpus: dict[str, list[str]] = {}
@@ -869,9 +868,8 @@ def load_libreoffice_help(
                 for pid, text in english.get(page, []):
                     aligned.setdefault(pid, text)
             for pid, text in paragraphs:
-                if locale != _HELP_ENGLISH and (
-                    text in english_set
-                    or _english_share(text, aligned.get(pid, "")) >= _ALIGNED_ENGLISH_SHARE
+                if locale != _HELP_ENGLISH and not _translated(
+                    text, aligned.get(pid, ""), english_set
                 ):
                     continue
                 texts.append(text)
@@ -917,14 +915,7 @@ def load_libreoffice_parallel(
     _check_split(split)
     if isinstance(min_chars, bool) or not isinstance(min_chars, int) or min_chars < 0:
         raise LapeError(f"min_chars must be a non-negative integer; received {min_chars!r}")
-    if isinstance(languages, str):
-        languages = [languages]
-    languages = list(languages)
-    if not languages or len(set(languages)) != len(languages):
-        raise LapeError(
-            f"languages must name at least one language, each once; received {languages!r}"
-        )
-    locales = {lang: libreoffice_help_locale(lang) for lang in languages}
+    locales = _check_languages(languages, libreoffice_help_locale)
     english = _help_edition(_HELP_ENGLISH, download=download, cache_dir=cache_dir)
     english_set = {text for paragraphs in english.values() for _, text in paragraphs}
     editions = {
@@ -952,11 +943,7 @@ def load_libreoffice_parallel(
             item = {lang: found.get(pid, "") for lang, found in by_id.items()}
             translated = all(
                 locales[lang] == _HELP_ENGLISH
-                or (
-                    text.strip()
-                    and text not in english_set
-                    and _english_share(text, paragraph) < _ALIGNED_ENGLISH_SHARE
-                )
+                or (text.strip() and _translated(text, paragraph, english_set))
                 for lang, text in item.items()
             )
             if translated:
